@@ -1,0 +1,144 @@
+"""Reading user photos into RGB and writing results safely.
+
+Real photos arrive as palette/RGBA/grayscale/16-bit/CMYK files, rotated by an EXIF tag, or as
+hostile decompression bombs; every such case becomes either a correct RGB image or one clear
+sentence. Results are written atomically and never over an input.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from refface.errors import RefFaceError
+
+# Larger than any camera photo (about 16k x 16k) but far below what would exhaust memory.
+MAX_PIXELS = 250_000_000
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """Composite transparent pixels over white, the usual background of a scanned photo."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grayscale: scale 0..65535 to 0..255 (Pillow's convert() would clip instead).
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or values.max() > 255 else 255.0
+        eight_bit = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight_bit).convert("RGB")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if values.max() <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        return _flatten_alpha(image)
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image file as upright 8-bit RGB, or fail with one sentence naming the file."""
+    source = Path(path)
+    if not source.exists():
+        raise RefFaceError(f"The image {source} does not exist.")
+    if source.is_dir():
+        raise RefFaceError(f"The image path {source} is a directory, not an image file.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as opened:
+                width, height = opened.size
+                if width * height > max_pixels:
+                    raise RefFaceError(
+                        f"The image {source} is {width}x{height} pixels, more than the limit of {max_pixels:,}; "
+                        "it may be a decompression bomb."
+                    )
+                opened.load()
+                image = ImageOps.exif_transpose(opened) or opened
+                image = _to_rgb(image)
+                image.load()
+    except RefFaceError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RefFaceError(f"The image {source} is too large to decode safely (a possible decompression bomb).") from None
+    except UnidentifiedImageError:
+        raise RefFaceError(f"The file {source} is not an image format refface can read.") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RefFaceError(f"The image {source} is damaged or unreadable ({reason}).") from None
+    if image.width < 1 or image.height < 1:
+        raise RefFaceError(f"The image {source} is empty.")
+    return image
+
+
+def to_model_input(images: Iterable[Image.Image], size: int) -> torch.Tensor:
+    """RGB images -> [B, 3, size, size] in [-1, 1], resized as the official script does (PIL bicubic)."""
+    tensors = []
+    for image in images:
+        if image.mode != "RGB":
+            image = _to_rgb(image)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+        array = np.asarray(image, dtype=np.float32)
+        tensors.append(torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0)
+    return torch.stack(tensors)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """[B, 3, H, W] in [0, 1] -> 8-bit images, truncating like torchvision's to_pil_image (official output)."""
+    array = (images.detach().float().clamp(0, 1).cpu() * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def check_output_path(output: str | Path, inputs: Iterable[str | Path], overwrite: bool = False) -> Path:
+    """Validate where a result goes: a known image extension, not an input, not an existing file."""
+    target = Path(output)
+    if target.is_dir():
+        raise RefFaceError(f"The output path {target} is a directory; give a file name such as {target / 'restored.png'}.")
+    if target.suffix.lower() not in SAVE_FORMATS:
+        raise RefFaceError(
+            f"The output file {target} must end in one of {', '.join(sorted(SAVE_FORMATS))} to choose an image format."
+        )
+    for source in inputs:
+        source = Path(source)
+        same_file = source.exists() and target.exists() and os.path.samefile(source, target)
+        if same_file or source.resolve() == target.resolve():
+            raise RefFaceError(f"The output file {target} is also an input; refface never overwrites its inputs.")
+    if target.exists() and not overwrite:
+        raise RefFaceError(f"The output file {target} already exists; pass --overwrite to replace it.")
+    return target
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Write `image` atomically: a temporary file in the same folder, renamed into place."""
+    target = Path(path)
+    image_format = SAVE_FORMATS.get(target.suffix.lower())
+    if image_format is None:
+        raise RefFaceError(f"The output file {target} must end in one of {', '.join(sorted(SAVE_FORMATS))}.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                image.save(stream, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as error:
+        raise RefFaceError(f"Could not write {target} ({error.strerror or error}).") from None
+    return target

@@ -1,0 +1,117 @@
+"""The ReF-LDM denoiser: a diffusers UNet2DModel whose self-attention layers use CacheKV.
+
+diffusers' UNet2DModel has exactly the block layout of CompVis' openaimodel UNet without
+cross-attention (ResBlocks, legacy attention blocks, conv down/up-sampling), so the official
+weights map onto it one to one. Its own forward does not hand per-call arguments to attention
+layers, so `denoise()` walks the same modules and passes the CacheKV context explicitly.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention
+
+from refface.models.cache_kv import CacheKVAttnProcessor, CacheKVContext, KVRecorder
+from refface.models.config import UNetArchitecture
+
+
+def build_unet(arch: UNetArchitecture) -> UNet2DModel:
+    """A randomly initialised denoiser with the given architecture and CacheKV processors."""
+    levels = arch.attention_levels()
+    down = tuple("AttnDownBlock2D" if attn else "DownBlock2D" for attn in levels)
+    up = tuple("AttnUpBlock2D" if attn else "UpBlock2D" for attn in reversed(levels))
+    unet = UNet2DModel(
+        sample_size=arch.image_size,
+        in_channels=arch.in_channels,
+        out_channels=arch.out_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=tuple(arch.model_channels * m for m in arch.channel_mult),
+        layers_per_block=arch.num_res_blocks,
+        attention_head_dim=arch.num_head_channels,
+        norm_num_groups=32,
+        norm_eps=1e-5,
+        act_fn="silu",
+        time_embedding_type="positional",
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        downsample_padding=1,
+        add_attention=True,
+    )
+    install_cache_kv(unet)
+    return unet
+
+
+def install_cache_kv(unet: UNet2DModel) -> None:
+    """Give every self-attention layer of `unet` a CacheKV processor named after the layer."""
+    for name, module in unet.named_modules():
+        if isinstance(module, Attention):
+            module.set_processor(CacheKVAttnProcessor(name))
+
+
+def _attend(attn: torch.nn.Module, hidden: torch.Tensor, context: CacheKVContext) -> torch.Tensor:
+    # Call the processor directly: Attention.forward would inspect its signature on every call.
+    return attn.processor(attn, hidden, context=context)
+
+
+def last_attention_block(unet: UNet2DModel) -> int:
+    """Index of the last up block holding self-attention: a reference pass can stop after it."""
+    with_attention = [i for i, block in enumerate(unet.up_blocks) if getattr(block, "attentions", None)]
+    return with_attention[-1] if with_attention else -1
+
+
+def denoise(
+    unet: UNet2DModel,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    context: CacheKVContext = None,
+) -> torch.Tensor | None:
+    """Run the U-Net on `sample` at `timestep` ([B] or scalar) with a CacheKV context.
+
+    With a KVRecorder (reference pass) only the keys/values matter, so the walk stops after the
+    last attention layer and returns None; otherwise it returns the predicted noise.
+    """
+    recording = isinstance(context, KVRecorder)
+    timesteps = torch.as_tensor(timestep, device=sample.device)
+    if timesteps.ndim == 0:
+        timesteps = timesteps[None]
+    timesteps = timesteps.expand(sample.shape[0])
+    emb = unet.time_embedding(unet.time_proj(timesteps).to(sample.dtype))
+
+    hidden = unet.conv_in(sample)
+    skips = [hidden]
+    for block in unet.down_blocks:
+        attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+        for resnet, attn in zip(block.resnets, attentions):
+            hidden = resnet(hidden, emb)
+            if attn is not None:
+                hidden = _attend(attn, hidden, context)
+            skips.append(hidden)
+        for downsampler in block.downsamplers or []:
+            hidden = downsampler(hidden)
+            skips.append(hidden)
+
+    mid = unet.mid_block
+    hidden = mid.resnets[0](hidden, emb)
+    for attn, resnet in zip(mid.attentions, mid.resnets[1:]):
+        if attn is not None:
+            hidden = _attend(attn, hidden, context)
+        hidden = resnet(hidden, emb)
+
+    stop_after = last_attention_block(unet) if recording else None
+    for index, block in enumerate(unet.up_blocks):
+        attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+        for resnet, attn in zip(block.resnets, attentions):
+            hidden = resnet(torch.cat([hidden, skips.pop()], dim=1), emb)
+            if attn is not None:
+                hidden = _attend(attn, hidden, context)
+        if index == stop_after:
+            return None
+        for upsampler in block.upsamplers or []:
+            hidden = upsampler(hidden)
+
+    if recording:
+        return None
+    hidden = unet.conv_act(unet.conv_norm_out(hidden))
+    return unet.conv_out(hidden)

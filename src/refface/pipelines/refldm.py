@@ -1,0 +1,228 @@
+"""ReF-LDM inference: restore low-quality face crops with reference photos of the same person.
+
+Reads top to bottom like the official script: encode LQ and references with the VQGAN, cache the
+references' keys/values with one U-Net pass at t = 0, run DDIM with classifier-free guidance
+toward the references, quantize and decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel, VQModel
+from PIL import Image
+from tqdm.auto import tqdm
+
+from refface.errors import RefFaceError
+from refface.imaging import to_model_input, to_pil
+from refface.models.cache_kv import KVRecorder, ReferenceBatch, ReferenceKV
+from refface.models.checkpoints import read_state_dict, select_unet_weights, select_vq_weights
+from refface.models.config import RefLDMArchitecture, load_official_config, released_architecture
+from refface.models.convert import apply_rules, unet_rules, vq_rules
+from refface.models.unet import build_unet, denoise, install_cache_kv
+from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized
+from refface.pipelines.schedule import make_scheduler, sampling_scheduler, use_float64_cumprod
+
+ImageInput = Image.Image | torch.Tensor
+
+
+@dataclass
+class RestorationOutput:
+    """Restored images (8-bit, working resolution) and the float results they came from."""
+
+    images: list[Image.Image]
+    pixels: torch.Tensor  # [B, 3, H, W] in [0, 1]
+    latents: torch.Tensor  # final (unquantized) latents [B, C, h, w]
+
+
+class RefLDMPipeline(DiffusionPipeline):
+    """ReF-LDM restoration on diffusers modules; saves and loads with save_pretrained/from_pretrained.
+
+    Thread-safe for concurrent calls: the CacheKV state is passed per call, and each call samples
+    with its own copy of the scheduler.
+    """
+
+    model_cpu_offload_seq = "vqvae->unet->vqvae"
+
+    def __init__(self, unet: UNet2DModel, vqvae: VQModel, scheduler: DDIMScheduler):
+        super().__init__()
+        install_cache_kv(unet)
+        use_float64_cumprod(scheduler)
+        self.register_modules(unet=unet, vqvae=vqvae, scheduler=scheduler)
+        self._null_cache: dict[tuple, ReferenceKV] = {}
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def from_architecture(cls, arch: RefLDMArchitecture) -> RefLDMPipeline:
+        """A randomly initialised pipeline (tests, benchmarks, training from scratch)."""
+        return cls(
+            unet=build_unet(arch.unet),
+            vqvae=build_vqmodel(arch.vq),
+            scheduler=make_scheduler(arch.num_train_timesteps, arch.linear_start, arch.linear_end),
+        )
+
+    @classmethod
+    def from_official(
+        cls,
+        checkpoint: str | Path,
+        vqgan: str | Path | None = None,
+        config: str | Path | None = None,
+        use_ema: bool = True,
+    ) -> RefLDMPipeline:
+        """Load the authors' `refldm.ckpt` (+ `vqgan.ckpt`), EMA weights preferred as in their inference."""
+        arch = load_official_config(config) if config is not None else released_architecture()
+        state = read_state_dict(checkpoint, "ReF-LDM checkpoint")
+        vq_state = read_state_dict(vqgan, "VQGAN checkpoint") if vqgan is not None else None
+        pipe = cls.from_architecture(arch)
+        unet_weights = apply_rules(select_unet_weights(state, checkpoint, use_ema), unet_rules(arch.unet), str(checkpoint))
+        vq_weights = apply_rules(select_vq_weights(vq_state, state, checkpoint), vq_rules(arch.vq), str(vqgan or checkpoint))
+        for module, weights, source in ((pipe.unet, unet_weights, checkpoint), (pipe.vqvae, vq_weights, vqgan or checkpoint)):
+            try:
+                module.load_state_dict(weights, strict=True)
+            except RuntimeError as error:
+                detail = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+                raise RefFaceError(f"The weights in {source} have the wrong shapes for this architecture ({detail}).") from None
+        return pipe.eval_mode()
+
+    def eval_mode(self) -> RefLDMPipeline:
+        self.unet.eval().requires_grad_(False)
+        self.vqvae.eval().requires_grad_(False)
+        return self
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def latent_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def image_size(self) -> int:
+        """Working resolution: inputs of another size are resized to it."""
+        return self.latent_size * 2 ** (len(self.vqvae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.out_channels)
+
+    def _prepare(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
+        """PIL images or [-1, 1] tensors -> a [B, 3, S, S] batch on the model's device and dtype."""
+        if isinstance(images, torch.Tensor):
+            batch = images if images.ndim == 4 else images[None]
+            if batch.shape[-2:] != (self.image_size, self.image_size):
+                raise RefFaceError(
+                    f"Image tensors must be {self.image_size}x{self.image_size}; got {tuple(batch.shape[-2:])}."
+                )
+        else:
+            if any(isinstance(image, torch.Tensor) for image in images):
+                batch = torch.stack([self._prepare(image)[0].cpu() for image in images])
+            else:
+                batch = to_model_input(images, self.image_size)
+        return batch.to(device=self.device, dtype=self.unet.dtype)
+
+    # ----------------------------------------------------------------------------- references
+    def _reference_pass(self, ref_latents: torch.Tensor) -> ReferenceKV:
+        """U-Net pass at t = 0 over [ref latent, zeros] (one item per reference), keeping keys/values."""
+        recorder = KVRecorder()
+        padded = torch.cat([ref_latents, torch.zeros_like(ref_latents)], dim=1)
+        denoise(self.unet, padded, torch.zeros((), dtype=torch.long, device=self.device), recorder)
+        return recorder.finish(num_references=ref_latents.shape[0])
+
+    @torch.no_grad()
+    def encode_references(self, references: Sequence[ImageInput] | torch.Tensor) -> ReferenceKV:
+        """The reusable CacheKV for a set of reference photos of one person.
+
+        As in the official code the references are VQ-encoded as ONE image made by concatenating
+        them along the width (so each reference's latent sees its neighbours at the seams), then
+        split back into per-reference latents for the U-Net pass.
+        """
+        batch = self._prepare(references)
+        if batch.shape[0] == 0:
+            return ReferenceKV({}, {}, num_references=0)
+        wide = torch.cat(list(batch), dim=-1)[None]
+        latent = encode_unquantized(self.vqvae, wide)
+        per_reference = torch.cat(latent.split(self.latent_size, dim=-1), dim=0)
+        return self._reference_pass(per_reference)
+
+    def null_references(self, count: int) -> ReferenceKV:
+        """The CFG null condition for `count` references: zero latents through the reference pass.
+
+        The pass over a zero latent does not depend on the input, so it is computed once per
+        device/dtype and `count` identical copies are represented by one copy plus a log(count)
+        attention bias.
+        """
+        key = (str(self.device), self.unet.dtype, self.latent_size)
+        cache = self._null_cache.get(key)
+        if cache is None:
+            zero = torch.zeros(1, self.latent_channels, self.latent_size, self.latent_size, device=self.device, dtype=self.unet.dtype)
+            with torch.no_grad():
+                cache = self._reference_pass(zero)
+            self._null_cache[key] = cache
+        return cache.repeated(count)
+
+    # ----------------------------------------------------------------------------- sampling
+    def initial_noise(self, batch_size: int, seed: int | Sequence[int]) -> torch.Tensor:
+        """Noise as the official script draws it: torch.manual_seed(seed); torch.randn(1, C, h, w) on the CPU.
+
+        Each image gets its own draw from its seed, so a photo restores the same in any batch.
+        """
+        seeds = [seed] * batch_size if isinstance(seed, int) else list(seed)
+        if len(seeds) != batch_size:
+            raise RefFaceError(f"Got {len(seeds)} seeds for {batch_size} images.")
+        shape = (1, self.latent_channels, self.latent_size, self.latent_size)
+        return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        lq: Sequence[ImageInput] | torch.Tensor,
+        references: ReferenceKV | Sequence[ImageInput] | torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.5,
+        seed: int | Sequence[int] = 2024,
+        spacing: str = "uniform_trailing",
+        noise: torch.Tensor | None = None,
+        progress: bool = True,
+        step_callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> RestorationOutput:
+        """Restore a batch of LQ face crops of one person.
+
+        `references` is a ReferenceKV from `encode_references` (reuse it across photos), images,
+        or None / empty for no references (plain LQ-conditioned restoration, no guidance).
+        Guidance follows the official batch order [null references, references].
+        """
+        lq_batch = self._prepare(lq)
+        batch_size = lq_batch.shape[0]
+        if references is None:
+            references = ReferenceKV({}, {}, num_references=0)
+        elif not isinstance(references, ReferenceKV):
+            references = self.encode_references(references)
+        lq_latents = encode_unquantized(self.vqvae, lq_batch)
+
+        latents = (noise if noise is not None else self.initial_noise(batch_size, seed)).to(self.device, torch.float32)
+        scheduler = sampling_scheduler(self.scheduler, num_inference_steps, spacing)
+        guided = references.num_references > 0 and guidance_scale != 1.0
+        if guided:
+            context = ReferenceBatch(((batch_size, self.null_references(references.num_references)), (batch_size, references)))
+        else:
+            context = ReferenceBatch(((batch_size, references),))
+        model_dtype = self.unet.dtype
+
+        timesteps = scheduler.timesteps
+        with tqdm(total=len(timesteps), desc="DDIM", unit="step", disable=not progress) as bar:
+            for index, t in enumerate(timesteps):
+                model_input = torch.cat([latents.to(model_dtype), lq_latents], dim=1)
+                if guided:
+                    model_input = torch.cat([model_input, model_input])
+                eps = denoise(self.unet, model_input, t.to(self.device), context).float()
+                if guided:
+                    eps_null, eps_ref = eps.chunk(2)
+                    eps = eps_null + guidance_scale * (eps_ref - eps_null)
+                if step_callback is not None:
+                    step_callback(index, int(t), eps)
+                latents = scheduler.step(eps, t, latents).prev_sample
+                bar.update()
+
+        pixels = ((decode_quantized(self.vqvae, latents.to(model_dtype)).float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        return RestorationOutput(images=to_pil(pixels), pixels=pixels, latents=latents)

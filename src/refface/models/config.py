@@ -158,3 +158,20 @@ def load_official_config(path: str | Path) -> RefLDMArchitecture:
         linear_start=float(params.get("linear_start", 0.0015)),
         linear_end=float(params.get("linear_end", 0.0155)),
     )
+
+
+def tiny_architecture() -> RefLDMArchitecture:
+    """A few-hundred-kilobyte ReF-LDM (16x16 images) for tests, smoke runs and demos on a CPU."""
+    return RefLDMArchitecture(
+        unet=UNetArchitecture(
+            image_size=8,
+            in_channels=8,
+            out_channels=4,
+            model_channels=32,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(2,),
+            num_head_channels=16,
+        ),
+        vq=VQArchitecture(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4, n_embed=16),
+    )

@@ -137,9 +137,9 @@ class RefLDMPipeline(DiffusionPipeline):
         them along the width (so each reference's latent sees its neighbours at the seams), then
         split back into per-reference latents for the U-Net pass.
         """
-        batch = self._prepare(references)
-        if batch.shape[0] == 0:
+        if len(references) == 0:
             return ReferenceKV({}, {}, num_references=0)
+        batch = self._prepare(references)
         wide = torch.cat(list(batch), dim=-1)[None]
         latent = encode_unquantized(self.vqvae, wide)
         per_reference = torch.cat(latent.split(self.latent_size, dim=-1), dim=0)

@@ -1,0 +1,108 @@
+"""Released model weights: where they live, and a resumable, verified download into the user cache.
+
+Nothing is ever downloaded by the tests; they exercise this code against a loopback HTTP server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from refface.errors import RefFaceError
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A downloadable weight file with the checksum it must have."""
+
+    name: str
+    url: str
+    sha256: str
+    licence: str
+
+
+RELEASE = "https://github.com/ChiWeiHsiao/ref-ldm/releases/download/1.0.0"
+NON_COMMERCIAL = "ReF-LDM release 1.0.0 licence (non-commercial use only; see the official repository)"
+REFLDM_WEIGHTS = WeightFile(
+    "refldm.ckpt", f"{RELEASE}/refldm.ckpt", "ad953ba72b52ed32dd280232ff0070bc6cb097a71dce250318730c884e38b778", NON_COMMERCIAL
+)
+VQGAN_WEIGHTS = WeightFile(
+    "vqgan.ckpt", f"{RELEASE}/vqgan.ckpt", "7b08407b454f5328aaaf1eda35418a5a53dcc68caaf3bcf12ab88b8f21ec1a5d", NON_COMMERCIAL
+)
+
+
+def cache_dir() -> Path:
+    """$REFFACE_CACHE, else $XDG_CACHE_HOME/refface, else ~/.cache/refface."""
+    if os.environ.get("REFFACE_CACHE"):
+        return Path(os.environ["REFFACE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "refface"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch(weight: WeightFile, partial: Path, progress: bool) -> None:
+    """Append the rest of the file to `partial`, resuming with an HTTP Range request."""
+    have = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(weight.url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # already complete
+            return
+        raise
+    with response:
+        if have and response.status != 206:  # server ignored the range: start over
+            have = 0
+        total = response.headers.get("Content-Length")
+        total = int(total) + have if total is not None else None
+        mode = "ab" if have else "wb"
+        with partial.open(mode) as stream, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, desc=weight.name, disable=not progress
+        ) as bar:
+            for block in iter(lambda: response.read(CHUNK), b""):
+                stream.write(block)
+                bar.update(len(block))
+
+
+def ensure_weights(weight: WeightFile, directory: Path | None = None, progress: bool = True) -> Path:
+    """Path of a verified copy of `weight` in the cache, downloading (or resuming) it if needed."""
+    directory = directory or cache_dir()
+    target = directory / weight.name
+    if target.exists():
+        return target
+    partial = directory / (weight.name + ".part")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _fetch(weight, partial, progress)
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise RefFaceError(
+            f"Could not download {weight.name} from {weight.url} ({reason}); download it by hand and put it at "
+            f"{target}, or pass its path explicitly."
+        ) from None
+    except OSError as error:
+        raise RefFaceError(f"Could not write the download to {partial} ({error.strerror or error}).") from None
+    actual = sha256_of(partial)
+    if actual != weight.sha256:
+        partial.unlink(missing_ok=True)
+        raise RefFaceError(
+            f"The downloaded {weight.name} has SHA-256 {actual[:12]}..., expected {weight.sha256[:12]}...; "
+            "the partial file was removed, please try again."
+        )
+    os.replace(partial, target)
+    return target

@@ -8,6 +8,7 @@ Facts of the release: `refldm.ckpt` is a flat state dict (`model.diffusion_model
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -31,10 +32,13 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).splitlines()[0] if str(error) else "unsupported content"
-        raise RefFaceError(
-            f"The {what} file {source} holds objects other than tensors and was not loaded for safety ({first})."
-        ) from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found:
+            raise RefFaceError(
+                f"The {what} file {source} contains Python objects ({found.group(1)}) besides tensors and was "
+                "not loaded, since unpickling them could run code."
+            ) from None
+        raise RefFaceError(f"The {what} file {source} is not a readable PyTorch checkpoint (damaged or another format).") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise RefFaceError(f"The {what} file {source} is not a readable PyTorch checkpoint ({first}).") from None

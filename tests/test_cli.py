@@ -1,0 +1,116 @@
+"""The `refface` command: the fixture through PNG files, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refface.cli import main
+
+
+@pytest.fixture
+def inputs(slim, tmp_path):
+    for name in ("lq.png", "ref0.png", "ref1.png", "ref2.png"):
+        shutil.copy(slim / name, tmp_path / name)
+    return tmp_path
+
+
+def _model_args(slim):
+    return ["--checkpoint", str(slim / "refldm.ckpt"), "--vqgan", str(slim / "vqgan.ckpt"), "--config", str(slim / "config.yaml")]
+
+
+def _restore_args(slim, folder, output, *extra):
+    refs = [str(folder / f"ref{i}.png") for i in range(3)]
+    return ["restore", str(folder / "lq.png"), "--ref", *refs, "--output", str(output), "--steps", "5", "--seed", "7",
+            "--aligned", "-q", *_model_args(slim), *extra]
+
+
+def test_console_script_reproduces_the_official_file(slim, inputs):
+    output = inputs / "restored.png"
+    before = (inputs / "lq.png").read_bytes()
+    command = [sys.executable, "-m", "refface.cli", *_restore_args(slim, inputs, output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = np.asarray(Image.open(output), dtype=int)
+    want = np.asarray(Image.open(slim / "expected.png").convert("RGB"), dtype=int)
+    assert np.abs(got - want).max() <= 1
+    assert (inputs / "lq.png").read_bytes() == before
+
+
+def test_several_lq_photos_go_to_a_folder_and_match_single_runs(slim, inputs, capsys):
+    shutil.copy(inputs / "lq.png", inputs / "second.png")
+    refs = [str(inputs / f"ref{i}.png") for i in range(3)]
+    args = ["restore", str(inputs / "lq.png"), str(inputs / "second.png"), "--ref", *refs, "--output", str(inputs / "out"),
+            "--steps", "5", "--seed", "7", "--aligned", "-q", *_model_args(slim)]
+    assert main(args) == 0
+    first = np.asarray(Image.open(inputs / "out" / "lq.png"), dtype=int)
+    second = np.asarray(Image.open(inputs / "out" / "second.png"), dtype=int)
+    want = np.asarray(Image.open(slim / "expected.png").convert("RGB"), dtype=int)
+    assert np.abs(first - want).max() <= 1 and np.abs(second - want).max() <= 1
+
+
+def _error_of(args, capsys) -> str:
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.startswith("refface: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_give_one_line_errors(slim, inputs, capsys, tmp_path):
+    out = inputs / "out.png"
+    assert "--aligned" in _error_of([a for a in _restore_args(slim, inputs, out) if a != "--aligned"], capsys)
+    assert "also an input" in _error_of(_restore_args(slim, inputs, inputs / "ref0.png", "--overwrite"), capsys)
+    assert "is a directory" in _error_of(_restore_args(slim, inputs, inputs), capsys)
+    (inputs / "bad.png").write_text("not an image")
+    args = _restore_args(slim, inputs, out)
+    args[args.index("--ref") + 1] = str(inputs / "bad.png")
+    assert "bad.png" in _error_of(args, capsys)
+    no_refs = ["restore", str(inputs / "lq.png"), "--output", str(out), "--aligned", *_model_args(slim)]
+    assert "--no-refs" in _error_of(no_refs, capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "garbage", "wrong-file", "wrong-config"])
+def test_bad_checkpoints_give_one_line_errors(slim, inputs, capsys, problem, tmp_path):
+    args = _restore_args(slim, inputs, inputs / "out.png")
+    position = args.index("--checkpoint") + 1
+    if problem == "missing":
+        args[position] = str(tmp_path / "nope.ckpt")
+    elif problem == "garbage":
+        (tmp_path / "g.ckpt").write_bytes(b"PK\x03\x04 broken zip")
+        args[position] = str(tmp_path / "g.ckpt")
+    elif problem == "wrong-file":
+        args[position] = str(slim / "vqgan.ckpt")
+    else:
+        args.remove("--config")
+        args.remove(str(slim / "config.yaml"))
+    message = _error_of(args, capsys)
+    assert "ckpt" in message
+    assert not (inputs / "out.png").exists()
+
+
+def test_existing_output_is_kept_without_overwrite(slim, inputs, capsys):
+    out = inputs / "out.png"
+    out.write_bytes(b"precious")
+    assert "--overwrite" in _error_of(_restore_args(slim, inputs, out), capsys)
+    assert out.read_bytes() == b"precious"
+
+
+def test_convert_then_restore_from_the_saved_folder(slim, inputs, tmp_path, capsys):
+    saved = tmp_path / "model"
+    assert main(["convert", str(saved), *_model_args(slim)]) == 0
+    assert (saved / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    refs = [str(inputs / f"ref{i}.png") for i in range(3)]
+    args = ["restore", str(inputs / "lq.png"), "--ref", *refs, "--output", str(inputs / "o.png"), "--steps", "5",
+            "--seed", "7", "--aligned", "-q", "--model", str(saved)]
+    assert main(args) == 0
+    got = np.asarray(Image.open(inputs / "o.png"), dtype=int)
+    want = np.asarray(Image.open(slim / "expected.png").convert("RGB"), dtype=int)
+    assert np.abs(got - want).max() <= 1
+    assert "not empty" in _error_of(["convert", str(saved), *_model_args(slim)], capsys)

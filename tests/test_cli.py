@@ -21,13 +21,23 @@ def inputs(slim, tmp_path):
 
 
 def _model_args(slim):
-    return ["--checkpoint", str(slim / "refldm.ckpt"), "--vqgan", str(slim / "vqgan.ckpt"), "--config", str(slim / "config.yaml")]
+    return [
+        "--checkpoint",
+        str(slim / "refldm.ckpt"),
+        "--vqgan",
+        str(slim / "vqgan.ckpt"),
+        "--config",
+        str(slim / "config.yaml"),
+    ]
 
 
-def _restore_args(slim, folder, output, *extra):
+def _restore_args(slim, folder, output, *extra, lq=("lq.png",), model=None):
+    """A `refface restore` command on the fixture files in `folder`; `model` replaces the official files."""
     refs = [str(folder / f"ref{i}.png") for i in range(3)]
-    return ["restore", str(folder / "lq.png"), "--ref", *refs, "--output", str(output), "--steps", "5", "--seed", "7",
-            "--aligned", "-q", *_model_args(slim), *extra]
+    weights = ["--model", str(model)] if model else _model_args(slim)
+    lq_paths = [str(folder / name) for name in lq]
+    options = ["--steps", "5", "--seed", "7", "--aligned", "-q"]
+    return ["restore", *lq_paths, "--ref", *refs, "--output", str(output), *options, *weights, *extra]
 
 
 def test_console_script_reproduces_the_official_file(slim, inputs):
@@ -44,10 +54,7 @@ def test_console_script_reproduces_the_official_file(slim, inputs):
 
 def test_several_lq_photos_go_to_a_folder_and_match_single_runs(slim, inputs, capsys):
     shutil.copy(inputs / "lq.png", inputs / "second.png")
-    refs = [str(inputs / f"ref{i}.png") for i in range(3)]
-    args = ["restore", str(inputs / "lq.png"), str(inputs / "second.png"), "--ref", *refs, "--output", str(inputs / "out"),
-            "--steps", "5", "--seed", "7", "--aligned", "-q", *_model_args(slim)]
-    assert main(args) == 0
+    assert main(_restore_args(slim, inputs, inputs / "out", lq=("lq.png", "second.png"))) == 0
     first = np.asarray(Image.open(inputs / "out" / "lq.png"), dtype=int)
     second = np.asarray(Image.open(inputs / "out" / "second.png"), dtype=int)
     want = np.asarray(Image.open(slim / "expected.png").convert("RGB"), dtype=int)
@@ -106,10 +113,7 @@ def test_convert_then_restore_from_the_saved_folder(slim, inputs, tmp_path, caps
     saved = tmp_path / "model"
     assert main(["convert", str(saved), *_model_args(slim)]) == 0
     assert (saved / "unet" / "diffusion_pytorch_model.safetensors").exists()
-    refs = [str(inputs / f"ref{i}.png") for i in range(3)]
-    args = ["restore", str(inputs / "lq.png"), "--ref", *refs, "--output", str(inputs / "o.png"), "--steps", "5",
-            "--seed", "7", "--aligned", "-q", "--model", str(saved)]
-    assert main(args) == 0
+    assert main(_restore_args(slim, inputs, inputs / "o.png", model=saved)) == 0
     got = np.asarray(Image.open(inputs / "o.png"), dtype=int)
     want = np.asarray(Image.open(slim / "expected.png").convert("RGB"), dtype=int)
     assert np.abs(got - want).max() <= 1

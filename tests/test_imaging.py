@@ -59,7 +59,12 @@ def test_exif_rotation_is_applied(tmp_path):
 def _bomb_png(path, width, height):
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 10))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(
@@ -97,8 +102,10 @@ def test_model_input_scaling_and_resize():
     images = [Image.fromarray(_rgb(4, size=(16, 16))), Image.fromarray(_rgb(5, size=(40, 24)))]
     batch = to_model_input(images, 16)
     assert batch.shape == (2, 3, 16, 16)
-    assert torch.allclose(batch[0], torch.from_numpy(np.asarray(images[0], dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1)
-    assert -1 <= batch.min() and batch.max() <= 1
+    assert torch.allclose(
+        batch[0], torch.from_numpy(np.asarray(images[0], dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+    )
+    assert batch.min() >= -1 and batch.max() <= 1
 
 
 def test_to_pil_truncates_like_the_official_writer():

@@ -63,7 +63,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
             "FFHQ-aligned face crops (LQ and references)."
         )
     if not args.ref and not args.no_refs:
-        raise RefFaceError("No reference photos were given: pass --ref FILE [FILE ...], or --no-refs to restore without.")
+        raise RefFaceError(
+            "No reference photos were given: pass --ref FILE [FILE ...], or --no-refs to restore without."
+        )
     if args.ref and args.no_refs:
         raise RefFaceError("--ref and --no-refs contradict each other; use one of them.")
     if args.steps < 1:
@@ -86,7 +88,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             spacing=args.schedule,
             progress=not args.quiet,
         )
-        for image, target in zip(result.images, outputs[start : start + args.batch_size]):
+        for image, target in zip(result.images, outputs[start : start + args.batch_size], strict=True):
             save_image(image, target)
             if not args.quiet:
                 print(f"wrote {target}")
@@ -98,7 +100,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
-        raise RefFaceError(f"The output folder {output} exists and is not empty; pass --overwrite to replace its model.")
+        raise RefFaceError(
+            f"The output folder {output} exists and is not empty; pass --overwrite to replace its model."
+        )
     pipe = RefLDMPipeline.from_official(args.checkpoint, args.vqgan, args.config)
     pipe.save_pretrained(output, safe_serialization=True)
     print(f"wrote {output}")

@@ -17,11 +17,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from refface.errors import RefFaceError
+from refface.errors import RefFaceError, require_file
 
 # Larger than any camera photo (about 16k x 16k) but far below what would exhaust memory.
 MAX_PIXELS = 250_000_000
-SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+SAVE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
@@ -52,11 +60,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image file as upright 8-bit RGB, or fail with one sentence naming the file."""
-    source = Path(path)
-    if not source.exists():
-        raise RefFaceError(f"The image {source} does not exist.")
-    if source.is_dir():
-        raise RefFaceError(f"The image path {source} is a directory, not an image file.")
+    source = require_file(path, "image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -74,7 +78,9 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except RefFaceError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RefFaceError(f"The image {source} is too large to decode safely (a possible decompression bomb).") from None
+        raise RefFaceError(
+            f"The image {source} is too large to decode safely (a possible decompression bomb)."
+        ) from None
     except UnidentifiedImageError:
         raise RefFaceError(f"The file {source} is not an image format refface can read.") from None
     except (OSError, SyntaxError, ValueError) as error:
@@ -108,7 +114,9 @@ def check_output_path(output: str | Path, inputs: Iterable[str | Path], overwrit
     """Validate where a result goes: a known image extension, not an input, not an existing file."""
     target = Path(output)
     if target.is_dir():
-        raise RefFaceError(f"The output path {target} is a directory; give a file name such as {target / 'restored.png'}.")
+        raise RefFaceError(
+            f"The output path {target} is a directory; give a file name such as {target / 'restored.png'}."
+        )
     if target.suffix.lower() not in SAVE_FORMATS:
         raise RefFaceError(
             f"The output file {target} must end in one of {', '.join(sorted(SAVE_FORMATS))} to choose an image format."

@@ -32,10 +32,16 @@ class WeightFile:
 RELEASE = "https://github.com/ChiWeiHsiao/ref-ldm/releases/download/1.0.0"
 NON_COMMERCIAL = "ReF-LDM release 1.0.0 licence (non-commercial use only; see the official repository)"
 REFLDM_WEIGHTS = WeightFile(
-    "refldm.ckpt", f"{RELEASE}/refldm.ckpt", "ad953ba72b52ed32dd280232ff0070bc6cb097a71dce250318730c884e38b778", NON_COMMERCIAL
+    "refldm.ckpt",
+    f"{RELEASE}/refldm.ckpt",
+    "ad953ba72b52ed32dd280232ff0070bc6cb097a71dce250318730c884e38b778",
+    NON_COMMERCIAL,
 )
 VQGAN_WEIGHTS = WeightFile(
-    "vqgan.ckpt", f"{RELEASE}/vqgan.ckpt", "7b08407b454f5328aaaf1eda35418a5a53dcc68caaf3bcf12ab88b8f21ec1a5d", NON_COMMERCIAL
+    "vqgan.ckpt",
+    f"{RELEASE}/vqgan.ckpt",
+    "7b08407b454f5328aaaf1eda35418a5a53dcc68caaf3bcf12ab88b8f21ec1a5d",
+    NON_COMMERCIAL,
 )
 
 
@@ -71,9 +77,10 @@ def _fetch(weight: WeightFile, partial: Path, progress: bool) -> None:
         total = response.headers.get("Content-Length")
         total = int(total) + have if total is not None else None
         mode = "ab" if have else "wb"
-        with partial.open(mode) as stream, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=weight.name, disable=not progress
-        ) as bar:
+        with (
+            partial.open(mode) as stream,
+            tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=weight.name, disable=not progress) as bar,
+        ):
             for block in iter(lambda: response.read(CHUNK), b""):
                 stream.write(block)
                 bar.update(len(block))

@@ -15,12 +15,16 @@ from tests.conftest import make_tiny_pipeline, random_images
 
 def _attention(channels: int, head_dim: int) -> Attention:
     torch.manual_seed(channels + head_dim)
-    attn = Attention(channels, heads=channels // head_dim, dim_head=head_dim, norm_num_groups=8, residual_connection=True, bias=True)
+    attn = Attention(
+        channels, heads=channels // head_dim, dim_head=head_dim, norm_num_groups=8, residual_connection=True, bias=True
+    )
     attn.set_processor(CacheKVAttnProcessor("layer"))
     return attn.eval()
 
 
-def _reference_attention(attn: Attention, x: torch.Tensor, extra_k: torch.Tensor, extra_v: torch.Tensor) -> torch.Tensor:
+def _reference_attention(
+    attn: Attention, x: torch.Tensor, extra_k: torch.Tensor, extra_v: torch.Tensor
+) -> torch.Tensor:
     """Direct softmax attention over [own tokens, extra tokens], written out without SDPA."""
     b, c, h, w = x.shape
     heads = attn.heads
@@ -133,7 +137,9 @@ def test_no_references_and_unit_guidance_skip_the_null_branch(tiny_pipeline):
 def test_concurrent_restorations_do_not_interfere():
     pipe = make_tiny_pipeline(seed=14)
     jobs = [(random_images(1, 16, seed=20 + i), random_images(1 + i, 16, seed=30 + i)) for i in range(3)]
-    expected = [pipe(lq, refs, num_inference_steps=3, seed=i, progress=False).latents for i, (lq, refs) in enumerate(jobs)]
+    expected = [
+        pipe(lq, refs, num_inference_steps=3, seed=i, progress=False).latents for i, (lq, refs) in enumerate(jobs)
+    ]
     results: dict[int, torch.Tensor] = {}
 
     def work(i: int) -> None:

@@ -31,8 +31,14 @@ def _legacy_attention(x, norm, qkv_w, qkv_b, proj_w, proj_b, heads):
 @pytest.mark.parametrize(("channels", "head_channels"), [(32, 16), (64, 16), (96, 32)])
 def test_legacy_qkv_split_matches_official_attention(channels, head_channels):
     arch = UNetArchitecture(
-        image_size=8, in_channels=8, out_channels=4, model_channels=channels, channel_mult=(1,),
-        num_res_blocks=1, attention_resolutions=(1,), num_head_channels=head_channels,
+        image_size=8,
+        in_channels=8,
+        out_channels=4,
+        model_channels=channels,
+        channel_mult=(1,),
+        num_res_blocks=1,
+        attention_resolutions=(1,),
+        num_head_channels=head_channels,
     )
     unet = build_unet(arch)
     attn = unet.down_blocks[0].attentions[0]
@@ -57,7 +63,7 @@ def test_released_key_layout_maps_onto_our_modules(slim):
     """Every key and shape of the released full-size checkpoints has a place in our modules."""
     keys = json.loads((slim.parent / "official-full-keys.json").read_text())
     arch = released_architecture()
-    unet_shapes = {k[len("model.diffusion_model."):]: v for k, v in keys["refldm.ckpt"].items()}
+    unet_shapes = {k[len("model.diffusion_model.") :]: v for k, v in keys["refldm.ckpt"].items()}
     vq_shapes = {k: v for k, v in keys["vqgan.ckpt[state_dict]"].items() if not k.startswith("loss.")}
     with torch.device("meta"):
         unet, vq = build_unet(arch.unet), build_vqmodel(arch.vq)

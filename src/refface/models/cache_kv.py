@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +84,7 @@ class ReferenceBatch:
         return sum(count for count, _ in self.segments)
 
 
-CacheKVContext = Union[KVRecorder, ReferenceBatch, None]
+CacheKVContext = KVRecorder | ReferenceBatch | None
 
 
 class CacheKVAttnProcessor:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from refface.errors import RefFaceError
+from refface.errors import RefFaceError, require_file
 
 UNET_PREFIX = "model.diffusion_model."
 EMA_PREFIX = "model_ema."
@@ -24,11 +24,7 @@ TRAINING_ONLY_PREFIXES = ("loss.",)
 
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """Load a checkpoint with `weights_only=True`, unwrapping a `state_dict` entry if present."""
-    source = Path(path)
-    if not source.exists():
-        raise RefFaceError(f"The {what} file {source} does not exist.")
-    if source.is_dir():
-        raise RefFaceError(f"The {what} path {source} is a directory, not a checkpoint file.")
+    source = require_file(path, f"{what} file")
     try:
         loaded = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -38,7 +34,9 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
                 f"The {what} file {source} contains Python objects ({found.group(1)}) besides tensors and was "
                 "not loaded, since unpickling them could run code."
             ) from None
-        raise RefFaceError(f"The {what} file {source} is not a readable PyTorch checkpoint (damaged or another format).") from None
+        raise RefFaceError(
+            f"The {what} file {source} is not a readable PyTorch checkpoint (damaged or another format)."
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise RefFaceError(f"The {what} file {source} is not a readable PyTorch checkpoint ({first}).") from None
@@ -54,7 +52,9 @@ def _ema_name(unet_key: str) -> str:
     return EMA_PREFIX + unet_key[len("model.") :].replace(".", "")
 
 
-def select_unet_weights(state: dict[str, torch.Tensor], source: str | Path, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+def select_unet_weights(
+    state: dict[str, torch.Tensor], source: str | Path, prefer_ema: bool = True
+) -> dict[str, torch.Tensor]:
     """The denoiser weights with the `model.diffusion_model.` prefix removed; EMA ones when stored.
 
     The official inference runs under `ema_scope()`, i.e. with the EMA weights whenever the
@@ -65,7 +65,9 @@ def select_unet_weights(state: dict[str, torch.Tensor], source: str | Path, pref
         raise RefFaceError(
             f"The checkpoint {source} has no denoiser weights ({UNET_PREFIX}*); is it the ReF-LDM refldm.ckpt?"
         )
-    ema_keys = [k for k in state if k.startswith(EMA_PREFIX) and k not in (EMA_PREFIX + "decay", EMA_PREFIX + "num_updates")]
+    ema_keys = [
+        k for k in state if k.startswith(EMA_PREFIX) and k not in (EMA_PREFIX + "decay", EMA_PREFIX + "num_updates")
+    ]
     use_ema = prefer_ema and bool(ema_keys)
     if use_ema:
         missing = [k for k in raw_keys if _ema_name(k) not in state]

@@ -173,5 +173,7 @@ def tiny_architecture() -> RefLDMArchitecture:
             attention_resolutions=(2,),
             num_head_channels=16,
         ),
-        vq=VQArchitecture(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4, n_embed=16),
+        vq=VQArchitecture(
+            resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4, n_embed=16
+        ),
     )

@@ -81,7 +81,9 @@ def unet_rules(arch: UNetArchitecture) -> list[Rule]:
             rules += _unet_resblock(f"input_blocks.{block}.0", f"{dst}.resnets.{j}", channels != width)
             channels = width
             if attention[level]:
-                rules += _unet_attention(f"input_blocks.{block}.1", f"{dst}.attentions.{j}", width, arch.num_head_channels)
+                rules += _unet_attention(
+                    f"input_blocks.{block}.1", f"{dst}.attentions.{j}", width, arch.num_head_channels
+                )
             skip_widths.append(width)
             block += 1
         if level != levels - 1:
@@ -144,10 +146,14 @@ def vq_rules(arch: VQArchitecture) -> list[Rule]:
     channels = arch.ch
     for level, width in enumerate(widths):
         for j in range(arch.num_res_blocks):
-            rules += _vq_resblock(f"encoder.down.{level}.block.{j}", f"encoder.down_blocks.{level}.resnets.{j}", channels != width)
+            rules += _vq_resblock(
+                f"encoder.down.{level}.block.{j}", f"encoder.down_blocks.{level}.resnets.{j}", channels != width
+            )
             channels = width
         if level != levels - 1:
-            rules += _params(f"encoder.down.{level}.downsample.conv", f"encoder.down_blocks.{level}.downsamplers.0.conv")
+            rules += _params(
+                f"encoder.down.{level}.downsample.conv", f"encoder.down_blocks.{level}.downsamplers.0.conv"
+            )
     rules += _vq_mid("encoder")
     rules += _params("encoder.norm_out", "encoder.conv_norm_out")
     rules += _params("encoder.conv_out", "encoder.conv_out")
@@ -162,7 +168,9 @@ def vq_rules(arch: VQArchitecture) -> list[Rule]:
     for up_index, level in enumerate(reversed(range(levels))):
         width = widths[level]
         for j in range(arch.num_res_blocks + 1):
-            rules += _vq_resblock(f"decoder.up.{level}.block.{j}", f"decoder.up_blocks.{up_index}.resnets.{j}", channels != width)
+            rules += _vq_resblock(
+                f"decoder.up.{level}.block.{j}", f"decoder.up_blocks.{up_index}.resnets.{j}", channels != width
+            )
             channels = width
         if level != 0:
             rules += _params(f"decoder.up.{level}.upsample.conv", f"decoder.up_blocks.{up_index}.upsamplers.0.conv")

@@ -83,7 +83,7 @@ def denoise(
     skips = [hidden]
     for block in unet.down_blocks:
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
-        for resnet, attn in zip(block.resnets, attentions):
+        for resnet, attn in zip(block.resnets, attentions, strict=True):
             hidden = resnet(hidden, emb)
             if attn is not None:
                 hidden = _attend(attn, hidden, context)
@@ -94,7 +94,7 @@ def denoise(
 
     mid = unet.mid_block
     hidden = mid.resnets[0](hidden, emb)
-    for attn, resnet in zip(mid.attentions, mid.resnets[1:]):
+    for attn, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
         if attn is not None:
             hidden = _attend(attn, hidden, context)
         hidden = resnet(hidden, emb)
@@ -102,7 +102,7 @@ def denoise(
     stop_after = last_attention_block(unet) if recording else None
     for index, block in enumerate(unet.up_blocks):
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
-        for resnet, attn in zip(block.resnets, attentions):
+        for resnet, attn in zip(block.resnets, attentions, strict=True):
             hidden = resnet(torch.cat([hidden, skips.pop()], dim=1), emb)
             if attn is not None:
                 hidden = _attend(attn, hidden, context)

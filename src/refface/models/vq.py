@@ -43,9 +43,7 @@ def nearest_codes(vq: VQModel, latents: torch.Tensor) -> torch.Tensor:
     """Replace every latent vector by its nearest codebook vector (squared Euclidean distance)."""
     codebook = vq.quantize.embedding.weight
     flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
-    distances = (
-        flat.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1)[None, :] - 2 * flat @ codebook.t()
-    )
+    distances = flat.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1)[None, :] - 2 * flat @ codebook.t()
     codes = codebook[distances.argmin(dim=1)]
     return codes.view(latents.shape[0], latents.shape[2], latents.shape[3], -1).permute(0, 3, 1, 2)
 

@@ -31,7 +31,9 @@ def load_refldm(
     """Load from `model` (saved folder), else `checkpoint` (+ `vqgan`, `config`), else the released weights."""
     if model is not None:
         if checkpoint is not None or vqgan is not None or config is not None:
-            raise RefFaceError("--model already holds every weight; do not combine it with --checkpoint/--vqgan/--config.")
+            raise RefFaceError(
+                "--model already holds every weight; do not combine it with --checkpoint/--vqgan/--config."
+            )
         return load_saved(model)
     if checkpoint is None:
         if vqgan is not None or config is not None:

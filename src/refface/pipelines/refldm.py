@@ -77,14 +77,23 @@ class RefLDMPipeline(DiffusionPipeline):
         state = read_state_dict(checkpoint, "ReF-LDM checkpoint")
         vq_state = read_state_dict(vqgan, "VQGAN checkpoint") if vqgan is not None else None
         pipe = cls.from_architecture(arch)
-        unet_weights = apply_rules(select_unet_weights(state, checkpoint, use_ema), unet_rules(arch.unet), str(checkpoint))
-        vq_weights = apply_rules(select_vq_weights(vq_state, state, checkpoint), vq_rules(arch.vq), str(vqgan or checkpoint))
-        for module, weights, source in ((pipe.unet, unet_weights, checkpoint), (pipe.vqvae, vq_weights, vqgan or checkpoint)):
+        unet_weights = apply_rules(
+            select_unet_weights(state, checkpoint, use_ema), unet_rules(arch.unet), str(checkpoint)
+        )
+        vq_weights = apply_rules(
+            select_vq_weights(vq_state, state, checkpoint), vq_rules(arch.vq), str(vqgan or checkpoint)
+        )
+        for module, weights, source in (
+            (pipe.unet, unet_weights, checkpoint),
+            (pipe.vqvae, vq_weights, vqgan or checkpoint),
+        ):
             try:
                 module.load_state_dict(weights, strict=True)
             except RuntimeError as error:
                 detail = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-                raise RefFaceError(f"The weights in {source} have the wrong shapes for this architecture ({detail}).") from None
+                raise RefFaceError(
+                    f"The weights in {source} have the wrong shapes for this architecture ({detail})."
+                ) from None
         return pipe.eval_mode()
 
     def eval_mode(self) -> RefLDMPipeline:
@@ -155,7 +164,9 @@ class RefLDMPipeline(DiffusionPipeline):
         key = (str(self.device), self.unet.dtype, self.latent_size)
         cache = self._null_cache.get(key)
         if cache is None:
-            zero = torch.zeros(1, self.latent_channels, self.latent_size, self.latent_size, device=self.device, dtype=self.unet.dtype)
+            zero = torch.zeros(
+                1, self.latent_channels, self.latent_size, self.latent_size, device=self.device, dtype=self.unet.dtype
+            )
             with torch.no_grad():
                 cache = self._reference_pass(zero)
             self._null_cache[key] = cache
@@ -204,7 +215,9 @@ class RefLDMPipeline(DiffusionPipeline):
         scheduler = sampling_scheduler(self.scheduler, num_inference_steps, spacing)
         guided = references.num_references > 0 and guidance_scale != 1.0
         if guided:
-            context = ReferenceBatch(((batch_size, self.null_references(references.num_references)), (batch_size, references)))
+            context = ReferenceBatch(
+                ((batch_size, self.null_references(references.num_references)), (batch_size, references))
+            )
         else:
             context = ReferenceBatch(((batch_size, references),))
         model_dtype = self.unet.dtype

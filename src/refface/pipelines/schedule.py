@@ -40,7 +40,9 @@ def use_float64_cumprod(scheduler: DDIMScheduler) -> DDIMScheduler:
     """
     betas = np.asarray(scheduler.config.trained_betas, dtype=np.float64)
     scheduler.alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - betas)).to(torch.float32)
-    scheduler.final_alpha_cumprod = torch.tensor(1.0) if scheduler.config.set_alpha_to_one else scheduler.alphas_cumprod[0]
+    scheduler.final_alpha_cumprod = (
+        torch.tensor(1.0) if scheduler.config.set_alpha_to_one else scheduler.alphas_cumprod[0]
+    )
     return scheduler
 
 

@@ -1,0 +1,170 @@
+"""Time ReF-LDM inference phases and peak memory: CacheKV versus spatial concatenation.
+
+Each configuration runs in a fresh child process so that its peak resident memory (ru_maxrss) is
+its own. The weights are random (timing does not depend on them); the architecture is the
+released one unless --arch tiny. Per-step times are the median over --timed-steps guided steps;
+the 50-step total is composed from the measured phases:
+    total = encode refs + reference pass + encode LQ + steps x step + decode
+
+    python benchmarks/bench_inference.py                       # 1 and 5 refs, both variants
+    python benchmarks/bench_inference.py --refs 5 --variants cachekv --timed-steps 5
+    python benchmarks/bench_inference.py --arch tiny --timed-steps 2   # seconds, for a smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from refface import RefLDMPipeline, released_architecture, tiny_architecture
+from refface.models.unet import denoise
+from refface.models.vq import decode_quantized, encode_unquantized
+from refface.pipelines.schedule import sampling_scheduler
+
+ARCHES = {"released": released_architecture, "tiny": tiny_architecture}
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def spatial_concat_eps(pipe: RefLDMPipeline, x_in: torch.Tensor, refs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The spatial-concatenation baseline: [target | ref_1 | ... | ref_N] along the width, every step.
+
+    x_in: [B, 2C, h, w]; refs: [B, N, C, h, w] (zeros for the null branch of guidance).
+    """
+    padded = torch.cat([refs, torch.zeros_like(refs)], dim=2)  # zero LQ channels, as CacheKV pads
+    wide_refs = torch.cat(padded.unbind(dim=1), dim=-1)
+    out = denoise(pipe.unet, torch.cat([x_in, wide_refs], dim=-1), t, None)
+    return out[..., : x_in.shape[-1]]
+
+
+def run_child(variant: str, refs: int, arch_name: str, timed_steps: int) -> dict:
+    torch.manual_seed(0)
+    pipe = RefLDMPipeline.from_architecture(ARCHES[arch_name]()).eval_mode()
+    size = pipe.image_size
+    lq = torch.rand(1, 3, size, size) * 2 - 1
+    ref_images = torch.rand(refs, 3, size, size) * 2 - 1
+    result: dict = {"variant": variant, "refs": refs, "threads": torch.get_num_threads()}
+    with torch.no_grad():
+        wide = torch.cat(list(ref_images), dim=-1)[None]
+        ref_latent, result["encode_refs_s"] = _timed(lambda: encode_unquantized(pipe.vqvae, wide))
+        per_ref = torch.cat(ref_latent.split(pipe.latent_size, dim=-1), dim=0)
+        lq_latent, result["encode_lq_s"] = _timed(lambda: encode_unquantized(pipe.vqvae, lq))
+        x = torch.randn(1, pipe.latent_channels, pipe.latent_size, pipe.latent_size)
+        step_times = []
+        if variant == "cachekv":
+            cache, result["reference_pass_s"] = _timed(lambda: pipe._reference_pass(per_ref))
+            _, result["null_cache_once_per_model_s"] = _timed(lambda: pipe.null_references(refs))
+            stamps = []
+            pipe(
+                lq,
+                cache,
+                num_inference_steps=timed_steps,
+                progress=False,
+                noise=x,
+                step_callback=lambda *_: stamps.append(time.perf_counter()),
+            )
+            step_times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+        else:
+            result["reference_pass_s"] = 0.0
+            scheduler = sampling_scheduler(pipe.scheduler, timed_steps, "uniform_trailing")
+            for t in scheduler.timesteps:
+                start = time.perf_counter()
+                x_in = torch.cat([x, lq_latent], dim=1)
+                refs_batch = torch.stack([torch.zeros_like(per_ref), per_ref])  # [null, references]
+                eps_null, eps_ref = spatial_concat_eps(pipe, torch.cat([x_in, x_in]), refs_batch, t).chunk(2)
+                eps = eps_null + 1.5 * (eps_ref - eps_null)
+                x = scheduler.step(eps, t, x).prev_sample
+                step_times.append(time.perf_counter() - start)
+            step_times = step_times[1:] or step_times
+        _, result["decode_s"] = _timed(lambda: decode_quantized(pipe.vqvae, x))
+    result["step_s"] = statistics.median(step_times)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return result
+
+
+def total_seconds(row: dict, steps: int) -> float:
+    return row["encode_refs_s"] + row["reference_pass_s"] + row["encode_lq_s"] + steps * row["step_s"] + row["decode_s"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--refs", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--variants", nargs="+", choices=["cachekv", "spatial"], default=["cachekv", "spatial"])
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the composed total")
+    parser.add_argument("--timed-steps", type=int, default=3, help="guided steps actually timed per configuration")
+    parser.add_argument("--arch", choices=list(ARCHES), default="released")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.timed_steps < 2:
+        parser.error("--timed-steps must be at least 2 (the first step is warm-up)")
+
+    if args.child:
+        variant, refs = args.child.split(":")
+        print(json.dumps(run_child(variant, int(refs), args.arch, args.timed_steps)))
+        return 0
+
+    rows = []
+    for refs in args.refs:
+        for variant in args.variants:
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                f"{variant}:{refs}",
+                "--arch",
+                args.arch,
+                "--timed-steps",
+                str(args.timed_steps),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+            if done.returncode != 0:
+                print(done.stderr, file=sys.stderr)
+                return done.returncode
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            row["total_s"] = total_seconds(row, args.steps)
+            rows.append(row)
+            print(f"done {variant} refs={refs}: step {row['step_s']:.2f}s total {row['total_s']:.1f}s", file=sys.stderr)
+
+    print(
+        f"\nReF-LDM inference, {args.arch} architecture, fp32, CPU threads={rows[0]['threads']}, "
+        f"{args.steps} steps (per-step = median of {args.timed_steps - 1} timed guided steps)\n"
+    )
+    header = "| variant | refs | encode refs s | ref pass s | encode LQ s | step s | decode s | total s | peak RSS GB |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for r in rows:
+        print(
+            f"| {r['variant']} | {r['refs']} | {r['encode_refs_s']:.2f} | {r['reference_pass_s']:.2f} | "
+            f"{r['encode_lq_s']:.2f} | {r['step_s']:.3f} | {r['decode_s']:.2f} | {r['total_s']:.1f} | "
+            f"{r['peak_rss_gb']:.2f} |"
+        )
+    by_key = {(r["variant"], r["refs"]): r for r in rows}
+    for refs in args.refs:
+        cache, spatial = by_key.get(("cachekv", refs)), by_key.get(("spatial", refs))
+        if cache and spatial:
+            print(
+                f"refs={refs}: CacheKV/spatial step time {cache['step_s'] / spatial['step_s']:.2f}, "
+                f"total {cache['total_s'] / spatial['total_s']:.2f}, "
+                f"peak memory {cache['peak_rss_gb'] / spatial['peak_rss_gb']:.2f}"
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -76,7 +76,8 @@ class RefLDMPipeline(DiffusionPipeline):
         arch = load_official_config(config) if config is not None else released_architecture()
         state = read_state_dict(checkpoint, "ReF-LDM checkpoint")
         vq_state = read_state_dict(vqgan, "VQGAN checkpoint") if vqgan is not None else None
-        pipe = cls.from_architecture(arch)
+        with torch.device("meta"):  # no point initialising weights that are replaced right away
+            pipe = cls.from_architecture(arch)
         unet_weights = apply_rules(
             select_unet_weights(state, checkpoint, use_ema), unet_rules(arch.unet), str(checkpoint)
         )
@@ -88,7 +89,7 @@ class RefLDMPipeline(DiffusionPipeline):
             (pipe.vqvae, vq_weights, vqgan or checkpoint),
         ):
             try:
-                module.load_state_dict(weights, strict=True)
+                module.load_state_dict(weights, strict=True, assign=True)
             except RuntimeError as error:
                 detail = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
                 raise RefFaceError(

@@ -32,13 +32,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_pipeline(args: argparse.Namespace):
-    """The pipeline from --model (diffusers folder), --checkpoint (official files) or the released weights."""
-    from refface.pipelines.loading import load_refldm
-
-    return load_refldm(model=args.model, checkpoint=args.checkpoint, vqgan=args.vqgan, config=args.config)
-
-
 def _output_paths(args: argparse.Namespace) -> list[Path]:
     from refface.imaging import check_output_path
 
@@ -56,6 +49,7 @@ def _output_paths(args: argparse.Namespace) -> list[Path]:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from refface.imaging import load_image, save_image
+    from refface.pipelines.loading import load_refldm
 
     if not args.aligned:
         raise RefFaceError(
@@ -75,7 +69,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     ref_images = [load_image(p) for p in args.ref or []]
 
     device = resolve_device(args.device)
-    pipe = load_pipeline(args).to(device=device, dtype=DTYPES[args.dtype])
+    pipe = load_refldm(model=args.model, checkpoint=args.checkpoint, vqgan=args.vqgan, config=args.config)
+    pipe = pipe.to(device=device, dtype=DTYPES[args.dtype])
     references = pipe.encode_references(ref_images)
     for start in range(0, len(lq_images), args.batch_size):
         chunk = lq_images[start : start + args.batch_size]

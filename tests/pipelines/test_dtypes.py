@@ -22,3 +22,14 @@ def test_bfloat16_is_close_to_float32():
     # the null-reference cache is kept per dtype: the bf16 run made and used its own bf16 entry
     entry = low._null_cache[(str(low.device), torch.bfloat16, low.latent_size)]
     assert all(k.dtype == torch.bfloat16 for k in entry.keys.values())
+
+
+def test_a_cache_made_before_a_dtype_change_still_works():
+    pipe = make_tiny_pipeline(seed=34)
+    lq, refs = random_images(1, 16, seed=35), random_images(2, 16, seed=36)
+    cache = pipe.encode_references(refs)  # float32
+    low = copy.deepcopy(pipe).to(dtype=torch.bfloat16)
+    kwargs = dict(num_inference_steps=2, seed=1, progress=False)
+    moved = low(lq, cache.to(dtype=torch.bfloat16), **kwargs).latents
+    as_is = low(lq, cache, **kwargs).latents
+    assert torch.equal(moved, as_is)

@@ -45,9 +45,6 @@ class ReferenceKV:
             self.copies,
         )
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys.values(), *self.values.values()))
-
 
 @dataclass
 class KVRecorder:
@@ -151,8 +148,9 @@ class CacheKVAttnProcessor:
             if refs is None or refs.num_references == 0:
                 outputs.append(F.scaled_dot_product_attention(q, k, v))
                 continue
-            ref_k = refs.keys[self.layer].to(q.dtype).expand(count, -1, -1, -1)
-            ref_v = refs.values[self.layer].to(q.dtype).expand(count, -1, -1, -1)
+            # no-ops unless the cache was made before the model moved to another device or dtype
+            ref_k = refs.keys[self.layer].to(q.device, q.dtype).expand(count, -1, -1, -1)
+            ref_v = refs.values[self.layer].to(q.device, q.dtype).expand(count, -1, -1, -1)
             k = torch.cat([k, ref_k], dim=2)
             v = torch.cat([v, ref_v], dim=2)
             bias = None

@@ -65,10 +65,9 @@ def select_unet_weights(
         raise RefFaceError(
             f"The checkpoint {source} has no denoiser weights ({UNET_PREFIX}*); is it the ReF-LDM refldm.ckpt?"
         )
-    ema_keys = [
-        k for k in state if k.startswith(EMA_PREFIX) and k not in (EMA_PREFIX + "decay", EMA_PREFIX + "num_updates")
-    ]
-    use_ema = prefer_ema and bool(ema_keys)
+    ema_bookkeeping = (EMA_PREFIX + "decay", EMA_PREFIX + "num_updates")
+    has_ema = any(k.startswith(EMA_PREFIX) and k not in ema_bookkeeping for k in state)
+    use_ema = prefer_ema and has_ema
     if use_ema:
         missing = [k for k in raw_keys if _ema_name(k) not in state]
         if missing:

@@ -1,0 +1,1 @@
+"""Faces in real photos: detection, FFHQ alignment, paste-back and identity embedders."""

@@ -32,7 +32,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _output_paths(args: argparse.Namespace) -> list[Path]:
+def _aligned_output_paths(args: argparse.Namespace) -> list[Path]:
     from refface.imaging import check_output_path
 
     inputs = [*args.lq, *(args.ref or [])]
@@ -47,47 +47,220 @@ def _output_paths(args: argparse.Namespace) -> list[Path]:
     return [check_output_path(output / f"{stem}.png", inputs, args.overwrite) for stem in stems]
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
-    from refface.imaging import load_image, save_image
-    from refface.pipelines.loading import load_refldm
+def _photo_output_folder(args: argparse.Namespace) -> Path:
+    from refface.imaging import SAVE_FORMATS
 
-    if not args.aligned:
+    output = Path(args.output)
+    if output.suffix.lower() in SAVE_FORMATS or (output.exists() and not output.is_dir()):
         raise RefFaceError(
-            "Face detection and alignment for whole photos is not available yet; pass --aligned with "
-            "FFHQ-aligned face crops (LQ and references)."
+            f"For whole photos --output is a folder (it receives restored_imgs/, cropped_faces/, restored_faces/ "
+            f"and cmp/), but {output} looks like a file; pass --aligned if the inputs are face crops."
         )
-    if not args.ref and not args.no_refs:
+    stems = [Path(p).stem for p in args.lq]
+    if len(set(stems)) != len(stems):
+        raise RefFaceError("Several photos share a file name, so their results would collide in the output folder.")
+    return output
+
+
+def _check_restore_options(args: argparse.Namespace) -> None:
+    sources = [
+        name
+        for name, given in (("--ref", args.ref), ("--refs-dir", args.refs_dir), ("--no-refs", args.no_refs))
+        if given
+    ]
+    if not sources:
         raise RefFaceError(
-            "No reference photos were given: pass --ref FILE [FILE ...], or --no-refs to restore without."
+            "No reference photos were given: pass --ref FILE [FILE ...], --refs-dir ALBUM_FOLDER, or --no-refs "
+            "to restore without."
         )
-    if args.ref and args.no_refs:
-        raise RefFaceError("--ref and --no-refs contradict each other; use one of them.")
+    if len(sources) > 1:
+        raise RefFaceError(f"{' and '.join(sources)} contradict each other; use one of them.")
+    if args.person and not args.refs_dir:
+        raise RefFaceError("--person only applies to reference selection from an album (--refs-dir).")
     if args.steps < 1:
         raise RefFaceError(f"--steps must be at least 1, got {args.steps}.")
-    outputs = _output_paths(args)
-    lq_images = [load_image(p) for p in args.lq]
-    ref_images = [load_image(p) for p in args.ref or []]
+    if args.num_refs < 1:
+        raise RefFaceError(f"--num-refs must be at least 1, got {args.num_refs}.")
+
+
+def _face_selection(value: str) -> str | int:
+    if value in ("all", "largest", "auto"):
+        return value
+    try:
+        index = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all, largest, auto or a face number, got {value!r}") from None
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"face numbers start at 0, got {index}")
+    return index
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message)
+
+
+def _reference_crops(args: argparse.Namespace, detector, embedder, lq_target) -> tuple[list, list[str]]:
+    """Aligned reference crops (uint8 arrays) and a label for each, from --ref files or the album."""
+    import numpy as np
+
+    from refface.face.album import choose_references, scan_album
+    from refface.imaging import load_image
+    from refface.photo import align_references, as_rgb_array
+
+    if args.no_refs:
+        return [], []
+    if args.ref:
+        images = [load_image(p) for p in args.ref]
+        if args.aligned:
+            return [as_rgb_array(image) for image in images], [Path(p).name for p in args.ref]
+        crops, notes = align_references(images, [str(p) for p in args.ref], detector)
+        for note in notes:
+            _say(args, f"note: {note}")
+        return crops, [Path(p).name for p in args.ref]
+    scan = scan_album(args.refs_dir, detector, embedder, progress=not args.quiet)
+    for name, reason in scan.skipped.items():
+        _say(args, f"references: skipped {name}: {reason}")
+    faces = scan.faces
+    target, kind = lq_target, "LQ face"
+    if args.person:
+        example, _ = align_references([load_image(args.person)], [args.person], detector)
+        target, kind = embedder.embed(example)[0], "--person example"
+    choice = choose_references(faces, embedder, args.num_refs, target, kind)
+    for reason in choice.reasons:
+        _say(args, f"references: {reason}")
+    crops = [face.align().image for face in choice.chosen]
+    return [np.asarray(c) for c in crops], [face.label for face in choice.chosen]
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from refface.face.album import sharpness
+    from refface.face.detection import DlibDetector
+    from refface.face.guard import check_identity, lq_is_usable
+    from refface.face.identity import make_embedder
+    from refface.face.locate import find_faces
+    from refface.imaging import check_output_path, load_image, save_image
+    from refface.photo import as_rgb_array, comparison_image, restore_faces
+
+    _check_restore_options(args)
+    has_refs = not args.no_refs
+    select = args.face if args.face != "auto" else ("largest" if has_refs else "all")
+    if args.aligned:
+        outputs = _aligned_output_paths(args)
+    else:
+        folder = _photo_output_folder(args)
+        outputs = [
+            check_output_path(folder / "restored_imgs" / f"{Path(p).stem}.png", args.lq, args.overwrite)
+            for p in args.lq
+        ]
 
     device = resolve_device(args.device)
+    detector = None if args.aligned and (args.ref or args.no_refs) else DlibDetector(args.detector)
+    embedder = make_embedder(args.identity, device) if has_refs else None
+
+    # Find every face first, so mistakes in the inputs surface before the slow model work.
+    photos = [as_rgb_array(load_image(p)) for p in args.lq]
+    if args.aligned:
+        face_lists = [[photo] for photo in photos]
+    else:
+        face_lists = []
+        for path, photo in zip(args.lq, photos, strict=True):
+            search = find_faces(photo, detector, select, source=path)
+            for note in search.notes:
+                _say(args, f"note: {note}")
+            face_lists.append(search.faces)
+    first_crop = face_lists[0][0] if args.aligned else face_lists[0][0].image
+    first_size = None if args.aligned else face_lists[0][0].quad.size
+
+    lq_target = embedder.embed([first_crop])[0] if embedder is not None else None
+    ref_crops, ref_labels = _reference_crops(args, detector, embedder, lq_target)
+    if ref_crops:
+        usable = lq_is_usable(sharpness(first_crop), [sharpness(c) for c in ref_crops], first_size)
+        report = check_identity(embedder, ref_crops, ref_labels, first_crop if usable else None, strict=args.strict)
+        _say(args, report.summary())
+        for warning in report.warnings:
+            print(f"refface: warning: {warning}", file=sys.stderr)
+
+    from refface.pipelines.loading import load_refldm
+
     pipe = load_refldm(model=args.model, checkpoint=args.checkpoint, vqgan=args.vqgan, config=args.config)
     pipe = pipe.to(device=device, dtype=DTYPES[args.dtype])
-    references = pipe.encode_references(ref_images)
-    for start in range(0, len(lq_images), args.batch_size):
-        chunk = lq_images[start : start + args.batch_size]
-        result = pipe(
-            chunk,
+    references = pipe.encode_references([Image.fromarray(c) for c in ref_crops])
+
+    def restore(crops):
+        return pipe(
+            crops,
             references,
             num_inference_steps=args.steps,
             guidance_scale=args.cfg,
             seed=args.seed,
             spacing=args.schedule,
             progress=not args.quiet,
-        )
-        for image, target in zip(result.images, outputs[start : start + args.batch_size], strict=True):
-            save_image(image, target)
-            if not args.quiet:
-                print(f"wrote {target}")
+        ).images
+
+    if args.aligned:
+        for start in range(0, len(photos), args.batch_size):
+            chunk = [Image.fromarray(p) for p in photos[start : start + args.batch_size]]
+            for image, target in zip(restore(chunk), outputs[start : start + args.batch_size], strict=True):
+                save_image(image, target)
+                _say(args, f"wrote {target}")
+        return 0
+
+    for path, photo, faces, target in zip(args.lq, photos, face_lists, outputs, strict=True):
+        stem = Path(path).stem
+        names = [f"{stem}_{number:02d}.png" for number in range(len(faces))]
+        planned = [folder / kind / name for kind in ("cropped_faces", "restored_faces", "cmp") for name in names]
+        for planned_path in planned:
+            check_output_path(planned_path, args.lq, args.overwrite)
+        result, restored = restore_faces(photo, faces, restore, args.batch_size)
+        for name, face in zip(names, restored, strict=True):
+            save_image(Image.fromarray(face.aligned.image), folder / "cropped_faces" / name)
+            save_image(Image.fromarray(face.restored), folder / "restored_faces" / name)
+            save_image(comparison_image(face.aligned.image, face.restored, ref_crops), folder / "cmp" / name)
+        save_image(Image.fromarray(np.asarray(result)), target)
+        _say(args, f"wrote {target} ({len(faces)} face(s) restored)")
     return 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from refface.face.detection import DlibDetector
+    from refface.face.locate import find_faces
+    from refface.imaging import check_output_path, load_image, save_image
+
+    if args.size < 16:
+        raise RefFaceError(f"--size must be at least 16 pixels, got {args.size}.")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise RefFaceError(f"--output must be a folder, but {output} is a file.")
+    detector = DlibDetector(args.detector)
+    select = "largest" if args.face == "auto" else args.face
+    failures = 0
+    for path in args.inputs:
+        try:
+            search = find_faces(np.asarray(load_image(path)), detector, select, args.size, path)
+        except RefFaceError as error:
+            print(f"refface: skipped: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        for note in search.notes:
+            _say(args, f"note: {note}")
+        stem = Path(path).stem
+        several = select == "all"
+        for number, face in enumerate(search.faces):
+            target = check_output_path(
+                output / (f"{stem}_{number:02d}.png" if several else f"{stem}.png"), args.inputs, args.overwrite
+            )
+            save_image(Image.fromarray(face.image), target)
+            _say(args, f"wrote {target}")
+    if failures:
+        print(f"refface: {failures} of {len(args.inputs)} input(s) had no usable face.", file=sys.stderr)
+    return 1 if failures == len(args.inputs) else 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -118,11 +291,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refface", description="Reference-based face restoration.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    restore = commands.add_parser("restore", help="restore LQ face crop(s) with reference photos of the same person")
-    restore.add_argument("lq", nargs="+", help="low-quality photo(s); several = one person, results go to a folder")
-    restore.add_argument("--ref", nargs="+", help="high-quality reference photo(s) of the same person")
+    restore = commands.add_parser(
+        "restore", help="restore the face(s) in photos (or aligned crops) with reference photos of the same person"
+    )
+    restore.add_argument("lq", nargs="+", help="photo(s) to restore; several = the same person")
+    restore.add_argument("--ref", nargs="+", help="reference photo(s) of the same person (the largest face is used)")
+    restore.add_argument("--refs-dir", help="album folder: pick the references from its photos automatically")
+    restore.add_argument("--person", help="with --refs-dir: a photo of the person to pick from the album")
+    restore.add_argument("--num-refs", type=int, default=5, help="with --refs-dir: references to pick (default 5)")
     restore.add_argument("--no-refs", action="store_true", help="restore without references")
-    restore.add_argument("--output", "-o", required=True, help="output image file (or folder for several LQ photos)")
+    restore.add_argument("--output", "-o", required=True, help="output folder (or image file for one --aligned crop)")
+    restore.add_argument(
+        "--face",
+        type=_face_selection,
+        default="auto",
+        help="which faces: all, largest, or a number (largest first); auto = largest with references, else all",
+    )
+    restore.add_argument("--aligned", action="store_true", help="inputs are already FFHQ-aligned face crops")
+    restore.add_argument("--detector", choices=["hog", "cnn"], default="hog", help="dlib face detector (cnn: slower)")
+    restore.add_argument("--identity", choices=["dlib", "arcface"], default="dlib", help="identity model for checks")
+    restore.add_argument("--strict", action="store_true", help="refuse when the identity check fails")
     restore.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, as the released demo)")
     restore.add_argument("--cfg", type=float, default=1.5, help="guidance scale toward the references (default 1.5)")
     restore.add_argument("--seed", type=int, default=2024, help="noise seed (default 2024)")
@@ -131,13 +319,22 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--vqgan", help="official vqgan.ckpt")
     restore.add_argument("--config", help="official-format config YAML (default: the released architecture)")
     restore.add_argument("--model", help="a folder written by `refface convert` / save_pretrained")
-    restore.add_argument("--aligned", action="store_true", help="inputs are already aligned face crops")
     restore.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     restore.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="fp32 reproduces the official output")
-    restore.add_argument("--batch-size", type=int, default=4, help="LQ photos per denoising batch")
+    restore.add_argument("--batch-size", type=int, default=4, help="face crops per denoising batch")
     restore.add_argument("--overwrite", action="store_true", help="replace existing output files")
     restore.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     restore.set_defaults(handler=cmd_restore)
+
+    align = commands.add_parser("align", help="write FFHQ-aligned face crops of photos")
+    align.add_argument("inputs", nargs="+", help="photos")
+    align.add_argument("--output", "-o", required=True, help="folder for the crops")
+    align.add_argument("--face", type=_face_selection, default="largest", help="all, largest (default) or a number")
+    align.add_argument("--size", type=int, default=512, help="crop size in pixels (default 512, as FFHQ-Ref)")
+    align.add_argument("--detector", choices=["hog", "cnn"], default="hog")
+    align.add_argument("--overwrite", action="store_true")
+    align.add_argument("--quiet", "-q", action="store_true")
+    align.set_defaults(handler=cmd_align)
 
     convert = commands.add_parser("convert", help="convert official checkpoints to a diffusers folder (safetensors)")
     convert.add_argument("output", help="folder to write")

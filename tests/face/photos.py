@@ -39,9 +39,7 @@ def grace_hopper() -> np.ndarray:
     return _grace_hopper().copy()
 
 
-def placement(
-    image: np.ndarray, angle: float, scale: float, centre: tuple[float, float]
-) -> np.ndarray:
+def placement(image: np.ndarray, angle: float, scale: float, centre: tuple[float, float]) -> np.ndarray:
     """2x3 matrix rotating by `angle` degrees and scaling about the image centre, which lands on `centre`."""
     height, width = image.shape[:2]
     matrix = cv2.getRotationMatrix2D((width / 2 - 0.5, height / 2 - 0.5), angle, scale)

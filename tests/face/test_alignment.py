@@ -48,7 +48,9 @@ def test_quad_is_the_ffhq_square_and_matrix_maps_it_onto_the_crop():
         for size in (16, 512, 1024):
             matrix = quad_matrix(quad, size)
             corners = transform_points(matrix, quad.corners)
-            assert np.allclose(corners, [[-0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5], [size - 0.5, -0.5]])
+            assert np.allclose(
+                corners, [[-0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5], [size - 0.5, -0.5]]
+            )
             round_trip = transform_points(invert_matrix(matrix), corners)
             assert np.allclose(round_trip, quad.corners)
             scaled = scale_matrix(matrix, 2.0)

@@ -249,3 +249,20 @@ def test_farthest_point_order_spreads_the_choice(embedder):
             distances = np.linalg.norm(vectors[:, None] - vectors[order[:step]][None], axis=-1).min(axis=1)
             assert distances[order[step]] == pytest.approx(distances.max())
     assert len(farthest_point_order(rng.normal(size=(2, 8)), embedder, 0, 5)) == 2
+
+
+def test_arcface_identity_embeds_mixed_crop_sizes_with_cosine_distances():
+    import torch
+
+    from refface.face.arcface import ArcFaceEmbedder, iresnet
+    from refface.face.identity import ArcFaceIdentity
+
+    torch.manual_seed(0)
+    identity = ArcFaceIdentity(ArcFaceEmbedder(iresnet([1, 1, 1, 1])), batch_size=2)
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for size in (512, 64, 300)]
+    vectors = identity.embed(crops)
+    assert vectors.shape == (3, 512) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    distances = identity.distances(vectors, vectors)
+    assert np.allclose(np.diag(distances), 0, atol=1e-5) and np.allclose(distances, distances.T, atol=1e-6)
+    assert np.allclose(identity.embed(crops[:1]), vectors[:1], atol=1e-5)  # batch composition does not matter

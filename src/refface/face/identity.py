@@ -29,6 +29,14 @@ class IdentityEmbedder(Protocol):
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
 
 
+def _resized(face: np.ndarray, size: int) -> np.ndarray:
+    """A square crop at `size` pixels (area filter when shrinking, cubic when enlarging)."""
+    if face.shape[0] == size and face.shape[1] == size:
+        return face
+    interpolation = cv2.INTER_AREA if face.shape[0] > size else cv2.INTER_CUBIC
+    return cv2.resize(face, (size, size), interpolation=interpolation)
+
+
 def euclidean_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(a)[:, None, :] - np.asarray(b)[None, :, :], axis=-1)
 
@@ -61,11 +69,7 @@ class DlibEmbedder:
     def embed(self, faces: Sequence[np.ndarray]) -> np.ndarray:
         vectors = []
         for face in faces:
-            face = np.ascontiguousarray(face, dtype=np.uint8)
-            if face.shape[0] != self.work_size:
-                shrinking = face.shape[0] > self.work_size
-                interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
-                face = cv2.resize(face, (self.work_size, self.work_size), interpolation=interpolation)
+            face = _resized(np.ascontiguousarray(face, dtype=np.uint8), self.work_size)
             shape = self._landmarks(face, self._box)
             vectors.append(np.asarray(self._model.compute_face_descriptor(face, shape, self.jitters)))
         return np.stack(vectors) if vectors else np.zeros((0, 128))
@@ -81,6 +85,8 @@ class ArcFaceIdentity:
     # Cosine similarity about 0.35 separates same/different people for the insightface R50 models.
     same_person_distance = 0.65
 
+    crop_size = 512  # crops of other sizes are resampled to FFHQ-Ref's size first, so batches can mix them
+
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", batch_size: int = 16) -> None:
         self.model = model.to(device).eval()
         self.device = torch.device(device)
@@ -88,9 +94,10 @@ class ArcFaceIdentity:
 
     @torch.no_grad()
     def embed(self, faces: Sequence[np.ndarray]) -> np.ndarray:
+        faces = [_resized(np.asarray(face, dtype=np.uint8), self.crop_size) for face in faces]
         chunks = []
         for start in range(0, len(faces), self.batch_size):
-            batch = np.stack([np.asarray(f, dtype=np.uint8) for f in faces[start : start + self.batch_size]])
+            batch = np.stack(faces[start : start + self.batch_size])
             pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().to(self.device) / 127.5 - 1.0
             chunks.append(self.model(pixels).float().cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, 512))

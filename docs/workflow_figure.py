@@ -1,0 +1,68 @@
+"""Draw docs/workflow.png: what `refface restore PHOTO --refs-dir ALBUM` does to a real photo.
+
+Run from the repository root: `python docs/workflow_figure.py`. The photo is the public-domain
+astronaut portrait that scikit-image ships, degraded and placed into a larger scene; references
+come from a generated album. The restored crop is produced by a small randomly initialised model
+(this build machine cannot download the released weights), so the figure shows the workflow and
+the output layout, not restoration quality.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw
+
+from refface import RefLDMPipeline, tiny_architecture
+from refface.face.album import choose_references, scan_album
+from refface.face.detection import DlibDetector
+from refface.face.identity import DlibEmbedder
+from refface.face.locate import find_faces
+from refface.photo import comparison_image, restore_faces
+from tests.face.photos import astronaut, degrade, place
+from tests.face.test_album import write_album
+
+
+def main() -> None:
+    import torch
+
+    detector, embedder = DlibDetector(), DlibEmbedder()
+    scene = degrade(place(astronaut(), -10, 1.1, (330, 290))[0], 3)
+    search = find_faces(scene, detector, "largest")
+    face = search.faces[0]
+    with tempfile.TemporaryDirectory() as folder:
+        album = write_album(Path(folder) / "album")
+        scan = scan_album(album, detector, embedder, cache_root=Path(folder), progress=False)
+        choice = choose_references(scan.faces, embedder, 4, embedder.embed([face.image])[0])
+        references = [f.align().image for f in choice.chosen]
+    torch.manual_seed(0)
+    pipe = RefLDMPipeline.from_architecture(tiny_architecture()).eval_mode()
+    cache = pipe.encode_references([Image.fromarray(r) for r in references])
+    result, restored = restore_faces(scene, [face], lambda crops: pipe(crops, cache, num_inference_steps=4).images)
+
+    marked = Image.fromarray(scene)
+    draw = ImageDraw.Draw(marked)
+    corners = [tuple(p) for p in face.quad.corners]
+    draw.polygon(corners, outline=(255, 60, 60), width=3)
+    for x, y in face.face.landmarks:
+        draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(60, 255, 60))
+    compare = comparison_image(face.image, restored[0].restored, references)
+    height = compare.height
+    panels = [marked, Image.fromarray(result), compare]
+    panels = [p.resize((round(p.width * height / p.height), height), Image.Resampling.LANCZOS) for p in panels]
+    figure = Image.new("RGB", (sum(p.width for p in panels) + 20 * (len(panels) - 1), height), (255, 255, 255))
+    x = 0
+    for panel in panels:
+        figure.paste(panel, (x, 0))
+        x += panel.width + 20
+    figure = figure.resize((figure.width // 2, figure.height // 2), Image.Resampling.LANCZOS)
+    target = Path(__file__).with_name("workflow.png")
+    figure.save(target, optimize=True)
+    print(f"wrote {target} ({cv2.__name__} alignment, {len(references)} references)")
+
+
+if __name__ == "__main__":
+    main()

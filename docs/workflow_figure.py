@@ -12,9 +12,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import cv2
-import numpy as np
 from PIL import Image, ImageDraw
+from tests.face.photos import astronaut, degrade, place
+from tests.face.test_album import write_album
 
 from refface import RefLDMPipeline, tiny_architecture
 from refface.face.album import choose_references, scan_album
@@ -22,8 +22,6 @@ from refface.face.detection import DlibDetector
 from refface.face.identity import DlibEmbedder
 from refface.face.locate import find_faces
 from refface.photo import comparison_image, restore_faces
-from tests.face.photos import astronaut, degrade, place
-from tests.face.test_album import write_album
 
 
 def main() -> None:
@@ -61,7 +59,7 @@ def main() -> None:
     figure = figure.resize((figure.width // 2, figure.height // 2), Image.Resampling.LANCZOS)
     target = Path(__file__).with_name("workflow.png")
     figure.save(target, optimize=True)
-    print(f"wrote {target} ({cv2.__name__} alignment, {len(references)} references)")
+    print(f"wrote {target} ({len(references)} references)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from refface.errors import RefFaceError
-from refface.face.alignment import yaw_asymmetry
+from refface.face.alignment import transform_points, yaw_asymmetry
 from refface.face.detection import DetectedFace, DlibDetector, dlib_model_path
 from refface.face.locate import find_faces
 from tests.face.photos import astronaut, grace_hopper, place
@@ -100,3 +100,12 @@ def test_unknown_detector_and_missing_models_are_one_sentence(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RefFaceError, match="pip install face_recognition_models"):
         dlib_model_path("shape_predictor_68_face_landmarks.dat")
+
+
+def test_a_big_scan_is_searched_small_and_aligned_at_full_resolution(detector):
+    big, matrix = place(astronaut(), 5, 6.0, (1800, 1300), canvas=(3600, 2700))
+    face = find_faces(big, detector, "largest").faces[0]
+    small = find_faces(astronaut(), detector, "largest").faces[0]
+    expected = transform_points(matrix, small.quad.corners)
+    assert np.abs(expected - face.quad.corners).max() * 512 / face.quad.size < 8.0
+    assert np.abs(face.landmarks - small.landmarks).mean() < 3.0

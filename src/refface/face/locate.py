@@ -34,6 +34,8 @@ REFINE_SIZE = 256
 # Nose this far from the middle of the jaw (0 frontal, 1 profile) makes alignment and restoration unreliable.
 EXTREME_YAW = 0.6
 FALLBACK_ROTATIONS = (90, -90, 180, 45, -45)
+# Detection runs on a copy no larger than this; the landmark refinement then works at full resolution.
+DETECT_MAX_SIDE = 1600
 
 
 @dataclass
@@ -78,9 +80,25 @@ def _rotated_search(photo: np.ndarray, detector: FaceDetector) -> list[DetectedF
     return []
 
 
+def _scaled(face: DetectedFace, factor: float) -> DetectedFace:
+    return DetectedFace(tuple(v * factor for v in face.box), face.score, face.landmarks * factor)
+
+
 def detect_faces(photo: np.ndarray, detector: FaceDetector, refine: bool = True) -> list[DetectedFace]:
-    """All faces in the photo, largest first, with refined landmarks."""
-    faces = detector.detect(photo) or _rotated_search(photo, detector)
+    """All faces in the photo, largest first, with refined landmarks.
+
+    Big photos are searched at DETECT_MAX_SIDE pixels (a 24-megapixel scan upsampled by dlib would need
+    gigabytes and minutes); refinement then places the landmarks on the full-resolution face.
+    """
+    factor = min(1.0, DETECT_MAX_SIDE / max(photo.shape[:2]))
+    search = photo
+    if factor < 1.0:
+        size = (round(photo.shape[1] * factor), round(photo.shape[0] * factor))
+        search = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
+    faces = detector.detect(search) or _rotated_search(search, detector)
+    if factor < 1.0:
+        faces = [_scaled(face, photo.shape[1] / search.shape[1]) for face in faces]
+        refine = True
     if refine:
         faces = [refine_landmarks(photo, face, detector) for face in faces]
     return faces

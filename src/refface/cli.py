@@ -100,10 +100,11 @@ def _say(args: argparse.Namespace, message: str) -> None:
         print(message)
 
 
-def _reference_crops(args: argparse.Namespace, detector, embedder, lq_target) -> tuple[list, list[str]]:
-    """Aligned reference crops (uint8 arrays) and a label for each, from --ref files or the album."""
-    import numpy as np
+def _reference_crops(args: argparse.Namespace, detector, embedder, lq_crop) -> tuple[list, list[str]]:
+    """Aligned reference crops (uint8 arrays) and a label for each, from --ref files or the album.
 
+    Album faces are matched against the LQ face (`lq_crop`) unless a --person example is given.
+    """
     from refface.face.album import choose_references, scan_album
     from refface.imaging import load_image
     from refface.photo import align_references, as_rgb_array
@@ -121,16 +122,15 @@ def _reference_crops(args: argparse.Namespace, detector, embedder, lq_target) ->
     scan = scan_album(args.refs_dir, detector, embedder, progress=not args.quiet)
     for name, reason in scan.skipped.items():
         _say(args, f"references: skipped {name}: {reason}")
-    faces = scan.faces
-    target, kind = lq_target, "LQ face"
     if args.person:
         example, _ = align_references([load_image(args.person)], [args.person], detector)
         target, kind = embedder.embed(example)[0], "--person example"
-    choice = choose_references(faces, embedder, args.num_refs, target, kind)
+    else:
+        target, kind = embedder.embed([lq_crop])[0], "LQ face"
+    choice = choose_references(scan.faces, embedder, args.num_refs, target, kind)
     for reason in choice.reasons:
         _say(args, f"references: {reason}")
-    crops = [face.align().image for face in choice.chosen]
-    return [np.asarray(c) for c in crops], [face.label for face in choice.chosen]
+    return [face.align().image for face in choice.chosen], [face.label for face in choice.chosen]
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -175,8 +175,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     first_crop = face_lists[0][0] if args.aligned else face_lists[0][0].image
     first_size = None if args.aligned else face_lists[0][0].quad.size
 
-    lq_target = embedder.embed([first_crop])[0] if embedder is not None else None
-    ref_crops, ref_labels = _reference_crops(args, detector, embedder, lq_target)
+    ref_crops, ref_labels = _reference_crops(args, detector, embedder, first_crop)
     if ref_crops:
         usable = lq_is_usable(sharpness(first_crop), [sharpness(c) for c in ref_crops], first_size)
         report = check_identity(embedder, ref_crops, ref_labels, first_crop if usable else None, strict=args.strict)

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from refface.errors import RefFaceError
 from refface.face.detection import LANDMARK_MODEL, RECOGNITION_MODEL, dlib_model_path, import_dlib
 from refface.face.locate import CANONICAL_BOX
 
@@ -114,6 +115,4 @@ def make_embedder(name: str = "dlib", device: str | torch.device = "cpu") -> Ide
         from refface.face.arcface import default_arcface
 
         return ArcFaceIdentity(default_arcface(), device)
-    from refface.errors import RefFaceError
-
     raise RefFaceError(f"Unknown identity model {name!r}; choose 'dlib' or 'arcface'.")

@@ -79,6 +79,8 @@ def _check_restore_options(args: argparse.Namespace) -> None:
         raise RefFaceError("--person only applies to reference selection from an album (--refs-dir).")
     if args.steps < 1:
         raise RefFaceError(f"--steps must be at least 1, got {args.steps}.")
+    if args.arcface_weights and args.identity != "arcface":
+        raise RefFaceError("--arcface-weights only applies with --identity arcface.")
     if args.num_refs < 1:
         raise RefFaceError(f"--num-refs must be at least 1, got {args.num_refs}.")
 
@@ -159,7 +161,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     detector = None if args.aligned and (args.ref or args.no_refs) else DlibDetector(args.detector)
-    embedder = make_embedder(args.identity, device) if has_refs else None
+    embedder = make_embedder(args.identity, device, args.arcface_weights) if has_refs else None
 
     # Find every face first, so mistakes in the inputs surface before the slow model work.
     photos = [as_rgb_array(load_image(p)) for p in args.lq]
@@ -309,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--aligned", action="store_true", help="inputs are already FFHQ-aligned face crops")
     restore.add_argument("--detector", choices=["hog", "cnn"], default="hog", help="dlib face detector (cnn: slower)")
     restore.add_argument("--identity", choices=["dlib", "arcface"], default="dlib", help="identity model for checks")
+    restore.add_argument("--arcface-weights", help="ArcFace .onnx/.pth file for --identity arcface (default: download)")
     restore.add_argument("--strict", action="store_true", help="refuse when the identity check fails")
     restore.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, as the released demo)")
     restore.add_argument("--cfg", type=float, default=1.5, help="guidance scale toward the references (default 1.5)")

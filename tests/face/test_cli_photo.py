@@ -122,3 +122,21 @@ def test_align_command_writes_crops_and_skips_photos_without_faces(workspace, tm
     assert Image.open(out / "hopper.png").size == (256, 256)
     assert main(["align", str(workspace / "noise.png"), "--output", str(out), "-q"]) == 1
     assert "--overwrite" in _error(["align", inputs[0], "--output", str(out), "--size", "256"], capsys)
+
+
+def test_arcface_identity_check_from_a_weights_file(workspace, tmp_path, capsys):
+    import torch
+
+    from refface.face.arcface import iresnet
+
+    torch.manual_seed(0)
+    weights = tmp_path / "arcface_small.pth"
+    torch.save(iresnet([1, 1, 1, 1]).state_dict(), weights)
+    refs = ["--ref", str(workspace / "ref1.jpg"), "--identity", "arcface", "--arcface-weights", str(weights)]
+    assert main([a for a in _restore(workspace, tmp_path / "out", *refs) if a != "-q"]) == 0
+    assert "identity check (arcface" in capsys.readouterr().out
+    missing = _restore(workspace, tmp_path / "o", *refs[:-1], str(tmp_path / "nope.onnx"))
+    assert "nope.onnx does not exist" in _error(missing, capsys)
+    assert "only applies with --identity arcface" in _error(
+        _restore(workspace, tmp_path / "o", "--no-refs", "--arcface-weights", str(weights)), capsys
+    )

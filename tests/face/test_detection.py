@@ -109,3 +109,10 @@ def test_a_big_scan_is_searched_small_and_aligned_at_full_resolution(detector):
     expected = transform_points(matrix, small.quad.corners)
     assert np.abs(expected - face.quad.corners).max() * 512 / face.quad.size < 8.0
     assert np.abs(face.landmarks - small.landmarks).mean() < 3.0
+
+
+def test_the_cnn_detector_finds_the_same_face(detector):
+    photo = astronaut()
+    cnn = find_faces(photo, DlibDetector("cnn", upsample=0), "largest").faces[0]
+    hog = find_faces(photo, detector, "largest").faces[0]
+    assert np.abs(cnn.quad.corners - hog.quad.corners).max() < 6.0

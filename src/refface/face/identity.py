@@ -8,6 +8,7 @@ distance under which two faces are the same person, because those scales differ 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -107,12 +108,15 @@ class ArcFaceIdentity:
         return cosine_distances(a, b)
 
 
-def make_embedder(name: str = "dlib", device: str | torch.device = "cpu") -> IdentityEmbedder:
-    """The embedder by name: 'dlib' (offline, ships with the package) or 'arcface' (downloaded on first use)."""
+def make_embedder(
+    name: str = "dlib", device: str | torch.device = "cpu", weights: str | Path | None = None
+) -> IdentityEmbedder:
+    """The embedder by name: 'dlib' (offline, ships with the package) or 'arcface' (`weights`: an insightface
+    ONNX or arcface_torch .pth file; by default the WebFace600K R50, downloaded on first use)."""
     if name == "dlib":
         return DlibEmbedder()
     if name == "arcface":
-        from refface.face.arcface import default_arcface
+        from refface.face.arcface import default_arcface, load_arcface
 
-        return ArcFaceIdentity(default_arcface(), device)
+        return ArcFaceIdentity(load_arcface(weights) if weights else default_arcface(), device)
     raise RefFaceError(f"Unknown identity model {name!r}; choose 'dlib' or 'arcface'.")

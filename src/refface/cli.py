@@ -32,6 +32,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _unique_stems(paths: Sequence[str]) -> list[str]:
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) != len(stems):
+        raise RefFaceError("Several photos share a file name, so their results would collide in the output folder.")
+    return stems
+
+
 def _aligned_output_paths(args: argparse.Namespace) -> list[Path]:
     from refface.imaging import check_output_path
 
@@ -41,10 +48,7 @@ def _aligned_output_paths(args: argparse.Namespace) -> list[Path]:
         return [check_output_path(output, inputs, args.overwrite)]
     if output.exists() and not output.is_dir():
         raise RefFaceError(f"With several LQ photos --output must be a folder, but {output} is a file.")
-    stems = [Path(p).stem for p in args.lq]
-    if len(set(stems)) != len(stems):
-        raise RefFaceError("Several LQ photos share a file name, so their results would collide in the output folder.")
-    return [check_output_path(output / f"{stem}.png", inputs, args.overwrite) for stem in stems]
+    return [check_output_path(output / f"{stem}.png", inputs, args.overwrite) for stem in _unique_stems(args.lq)]
 
 
 def _photo_output_folder(args: argparse.Namespace) -> Path:
@@ -56,9 +60,7 @@ def _photo_output_folder(args: argparse.Namespace) -> Path:
             f"For whole photos --output is a folder (it receives restored_imgs/, cropped_faces/, restored_faces/ "
             f"and cmp/), but {output} looks like a file; pass --aligned if the inputs are face crops."
         )
-    stems = [Path(p).stem for p in args.lq]
-    if len(set(stems)) != len(stems):
-        raise RefFaceError("Several photos share a file name, so their results would collide in the output folder.")
+    _unique_stems(args.lq)
     return output
 
 
@@ -161,7 +163,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     detector = None if args.aligned and (args.ref or args.no_refs) else DlibDetector(args.detector)
-    embedder = make_embedder(args.identity, device, args.arcface_weights) if has_refs else None
+    shared = detector.shape_predictor if detector is not None else None
+    embedder = make_embedder(args.identity, device, args.arcface_weights, shared) if has_refs else None
 
     # Find every face first, so mistakes in the inputs surface before the slow model work.
     photos = [as_rgb_array(load_image(p)) for p in args.lq]
@@ -174,6 +177,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
             for note in search.notes:
                 _say(args, f"note: {note}")
             face_lists.append(search.faces)
+        # Every per-face output is checked now, before any model work, not photo by photo later.
+        for path, faces in zip(args.lq, face_lists, strict=True):
+            for kind in ("cropped_faces", "restored_faces", "cmp"):
+                for number in range(len(faces)):
+                    check_output_path(folder / kind / f"{Path(path).stem}_{number:02d}.png", args.lq, args.overwrite)
     first_crop = face_lists[0][0] if args.aligned else face_lists[0][0].image
     first_size = None if args.aligned else face_lists[0][0].quad.size
 
@@ -213,9 +221,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
     for path, photo, faces, target in zip(args.lq, photos, face_lists, outputs, strict=True):
         stem = Path(path).stem
         names = [f"{stem}_{number:02d}.png" for number in range(len(faces))]
-        planned = [folder / kind / name for kind in ("cropped_faces", "restored_faces", "cmp") for name in names]
-        for planned_path in planned:
-            check_output_path(planned_path, args.lq, args.overwrite)
         result, restored = restore_faces(photo, faces, restore, args.batch_size)
         for name, face in zip(names, restored, strict=True):
             save_image(Image.fromarray(face.aligned.image), folder / "cropped_faces" / name)

@@ -109,6 +109,11 @@ def test_existing_results_are_kept_without_overwrite(workspace, tmp_path, capsys
     (out / "restored_imgs" / "old photo.png").write_bytes(b"precious")
     assert "--overwrite" in _error(_restore(workspace, out, "--no-refs"), capsys)
     assert (out / "restored_imgs" / "old photo.png").read_bytes() == b"precious"
+    other = tmp_path / "other"
+    (other / "cmp").mkdir(parents=True)
+    (other / "cmp" / "old photo_00.png").write_bytes(b"kept")
+    assert "--overwrite" in _error(_restore(workspace, other, "--no-refs"), capsys)
+    assert not (other / "restored_imgs").exists()  # refused before any result was written
     assert main(_restore(workspace, out, "--no-refs", "--overwrite")) == 0
     assert (out / "restored_imgs" / "old photo.png").read_bytes() != b"precious"
 

@@ -211,8 +211,8 @@ def group_people(faces: list[AlbumFace], embedder: IdentityEmbedder) -> list[lis
 
 
 def _is_duplicate(candidate: AlbumFace, kept: list[AlbumFace]) -> AlbumFace | None:
+    a = candidate.thumbnail.ravel() - candidate.thumbnail.mean()
     for other in kept:
-        a = candidate.thumbnail.ravel() - candidate.thumbnail.mean()
         b = other.thumbnail.ravel() - other.thumbnail.mean()
         correlation = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-9))
         if correlation > DUPLICATE_CORRELATION:

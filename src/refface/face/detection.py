@@ -67,6 +67,11 @@ def import_dlib():
     return dlib
 
 
+def load_shape_predictor():
+    """dlib's 68-point landmark model (about 1 s to load: share one between detector and embedder)."""
+    return import_dlib().shape_predictor(str(dlib_model_path(LANDMARK_MODEL)))
+
+
 class DlibDetector:
     """dlib face detector (HOG, or the slower and pose-tolerant CNN) plus the 68-point shape predictor.
 
@@ -82,7 +87,7 @@ class DlibDetector:
         self.model = model
         self.upsample = upsample
         self.min_score = min_score
-        self._landmarks = dlib.shape_predictor(str(dlib_model_path(LANDMARK_MODEL)))
+        self.shape_predictor = load_shape_predictor()
         if model == "cnn":
             self._detector = dlib.cnn_face_detection_model_v1(str(dlib_model_path(CNN_DETECTOR_MODEL)))
         else:
@@ -98,7 +103,7 @@ class DlibDetector:
         """68 landmarks of the face inside `box` (used when the face location is already known)."""
         dlib = import_dlib()
         rect = dlib.rectangle(*(int(round(v)) for v in box))
-        return _points(self._landmarks(image, rect))
+        return _points(self.shape_predictor(image, rect))
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """All faces scoring at least `min_score`, largest first."""
@@ -108,7 +113,7 @@ class DlibDetector:
             if score < self.min_score:
                 continue
             box = (float(rect.left()), float(rect.top()), float(rect.right()), float(rect.bottom()))
-            faces.append(DetectedFace(box, score, _points(self._landmarks(image, rect))))
+            faces.append(DetectedFace(box, score, _points(self.shape_predictor(image, rect))))
         return sorted(faces, key=lambda face: face.area, reverse=True)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from refface.errors import RefFaceError
-from refface.face.detection import LANDMARK_MODEL, RECOGNITION_MODEL, dlib_model_path, import_dlib
+from refface.face.detection import RECOGNITION_MODEL, dlib_model_path, import_dlib, load_shape_predictor
 from refface.face.locate import CANONICAL_BOX
 
 
@@ -60,10 +60,11 @@ class DlibEmbedder:
     same_person_distance = 0.6  # dlib's published threshold for its Euclidean descriptor distance
     work_size = 256
 
-    def __init__(self, jitters: int = 0) -> None:
+    def __init__(self, jitters: int = 0, shape_predictor=None) -> None:
+        """`shape_predictor`: reuse a loaded 68-point model (e.g. `DlibDetector.shape_predictor`)."""
         dlib = import_dlib()
         self.jitters = jitters
-        self._landmarks = dlib.shape_predictor(str(dlib_model_path(LANDMARK_MODEL)))
+        self._landmarks = shape_predictor or load_shape_predictor()
         self._model = dlib.face_recognition_model_v1(str(dlib_model_path(RECOGNITION_MODEL)))
         left, top, right, bottom = (round(v * self.work_size) for v in CANONICAL_BOX)
         self._box = dlib.rectangle(left, top, right, bottom)
@@ -109,12 +110,12 @@ class ArcFaceIdentity:
 
 
 def make_embedder(
-    name: str = "dlib", device: str | torch.device = "cpu", weights: str | Path | None = None
+    name: str = "dlib", device: str | torch.device = "cpu", weights: str | Path | None = None, shape_predictor=None
 ) -> IdentityEmbedder:
     """The embedder by name: 'dlib' (offline, ships with the package) or 'arcface' (`weights`: an insightface
     ONNX or arcface_torch .pth file; by default the WebFace600K R50, downloaded on first use)."""
     if name == "dlib":
-        return DlibEmbedder()
+        return DlibEmbedder(shape_predictor=shape_predictor)
     if name == "arcface":
         from refface.face.arcface import default_arcface, load_arcface
 

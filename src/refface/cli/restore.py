@@ -1,42 +1,13 @@
-"""`refface` command line: a thin layer over the Python API.
-
-Every user mistake ends as one line on stderr and a non-zero exit code, never a traceback.
-"""
+"""`refface restore`, `align`, `convert` and `download`: the model and face commands."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
+from refface.cli.common import DTYPES, face_selection, resolve_device, say, unique_stems
 from refface.errors import RefFaceError
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto = CUDA, else Apple MPS, else CPU; an explicit unavailable device is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RefFaceError("--device cuda was requested but PyTorch sees no CUDA GPU on this machine.")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RefFaceError("--device mps was requested but Apple MPS is not available on this machine.")
-    return torch.device(name)
-
-
-def _unique_stems(paths: Sequence[str]) -> list[str]:
-    stems = [Path(p).stem for p in paths]
-    if len(set(stems)) != len(stems):
-        raise RefFaceError("Several photos share a file name, so their results would collide in the output folder.")
-    return stems
 
 
 def _aligned_output_paths(args: argparse.Namespace) -> list[Path]:
@@ -48,7 +19,7 @@ def _aligned_output_paths(args: argparse.Namespace) -> list[Path]:
         return [check_output_path(output, inputs, args.overwrite)]
     if output.exists() and not output.is_dir():
         raise RefFaceError(f"With several LQ photos --output must be a folder, but {output} is a file.")
-    return [check_output_path(output / f"{stem}.png", inputs, args.overwrite) for stem in _unique_stems(args.lq)]
+    return [check_output_path(output / f"{stem}.png", inputs, args.overwrite) for stem in unique_stems(args.lq)]
 
 
 def _photo_output_folder(args: argparse.Namespace) -> Path:
@@ -60,7 +31,7 @@ def _photo_output_folder(args: argparse.Namespace) -> Path:
             f"For whole photos --output is a folder (it receives restored_imgs/, cropped_faces/, restored_faces/ "
             f"and cmp/), but {output} looks like a file; pass --aligned if the inputs are face crops."
         )
-    _unique_stems(args.lq)
+    unique_stems(args.lq)
     return output
 
 
@@ -87,23 +58,6 @@ def _check_restore_options(args: argparse.Namespace) -> None:
         raise RefFaceError(f"--num-refs must be at least 1, got {args.num_refs}.")
 
 
-def _face_selection(value: str) -> str | int:
-    if value in ("all", "largest", "auto"):
-        return value
-    try:
-        index = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected all, largest, auto or a face number, got {value!r}") from None
-    if index < 0:
-        raise argparse.ArgumentTypeError(f"face numbers start at 0, got {index}")
-    return index
-
-
-def _say(args: argparse.Namespace, message: str) -> None:
-    if not args.quiet:
-        print(message)
-
-
 def _reference_crops(args: argparse.Namespace, detector, embedder, lq_crop) -> tuple[list, list[str]]:
     """Aligned reference crops (uint8 arrays) and a label for each, from --ref files or the album.
 
@@ -121,11 +75,11 @@ def _reference_crops(args: argparse.Namespace, detector, embedder, lq_crop) -> t
             return [as_rgb_array(image) for image in images], [Path(p).name for p in args.ref]
         crops, notes = align_references(images, [str(p) for p in args.ref], detector)
         for note in notes:
-            _say(args, f"note: {note}")
+            say(args, f"note: {note}")
         return crops, [Path(p).name for p in args.ref]
     scan = scan_album(args.refs_dir, detector, embedder, progress=not args.quiet)
     for name, reason in scan.skipped.items():
-        _say(args, f"references: skipped {name}: {reason}")
+        say(args, f"references: skipped {name}: {reason}")
     if args.person:
         example, _ = align_references([load_image(args.person)], [args.person], detector)
         target, kind = embedder.embed(example)[0], "--person example"
@@ -133,7 +87,7 @@ def _reference_crops(args: argparse.Namespace, detector, embedder, lq_crop) -> t
         target, kind = embedder.embed([lq_crop])[0], "LQ face"
     choice = choose_references(scan.faces, embedder, args.num_refs, target, kind)
     for reason in choice.reasons:
-        _say(args, f"references: {reason}")
+        say(args, f"references: {reason}")
     return [face.align().image for face in choice.chosen], [face.label for face in choice.chosen]
 
 
@@ -175,7 +129,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         for path, photo in zip(args.lq, photos, strict=True):
             search = find_faces(photo, detector, select, source=path)
             for note in search.notes:
-                _say(args, f"note: {note}")
+                say(args, f"note: {note}")
             face_lists.append(search.faces)
         # Every per-face output is checked now, before any model work, not photo by photo later.
         for path, faces in zip(args.lq, face_lists, strict=True):
@@ -189,7 +143,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if ref_crops:
         usable = lq_is_usable(sharpness(first_crop), [sharpness(c) for c in ref_crops], first_size)
         report = check_identity(embedder, ref_crops, ref_labels, first_crop if usable else None, strict=args.strict)
-        _say(args, report.summary())
+        say(args, report.summary())
         for warning in report.warnings:
             print(f"refface: warning: {warning}", file=sys.stderr)
 
@@ -215,7 +169,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             chunk = [Image.fromarray(p) for p in photos[start : start + args.batch_size]]
             for image, target in zip(restore(chunk), outputs[start : start + args.batch_size], strict=True):
                 save_image(image, target)
-                _say(args, f"wrote {target}")
+                say(args, f"wrote {target}")
         return 0
 
     for path, photo, faces, target in zip(args.lq, photos, face_lists, outputs, strict=True):
@@ -227,7 +181,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             save_image(Image.fromarray(face.restored), folder / "restored_faces" / name)
             save_image(comparison_image(face.aligned.image, face.restored, ref_crops), folder / "cmp" / name)
         save_image(Image.fromarray(np.asarray(result)), target)
-        _say(args, f"wrote {target} ({len(faces)} face(s) restored)")
+        say(args, f"wrote {target} ({len(faces)} face(s) restored)")
     return 0
 
 
@@ -255,7 +209,7 @@ def cmd_align(args: argparse.Namespace) -> int:
             failures += 1
             continue
         for note in search.notes:
-            _say(args, f"note: {note}")
+            say(args, f"note: {note}")
         stem = Path(path).stem
         several = select == "all"
         for number, face in enumerate(search.faces):
@@ -263,7 +217,7 @@ def cmd_align(args: argparse.Namespace) -> int:
                 output / (f"{stem}_{number:02d}.png" if several else f"{stem}.png"), args.inputs, args.overwrite
             )
             save_image(Image.fromarray(face.image), target)
-            _say(args, f"wrote {target}")
+            say(args, f"wrote {target}")
     if failures:
         print(f"refface: {failures} of {len(args.inputs)} input(s) had no usable face.", file=sys.stderr)
     return 1 if failures == len(args.inputs) else 0
@@ -293,10 +247,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refface", description="Reference-based face restoration.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register the model and face commands on the `refface` parser."""
     restore = commands.add_parser(
         "restore", help="restore the face(s) in photos (or aligned crops) with reference photos of the same person"
     )
@@ -309,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--output", "-o", required=True, help="output folder (or image file for one --aligned crop)")
     restore.add_argument(
         "--face",
-        type=_face_selection,
+        type=face_selection,
         default="auto",
         help="which faces: all, largest, or a number (largest first); auto = largest with references, else all",
     )
@@ -336,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     align = commands.add_parser("align", help="write FFHQ-aligned face crops of photos")
     align.add_argument("inputs", nargs="+", help="photos")
     align.add_argument("--output", "-o", required=True, help="folder for the crops")
-    align.add_argument("--face", type=_face_selection, default="largest", help="all, largest (default) or a number")
+    align.add_argument("--face", type=face_selection, default="largest", help="all, largest (default) or a number")
     align.add_argument("--size", type=int, default=512, help="crop size in pixels (default 512, as FFHQ-Ref)")
     align.add_argument("--detector", choices=["hog", "cnn"], default="hog")
     align.add_argument("--overwrite", action="store_true")
@@ -355,27 +307,3 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dir", help="folder to put them in (default: the refface cache)")
     download.add_argument("--quiet", "-q", action="store_true")
     download.set_defaults(handler=cmd_download)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
-        print("refface: error: --batch-size must be at least 1.", file=sys.stderr)
-        return 2
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    try:
-        return args.handler(args)
-    except RefFaceError as error:
-        print(f"refface: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("refface: interrupted; no output was left half-written.", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Synthetic low-quality (LQ) images: blur kernels, degradation models and the folder job that applies them."""

@@ -1,0 +1,110 @@
+"""Torch datasets over a reference CSV: ground truth, its LQ version and N references per item.
+
+Every random choice of an item (degradation, reference order, augmentation, flip) comes from
+(seed, epoch, index), so a training run is reproducible whatever the number of data-loader
+workers; call `set_epoch` each epoch (as with DistributedSampler) to draw new samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from refface.data.augment import PAPER_AUGMENTATION, ReferenceAugmentation
+from refface.data.degradations import Degradation, degradation_by_name
+from refface.data.embed import check_images_exist
+from refface.data.reference_csv import ReferenceEntry, read_reference_csv
+from refface.errors import RefFaceError
+from refface.imaging import load_image
+
+
+def read_square(path: Path, size: int) -> np.ndarray:
+    """An image as uint8 RGB at size x size (area filter when shrinking, cubic when enlarging)."""
+    image = np.asarray(load_image(path))
+    if image.shape[:2] != (size, size):
+        interpolation = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_CUBIC
+        image = cv2.resize(image, (size, size), interpolation=interpolation)
+    return image
+
+
+def to_signed_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> float [3, H, W] in [-1, 1], the models' input range."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def pick_references(references: Sequence[str], count: int, rng: np.random.Generator, shuffle: bool) -> list[str]:
+    """`count` reference names: shuffled, then repeated when the image has fewer (as the official loader)."""
+    chosen = list(references)
+    if shuffle:
+        chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+    return (chosen * math.ceil(count / len(chosen)))[:count]
+
+
+class ReferenceFaceDataset(Dataset):
+    """Items {"gt", "lq": [3, H, W], "refs": [N, 3, H, W] (all in [-1, 1]), "name", "index"}.
+
+    `lq_dir` reads fixed LQ images (a benchmark set, same file stem as the GT, saved as PNG);
+    otherwise LQ images are synthesised on the fly with `degradation` (a preset name or object).
+    """
+
+    def __init__(
+        self,
+        references: str | Path | Sequence[ReferenceEntry],
+        images_dir: str | Path,
+        degradation: str | Degradation = "train",
+        num_refs: int = 5,
+        size: int = 512,
+        flip: bool = True,
+        shuffle_refs: bool = True,
+        augmentation: ReferenceAugmentation | None = PAPER_AUGMENTATION,
+        lq_dir: str | Path | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.entries = list(read_reference_csv(references) if isinstance(references, (str, Path)) else references)
+        if not self.entries:
+            raise RefFaceError(f"The reference list {references} has no images.")
+        if num_refs < 1:
+            raise RefFaceError(f"The number of references per item must be at least 1, got {num_refs}.")
+        self.images_dir = Path(images_dir)
+        names = {entry.gt_image for entry in self.entries} | {r for entry in self.entries for r in entry.ref_images}
+        check_images_exist(sorted(names), self.images_dir)
+        self.lq_dir = Path(lq_dir) if lq_dir is not None else None
+        if self.lq_dir is not None:
+            check_images_exist([self.lq_name(e) for e in self.entries], self.lq_dir)
+        self.degradation = degradation_by_name(degradation) if isinstance(degradation, str) else degradation
+        self.num_refs, self.size, self.flip, self.shuffle_refs = num_refs, size, flip, shuffle_refs
+        self.augmentation = augmentation
+        self.seed, self.epoch = seed, 0
+
+    @staticmethod
+    def lq_name(entry: ReferenceEntry) -> str:
+        return f"{Path(entry.gt_image).stem}.png"
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        entry = self.entries[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        gt = read_square(self.images_dir / entry.gt_image, self.size)
+        if self.lq_dir is not None:
+            lq = read_square(self.lq_dir / self.lq_name(entry), self.size)
+        else:
+            lq = self.degradation(gt, rng).image
+        names = pick_references(entry.ref_images, self.num_refs, rng, self.shuffle_refs)
+        refs = torch.stack([to_signed_tensor(read_square(self.images_dir / n, self.size)) for n in names])
+        if self.augmentation is not None:
+            refs = self.augmentation((refs + 1.0) / 2.0, int(rng.integers(2**62))) * 2.0 - 1.0
+        item = {"gt": to_signed_tensor(gt), "lq": to_signed_tensor(lq), "refs": refs}
+        if self.flip and rng.random() < 0.5:
+            item = {key: value.flip(-1) for key, value in item.items()}
+        return {**item, "name": entry.gt_image, "index": index}

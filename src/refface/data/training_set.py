@@ -35,7 +35,7 @@ def read_square(path: Path, size: int) -> np.ndarray:
 
 def to_signed_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 -> float [3, H, W] in [-1, 1], the models' input range."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def pick_references(references: Sequence[str], count: int, rng: np.random.Generator, shuffle: bool) -> list[str]:

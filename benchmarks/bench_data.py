@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import timed  # noqa: E402
 from tests.face.photos import astronaut  # noqa: E402
 
 from refface.data.degradations import PRESETS, degrade  # noqa: E402
@@ -52,15 +52,6 @@ def builder_child(count: int) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     targets = sum(len(entries) for entries in dataset.references.values())
     return {"images": count, "seconds": seconds, "peak_gib": peak, "targets": targets}
-
-
-def timed(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -7,14 +7,13 @@ scikit-image and matplotlib ship (install the test extra), placed into scenes of
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import timed  # noqa: E402
 from tests.face.photos import astronaut, place  # noqa: E402
 from tests.face.test_album import write_album  # noqa: E402
 
@@ -23,15 +22,6 @@ from refface.face.detection import DlibDetector  # noqa: E402
 from refface.face.identity import DlibEmbedder  # noqa: E402
 from refface.face.locate import find_faces  # noqa: E402
 from refface.face.paste import paste_face  # noqa: E402
-
-
-def timed(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

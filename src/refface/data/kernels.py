@@ -8,6 +8,8 @@ official degradation code, so sampled parameters mean the same thing here as the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import special
 
@@ -61,35 +63,34 @@ def _is_point(sigma_x: float, sigma_y: float) -> bool:
     return max(sigma_x, sigma_y) < MIN_SIGMA
 
 
-def gaussian_kernel(size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0) -> np.ndarray:
-    """Bivariate Gaussian; isotropic when sigma_y is None. Sigma ~0 gives the pulse (not NaN)."""
+def _profile_kernel(
+    size: int, sigma_x: float, sigma_y: float | None, theta: float, profile: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """A kernel whose value is `profile(d²)` of the Mahalanobis distance d; sigma ~0 gives the pulse (not NaN)."""
     size = _check_size(size)
     sigma_y = sigma_x if sigma_y is None else sigma_y
     if _is_point(sigma_x, sigma_y):
         return pulse_kernel(size)
-    return _normalised(np.exp(-0.5 * _mahalanobis(size, sigma_x, sigma_y, theta)))
+    return _normalised(profile(_mahalanobis(size, sigma_x, sigma_y, theta)))
+
+
+def gaussian_kernel(size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0) -> np.ndarray:
+    """Bivariate Gaussian; isotropic when sigma_y is None."""
+    return _profile_kernel(size, sigma_x, sigma_y, theta, lambda d2: np.exp(-0.5 * d2))
 
 
 def generalized_gaussian_kernel(
     size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0, beta: float = 1.0
 ) -> np.ndarray:
     """exp(-½ d²ᵝ): beta < 1 gives heavier tails, beta > 1 a flatter top (beta = 1 is Gaussian)."""
-    size = _check_size(size)
-    sigma_y = sigma_x if sigma_y is None else sigma_y
-    if _is_point(sigma_x, sigma_y):
-        return pulse_kernel(size)
-    return _normalised(np.exp(-0.5 * np.power(_mahalanobis(size, sigma_x, sigma_y, theta), beta)))
+    return _profile_kernel(size, sigma_x, sigma_y, theta, lambda d2: np.exp(-0.5 * np.power(d2, beta)))
 
 
 def plateau_kernel(
     size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0, beta: float = 1.0
 ) -> np.ndarray:
     """1 / (1 + d²ᵝ): a flat-topped kernel with polynomial tails, like out-of-focus blur."""
-    size = _check_size(size)
-    sigma_y = sigma_x if sigma_y is None else sigma_y
-    if _is_point(sigma_x, sigma_y):
-        return pulse_kernel(size)
-    return _normalised(1.0 / (np.power(_mahalanobis(size, sigma_x, sigma_y, theta), beta) + 1.0))
+    return _profile_kernel(size, sigma_x, sigma_y, theta, lambda d2: 1.0 / (np.power(d2, beta) + 1.0))
 
 
 def sinc_kernel(size: int, omega: float) -> np.ndarray:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from accelerate import Accelerator
@@ -136,3 +140,21 @@ def test_missing_images_are_named(tmp_path):
         check_images_exist(["00000.png", "x.png", "y.png"], tmp_path / "faces")
     with pytest.raises(RefFaceError, match="does not exist or is not a folder"):
         check_images_exist(["a.png"], tmp_path / "nowhere")
+
+
+def test_two_processes_share_the_chunks_and_agree(tmp_path):
+    """A real two-process job (torchrun, gloo on CPU): chunks alternate between ranks, both get every row."""
+    names = write_faces(tmp_path / "faces", 9)
+    (tmp_path / "out").mkdir()
+    script = Path(__file__).with_name("shard_embedding.py")
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+         str(tmp_path / "faces"), str(tmp_path / "work"), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = [int((tmp_path / "out" / f"rank{r}.count").read_text()) for r in (0, 1)]
+    assert counts == [5, 4]  # chunks 0, 2, 4 (2 + 2 + 1 images) and chunks 1, 3
+    single = embed_images(names, tmp_path / "faces", ColourEmbedder(), tmp_path / "single", 2, progress=False)
+    for rank in (0, 1):
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / f"rank{rank}_of_2.npy"), single)

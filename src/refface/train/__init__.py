@@ -1,0 +1,1 @@
+"""Training: configs, losses, the Accelerate trainer."""

@@ -1,0 +1,201 @@
+"""Training configuration: typed dataclasses read from YAML presets or files, checked before any work.
+
+A typo in a config should cost seconds, not a GPU-day: unknown keys and wrong types are refused
+with the key's full name, and the built-in presets are plain YAML files any run can start from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from refface.errors import RefFaceError
+
+STAGES = ("ldm", "refldm")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which networks to train: a named size (`tiny`, `released`) or an official config YAML, optionally initialised."""
+
+    architecture: str = "released"
+    init_checkpoint: str | None = None  # official refldm.ckpt / ldm checkpoint, or a refface model folder
+    vqgan_checkpoint: str | None = None  # official vqgan.ckpt (frozen during LDM training)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training items come from: an FFHQ-Ref style CSV over an image folder, or the synthetic task."""
+
+    kind: str = "csv"  # csv | synthetic
+    references_csv: str | None = None
+    images_dir: str | None = None
+    val_references_csv: str | None = None
+    size: int = 512
+    num_refs: int = 5
+    degradation: str = "train"
+    identities: int = 64  # synthetic only
+    photos_per_identity: int = 6  # synthetic only
+    workers: int = 4
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up, as the official configs (base learning rate 5e-5, 10k warm-up steps)."""
+
+    learning_rate: float = 5.0e-5
+    warmup_steps: int = 10_000
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The identity loss switch (the paper's ablations) and the condition dropout of guidance training."""
+
+    identity: str = "scaled"  # scaled | unscaled | t<100 | t<500 | none
+    identity_scale: float = 0.1
+    arcface_weights: str | None = None  # .onnx/.pth; None downloads the default R50
+    condition_dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Length, batch, precision and the cadence of logs, samples and checkpoints."""
+
+    max_steps: int = 150_000
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    ema_decay: float = 0.9999
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 5_000
+    checkpoint_every: int = 5_000
+    keep_checkpoints: int = 2
+    sample_steps: int = 50
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage."""
+
+    stage: str = "refldm"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether `value` fits the field type (int is accepted where a float is expected)."""
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(option, value) for option in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _build(cls: type, values: Any, prefix: str, source: str) -> Any:
+    if not isinstance(values, dict):
+        raise RefFaceError(f"{prefix or 'The config'} in {source} must be a mapping of keys to values.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise RefFaceError(f"Unknown config key {name!r} in {source}; known keys here: {', '.join(fields)}.")
+    built = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else key
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            built[key] = _build(hint, value, name, source)
+            continue
+        if isinstance(value, float) and hint is int and value.is_integer():
+            value = int(value)
+        if not _accepts(hint, value):
+            expected = getattr(hint, "__name__", str(hint))
+            raise RefFaceError(f"Config key {name!r} in {source} should be {expected}, got {value!r}.")
+        built[key] = float(value) if hint is float else value
+    return cls(**built)
+
+
+def check_config(config: TrainConfig, source: str) -> TrainConfig:
+    """Value checks that types alone cannot express, each naming its key."""
+    from refface.data.degradations import PRESETS
+    from refface.train.identity_loss import IDENTITY_WEIGHTINGS
+
+    rules = [
+        ("stage", config.stage in STAGES, f"one of {', '.join(STAGES)}"),
+        ("data.kind", config.data.kind in ("csv", "synthetic"), "csv or synthetic"),
+        ("data.degradation", config.data.degradation in PRESETS, f"one of {', '.join(PRESETS)}"),
+        ("data.num_refs", config.data.num_refs >= 1, "at least 1"),
+        ("data.size", config.data.size >= 8 and config.data.size % 8 == 0, "a multiple of 8"),
+        ("loss.identity", config.loss.identity in IDENTITY_WEIGHTINGS, f"one of {', '.join(IDENTITY_WEIGHTINGS)}"),
+        ("loss.condition_dropout", 0.0 <= config.loss.condition_dropout < 1.0, "in [0, 1)"),
+        ("run.mixed_precision", config.run.mixed_precision in MIXED_PRECISION, f"one of {', '.join(MIXED_PRECISION)}"),
+        ("run.max_steps", config.run.max_steps >= 1, "at least 1"),
+        ("run.batch_size", config.run.batch_size >= 1, "at least 1"),
+        ("run.gradient_accumulation", config.run.gradient_accumulation >= 1, "at least 1"),
+        ("run.ema_decay", 0.0 <= config.run.ema_decay < 1.0, "in [0, 1)"),
+        ("optim.learning_rate", config.optim.learning_rate > 0, "positive"),
+    ]
+    for every in ("log_every", "sample_every", "checkpoint_every"):
+        rules.append((f"run.{every}", getattr(config.run, every) >= 1, "at least 1"))
+    for key, ok, expected in rules:
+        if not ok:
+            section, _, name = key.partition(".")
+            value = getattr(getattr(config, section), name) if name else getattr(config, section)
+            raise RefFaceError(f"Config key {key!r} in {source} must be {expected}, got {value!r}.")
+    if config.data.kind == "csv" and not (config.data.references_csv and config.data.images_dir):
+        raise RefFaceError(f"Config {source}: data.kind csv needs data.references_csv and data.images_dir.")
+    return config
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in resources.files("refface.train.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A built-in preset by name (e.g. `tiny-refldm`) or a YAML file, with optional dotted-key overrides."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise RefFaceError(f"The training config {path} does not exist.")
+        source, text = str(path), path.read_text(encoding="utf-8")
+    elif str(name_or_path) in preset_names():
+        source = f"preset {name_or_path}"
+        text = resources.files("refface.train.presets").joinpath(f"{name_or_path}.yaml").read_text(encoding="utf-8")
+    else:
+        raise RefFaceError(
+            f"{name_or_path!r} is neither a YAML file nor a preset; presets: {', '.join(preset_names())}."
+        )
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise RefFaceError(f"The training config {source} is not valid YAML ({error}).") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        values.setdefault(section, {})[key] = value
+    return check_config(_build(TrainConfig, values, "", source), source)

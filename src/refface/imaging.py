@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -150,3 +151,12 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
     except OSError as error:
         raise RefFaceError(f"Could not write {target} ({error.strerror or error}).") from None
     return target
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An HxWxC array at size x size: area averaging when shrinking (no aliasing), bicubic otherwise."""
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
+        return image
+    interpolation = cv2.INTER_AREA if height >= size and width >= size else cv2.INTER_CUBIC
+    return cv2.resize(image, (size, size), interpolation=interpolation)

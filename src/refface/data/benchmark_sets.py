@@ -39,8 +39,6 @@ def make_benchmark_set(
         raise RefFaceError(f"The reference CSV {references_csv} lists no images.")
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     check_images_exist([e.gt_image for e in entries], images_dir)
-    if out_dir.resolve() == images_dir.resolve():
-        raise RefFaceError(f"The benchmark folder {out_dir} is the HQ images folder; choose another folder.")
     degradation = degradation_by_name(preset)
     degrade_images(
         [e.gt_image for e in entries],

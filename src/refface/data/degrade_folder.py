@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from refface.data.base import Degradation, Params
 from refface.data.degradations import degradation_by_name, degrade
 from refface.errors import RefFaceError, require_file
-from refface.imaging import load_image, save_image
+from refface.imaging import load_image, resize_square, save_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PARTIAL_NAME = ".degradation_params.partial.jsonl"
@@ -110,15 +109,6 @@ def _write_atomically(target: Path, text: str) -> None:
         raise
 
 
-def _resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
-    """size x size: area averaging when shrinking both sides (no aliasing), bicubic otherwise."""
-    height, width = pixels.shape[:2]
-    if (height, width) == (size, size):
-        return pixels
-    interpolation = cv2.INTER_AREA if height >= size and width >= size else cv2.INTER_CUBIC
-    return cv2.resize(pixels, (size, size), interpolation=interpolation)
-
-
 def _csv_text(rows: list[dict], degradation: Degradation, seed: int) -> str:
     keys = sorted({key for row in rows for key in row["params"]} - set(FIXED_COLUMNS))
     lines: list[list[object]] = [[*FIXED_COLUMNS, *keys]]
@@ -185,7 +175,7 @@ def degrade_images(
                 continue
             pixels = np.asarray(load_image(in_dir / name))
             if size is not None:
-                pixels = _resize_square(pixels, size)
+                pixels = resize_square(pixels, size)
             sample = degrade(pixels, chosen, seed, index)
             save_image(Image.fromarray(sample.image), out_dir / _output_name(name))
             rows[index] = {"index": index, "image": name, "params": sample.params}

@@ -11,7 +11,6 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -21,16 +20,12 @@ from refface.data.degradations import Degradation, degradation_by_name
 from refface.data.embed import check_images_exist
 from refface.data.reference_csv import ReferenceEntry, read_reference_csv
 from refface.errors import RefFaceError
-from refface.imaging import load_image
+from refface.imaging import load_image, resize_square
 
 
 def read_square(path: Path, size: int) -> np.ndarray:
-    """An image as uint8 RGB at size x size (area filter when shrinking, cubic when enlarging)."""
-    image = np.asarray(load_image(path))
-    if image.shape[:2] != (size, size):
-        interpolation = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_CUBIC
-        image = cv2.resize(image, (size, size), interpolation=interpolation)
-    return image
+    """An image file as uint8 RGB at size x size."""
+    return resize_square(np.asarray(load_image(path)), size)
 
 
 def to_signed_tensor(image: np.ndarray) -> torch.Tensor:

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 import numpy as np
 import torch
 
 from refface.errors import RefFaceError
 from refface.face.detection import RECOGNITION_MODEL, dlib_model_path, import_dlib, load_shape_predictor
 from refface.face.locate import CANONICAL_BOX
+from refface.imaging import resize_square
 
 
 class IdentityEmbedder(Protocol):
@@ -29,14 +29,6 @@ class IdentityEmbedder(Protocol):
     def embed(self, faces: Sequence[np.ndarray]) -> np.ndarray: ...
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
-
-
-def _resized(face: np.ndarray, size: int) -> np.ndarray:
-    """A square crop at `size` pixels (area filter when shrinking, cubic when enlarging)."""
-    if face.shape[0] == size and face.shape[1] == size:
-        return face
-    interpolation = cv2.INTER_AREA if face.shape[0] > size else cv2.INTER_CUBIC
-    return cv2.resize(face, (size, size), interpolation=interpolation)
 
 
 def euclidean_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -72,7 +64,7 @@ class DlibEmbedder:
     def embed(self, faces: Sequence[np.ndarray]) -> np.ndarray:
         vectors = []
         for face in faces:
-            face = _resized(np.ascontiguousarray(face, dtype=np.uint8), self.work_size)
+            face = resize_square(np.ascontiguousarray(face, dtype=np.uint8), self.work_size)
             shape = self._landmarks(face, self._box)
             vectors.append(np.asarray(self._model.compute_face_descriptor(face, shape, self.jitters)))
         return np.stack(vectors) if vectors else np.zeros((0, 128))
@@ -97,7 +89,7 @@ class ArcFaceIdentity:
 
     @torch.no_grad()
     def embed(self, faces: Sequence[np.ndarray]) -> np.ndarray:
-        faces = [_resized(np.asarray(face, dtype=np.uint8), self.crop_size) for face in faces]
+        faces = [resize_square(np.asarray(face, dtype=np.uint8), self.crop_size) for face in faces]
         chunks = []
         for start in range(0, len(faces), self.batch_size):
             batch = np.stack(faces[start : start + self.batch_size])

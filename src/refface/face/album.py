@@ -24,6 +24,7 @@ import numpy as np
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
+from refface.data.identity_graph import fps_from_distances
 from refface.errors import RefFaceError
 from refface.face.alignment import MIN_FACE_SIZE, AlignedFace, align_face, ffhq_quad, yaw_asymmetry
 from refface.face.detection import DetectedFace, FaceDetector
@@ -221,15 +222,14 @@ def _is_duplicate(candidate: AlbumFace, kept: list[AlbumFace]) -> AlbumFace | No
 
 
 def farthest_point_order(vectors: np.ndarray, embedder: IdentityEmbedder, first: int, count: int) -> list[int]:
-    """Greedy farthest point sampling: each next face is the one least like those already chosen."""
-    chosen = [first]
-    nearest = embedder.distances(vectors[[first]], vectors)[0]
-    while len(chosen) < min(count, len(vectors)):
-        nearest[chosen] = -np.inf
-        following = int(np.argmax(nearest))
-        chosen.append(following)
-        nearest = np.minimum(nearest, embedder.distances(vectors[[following]], vectors)[0])
-    return chosen
+    """Greedy farthest point sampling from face `first`: each next face is the one least like those already chosen.
+
+    The same maximin order the dataset builder uses for references, with `first` in the target's role.
+    """
+    distances = embedder.distances(vectors, vectors)
+    others = np.array([i for i in range(len(vectors)) if i != first], dtype=np.int64)
+    order = fps_from_distances(distances[first, others], distances[np.ix_(others, others)])
+    return [first, *others[order[: max(count - 1, 0)]].tolist()]
 
 
 def _pick_person(

@@ -11,7 +11,7 @@ PAPER_DATA = {"data.references_csv": "FFHQ-Ref/reference_mapping/train_reference
 
 
 def test_presets_are_shipped_and_follow_the_paper():
-    assert {"tiny-refldm", "ldm", "refldm"} <= set(preset_names())
+    assert {"tiny-vqgan", "tiny-ldm", "tiny-refldm", "vqgan", "ldm", "refldm"} <= set(preset_names())
     tiny = load_config("tiny-refldm")
     assert tiny.data.kind == "synthetic" and tiny.model.architecture == "tiny" and tiny.loss.identity == "none"
     refldm = load_config("refldm", PAPER_DATA)
@@ -20,6 +20,11 @@ def test_presets_are_shipped_and_follow_the_paper():
     assert (refldm.optim.learning_rate, refldm.optim.warmup_steps) == (5e-5, 10_000)
     ldm = load_config("ldm", PAPER_DATA)
     assert (ldm.stage, ldm.run.max_steps, ldm.run.batch_size) == ("ldm", 500_000, 40)
+    vqgan = load_config("vqgan", PAPER_DATA)
+    assert (vqgan.stage, vqgan.run.max_steps, vqgan.run.batch_size, vqgan.data.size) == ("vqgan", 200_000, 32, 512)
+    assert (vqgan.optim.beta1, vqgan.optim.beta2, vqgan.vqgan.lpips) == (0.5, 0.9, "vgg")
+    assert load_config("tiny-vqgan").vqgan.lpips == "none"  # CPU presets download nothing
+    assert load_config("tiny-ldm").loss.identity == "none" and load_config("tiny-ldm").data.kind == "synthetic"
 
 
 def test_yaml_file_with_overrides(tmp_path):
@@ -43,7 +48,7 @@ def test_yaml_file_with_overrides(tmp_path):
         ("run: {gradient_checkpointing: 1}", r"'run.gradient_checkpointing' .* should be bool"),
         ("run: {batch_size: 2.5}", r"'run.batch_size' .* should be int"),
         ("run: 5", r"run in .* must be a mapping"),
-        ("stage: vae", r"'stage' .* must be one of ldm, refldm"),
+        ("stage: vae", r"'stage' .* must be one of vqgan, ldm, refldm"),
         ("loss: {identity: t<200}", r"'loss.identity' .* must be one of scaled"),
         ("data: {degradation: blurry, kind: synthetic}", r"'data.degradation' .* must be one of train"),
         ("data: {size: 20, kind: synthetic}", r"'data.size' .* a multiple of 8"),

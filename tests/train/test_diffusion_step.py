@@ -7,6 +7,7 @@ import torch
 
 from refface import RefLDMPipeline, tiny_architecture
 from refface.models.cache_kv import ReferenceBatch, ReferenceKV
+from refface.models.reference_integration import CacheKVDenoiser
 from refface.models.unet import denoise
 from refface.models.vq import encode_unquantized
 from refface.train.diffusion_step import (
@@ -14,7 +15,6 @@ from refface.train.diffusion_step import (
     diffusion_step,
     drop_conditions,
     encode_batch,
-    reference_context,
 )
 
 
@@ -40,7 +40,9 @@ def test_each_item_attends_to_its_own_references_as_at_inference(pipe, batch, re
     sample = torch.randn(batch, 8, 8, 8)
     t = torch.tensor([5, 400, 999][:batch])
     with torch.no_grad():
-        together = denoise(pipe.unet, sample, t, reference_context(pipe.unet, latents.refs))
+        together = denoise(
+            pipe.unet, sample, t, CacheKVDenoiser(pipe.unet, latents.refs.shape[1]).encode_references(latents.refs)
+        )
         for item in range(batch):
             # the inference path: the item's references encoded as one wide image, one reference pass
             wide = torch.cat(list(ref[item]), dim=-1)[None]
@@ -55,7 +57,9 @@ def test_references_change_the_prediction(pipe):
     latents = encode_batch(pipe.vqvae, gt, lq, ref)
     sample, t = torch.randn(2, 8, 8, 8), torch.tensor([10, 10])
     with torch.no_grad():
-        with_refs = denoise(pipe.unet, sample, t, reference_context(pipe.unet, latents.refs))
+        with_refs = denoise(
+            pipe.unet, sample, t, CacheKVDenoiser(pipe.unet, latents.refs.shape[1]).encode_references(latents.refs)
+        )
         without = denoise(pipe.unet, sample, t, None)
     assert (with_refs - without).abs().mean() > 1e-3
 
@@ -76,7 +80,7 @@ def test_gradients_reach_the_unet_through_the_reference_pass(pipe):
 
     def grads(detach_refs: bool) -> torch.Tensor:
         pipe.unet.zero_grad()
-        context = reference_context(pipe.unet, latents.refs)
+        context = CacheKVDenoiser(pipe.unet, latents.refs.shape[1]).encode_references(latents.refs)
         eps = denoise(pipe.unet, sample, torch.tensor([50, 50]), _detached(context) if detach_refs else context)
         eps.square().mean().backward()
         return torch.cat([p.grad.flatten() for p in pipe.unet.parameters() if p.grad is not None])
@@ -88,9 +92,12 @@ def test_step_is_reproducible_from_its_generator_and_loss_is_finite(pipe):
     gt, lq, ref = _images(3, 2)
     latents = encode_batch(pipe.vqvae, gt, lq, ref)
     alphas = torch.from_numpy(pipe.scheduler.alphas_cumprod.numpy()).double()
-    outputs = [diffusion_step(pipe.unet, latents, alphas, torch.Generator().manual_seed(7), 0.1) for _ in range(2)]
+    outputs = [
+        diffusion_step(CacheKVDenoiser(pipe.unet, 2), latents, alphas, torch.Generator().manual_seed(7), 0.1)
+        for _ in range(2)
+    ]
     assert torch.equal(outputs[0].loss, outputs[1].loss) and torch.equal(outputs[0].timesteps, outputs[1].timesteps)
-    other = diffusion_step(pipe.unet, latents, alphas, torch.Generator().manual_seed(8), 0.1)
+    other = diffusion_step(CacheKVDenoiser(pipe.unet, 2), latents, alphas, torch.Generator().manual_seed(8), 0.1)
     assert not torch.equal(outputs[0].loss, other.loss)
     assert torch.isfinite(outputs[0].loss) and outputs[0].identity == 0.0
 

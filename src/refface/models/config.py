@@ -160,8 +160,15 @@ def load_official_config(path: str | Path) -> RefLDMArchitecture:
     )
 
 
-def tiny_architecture() -> RefLDMArchitecture:
-    """A few-hundred-kilobyte ReF-LDM (16x16 images) for tests, smoke runs and demos on a CPU."""
+def tiny_architecture(image_size: int = 16) -> RefLDMArchitecture:
+    """A few-hundred-kilobyte ReF-LDM for tests, smoke runs and demos on a CPU.
+
+    The latent stays 8x8x4 at every size; larger images get more VQ downsampling levels.
+    """
+    factor = image_size // 8
+    if image_size < 16 or image_size % 8 or factor & (factor - 1):
+        raise RefFaceError(f"The tiny architecture needs an image size of 16, 32, 64, ... pixels, got {image_size}.")
+    levels = factor.bit_length()  # 16 px -> (1, 2), 32 px -> (1, 2, 2), ...
     return RefLDMArchitecture(
         unet=UNetArchitecture(
             image_size=8,
@@ -174,6 +181,12 @@ def tiny_architecture() -> RefLDMArchitecture:
             num_head_channels=16,
         ),
         vq=VQArchitecture(
-            resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4, n_embed=16
+            resolution=image_size,
+            ch=32,
+            ch_mult=(1,) + (2,) * (levels - 1),
+            num_res_blocks=1,
+            z_channels=4,
+            embed_dim=4,
+            n_embed=16,
         ),
     )

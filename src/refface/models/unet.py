@@ -9,6 +9,7 @@ layers, so `denoise()` walks the same modules and passes the CacheKV context exp
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention
 
@@ -55,6 +56,14 @@ def _attend(attn: torch.nn.Module, hidden: torch.Tensor, context: CacheKVContext
     return attn.processor(attn, hidden, context=context)
 
 
+def _run_resnet(resnet: torch.nn.Module, hidden: torch.Tensor, emb: torch.Tensor, checkpoint: bool) -> torch.Tensor:
+    # Residual blocks hold most activations; recomputing them in the backward pass trades time for memory.
+    # Attention layers are never recomputed: a recording reference pass must record each layer once.
+    if checkpoint:
+        return torch.utils.checkpoint.checkpoint(resnet, hidden, emb, use_reentrant=False)
+    return resnet(hidden, emb)
+
+
 def last_attention_block(unet: UNet2DModel) -> int:
     """Index of the last up block holding self-attention: a reference pass can stop after it."""
     with_attention = [i for i, block in enumerate(unet.up_blocks) if getattr(block, "attentions", None)]
@@ -78,13 +87,14 @@ def denoise(
         timesteps = timesteps[None]
     timesteps = timesteps.expand(sample.shape[0])
     emb = unet.time_embedding(unet.time_proj(timesteps).to(sample.dtype))
+    checkpoint = unet.is_gradient_checkpointing and torch.is_grad_enabled()
 
     hidden = unet.conv_in(sample)
     skips = [hidden]
     for block in unet.down_blocks:
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
         for resnet, attn in zip(block.resnets, attentions, strict=True):
-            hidden = resnet(hidden, emb)
+            hidden = _run_resnet(resnet, hidden, emb, checkpoint)
             if attn is not None:
                 hidden = _attend(attn, hidden, context)
             skips.append(hidden)
@@ -93,17 +103,17 @@ def denoise(
             skips.append(hidden)
 
     mid = unet.mid_block
-    hidden = mid.resnets[0](hidden, emb)
+    hidden = _run_resnet(mid.resnets[0], hidden, emb, checkpoint)
     for attn, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
         if attn is not None:
             hidden = _attend(attn, hidden, context)
-        hidden = resnet(hidden, emb)
+        hidden = _run_resnet(resnet, hidden, emb, checkpoint)
 
     stop_after = last_attention_block(unet) if recording else None
     for index, block in enumerate(unet.up_blocks):
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
         for resnet, attn in zip(block.resnets, attentions, strict=True):
-            hidden = resnet(torch.cat([hidden, skips.pop()], dim=1), emb)
+            hidden = _run_resnet(resnet, torch.cat([hidden, skips.pop()], dim=1), emb, checkpoint)
             if attn is not None:
                 hidden = _attend(attn, hidden, context)
         if index == stop_after:

@@ -18,17 +18,23 @@ import yaml
 
 from refface.errors import RefFaceError
 
-STAGES = ("ldm", "refldm")
+STAGES = ("vqgan", "ldm", "refldm")
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which networks to train: a named size (`tiny`, `released`) or an official config YAML, optionally initialised."""
+    """Which networks to train: a named size (`tiny`, `released`) or an official config YAML, optionally initialised.
+
+    `reference_integration` picks how the denoiser sees references: `cachekv` (ReF-LDM) or one of the
+    paper's ablations (`channel-concat`, `cross-attention`, `spatial-concat`).
+    """
 
     architecture: str = "released"
-    init_checkpoint: str | None = None  # official refldm.ckpt / ldm checkpoint, or a refface model folder
-    vqgan_checkpoint: str | None = None  # official vqgan.ckpt (frozen during LDM training)
+    init_checkpoint: str | None = None  # official refldm.ckpt, a refface model folder or a finished run folder
+    vqgan_checkpoint: str | None = None  # official vqgan.ckpt, a refface VQGAN run folder or model folder
+    reference_integration: str = "cachekv"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class OptimConfig:
     warmup_steps: int = 10_000
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.999
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,21 @@ class LossConfig:
     identity_scale: float = 0.1
     arcface_weights: str | None = None  # .onnx/.pth; None downloads the default R50
     condition_dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    """Stage-1 losses (taming-transformers' VQLPIPSWithDiscriminator; defaults of latent-diffusion's FFHQ VQGANs).
+
+    `lpips: none` skips the perceptual term (no download); `vgg` downloads LPIPS-VGG on first use.
+    """
+
+    perceptual_weight: float = 1.0
+    codebook_weight: float = 1.0
+    disc_weight: float = 0.75
+    disc_start: int = 0
+    disc_layers: int = 3
+    lpips: str = "vgg"
 
 
 @dataclass(frozen=True)
@@ -83,6 +106,9 @@ class RunConfig:
     checkpoint_every: int = 5_000
     keep_checkpoints: int = 2
     sample_steps: int = 50
+    guidance_scale: float = 1.5
+    validation_cases: int = 4
+    tracker: str = "none"
 
 
 @dataclass(frozen=True)
@@ -95,6 +121,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    vqgan: VQGANConfig = field(default_factory=VQGANConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,13 +171,22 @@ def _build(cls: type, values: Any, prefix: str, source: str) -> Any:
 def check_config(config: TrainConfig, source: str) -> TrainConfig:
     """Value checks that types alone cannot express, each naming its key."""
     from refface.data.degradations import PRESETS
+    from refface.models.reference_integration import INTEGRATIONS
     from refface.train.identity_loss import IDENTITY_WEIGHTINGS
 
     rules = [
         ("stage", config.stage in STAGES, f"one of {', '.join(STAGES)}"),
         ("data.kind", config.data.kind in ("csv", "synthetic"), "csv or synthetic"),
         ("data.degradation", config.data.degradation in PRESETS, f"one of {', '.join(PRESETS)}"),
-        ("data.num_refs", config.data.num_refs >= 1, "at least 1"),
+        ("data.num_refs", config.data.num_refs >= 1, "at least 1 (stage ldm loads but ignores them)"),
+        (
+            "model.reference_integration",
+            config.model.reference_integration in INTEGRATIONS,
+            f"one of {', '.join(INTEGRATIONS)}",
+        ),
+        ("run.tracker", config.run.tracker in TRACKERS, f"one of {', '.join(TRACKERS)}"),
+        ("run.validation_cases", config.run.validation_cases >= 0, "0 or more"),
+        ("vqgan.lpips", config.vqgan.lpips in ("vgg", "none"), "vgg or none"),
         ("data.size", config.data.size >= 8 and config.data.size % 8 == 0, "a multiple of 8"),
         ("loss.identity", config.loss.identity in IDENTITY_WEIGHTINGS, f"one of {', '.join(IDENTITY_WEIGHTINGS)}"),
         ("loss.condition_dropout", 0.0 <= config.loss.condition_dropout < 1.0, "in [0, 1)"),
@@ -197,5 +233,8 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         raise RefFaceError(f"The training config {source} is not valid YAML ({error}).") from None
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        values.setdefault(section, {})[key] = value
+        if key:
+            values.setdefault(section, {})[key] = value
+        else:
+            values[section] = value
     return check_config(_build(TrainConfig, values, "", source), source)

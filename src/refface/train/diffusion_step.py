@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DModel, VQModel
+from diffusers import VQModel
 
-from refface.models.cache_kv import KVRecorder, ReferenceBatch, ReferenceKV
-from refface.models.unet import denoise
+from refface.models.reference_integration import ReferenceDenoiser
 from refface.models.vq import encode_unquantized
 
 
@@ -39,50 +38,21 @@ class LatentBatch:
 
 
 @torch.no_grad()
+def encode_references_wide(vq: VQModel, refs: torch.Tensor) -> torch.Tensor:
+    """References [B, N >= 1, 3, S, S] -> latents [B, N, C, h, w], encoded as one wide image per item (official)."""
+    wide = torch.cat(refs.unbind(1), dim=-1)  # [B, 3, S, N*S]
+    latent = encode_unquantized(vq, wide)
+    return torch.stack(latent.split(latent.shape[-1] // refs.shape[1], dim=-1), dim=1)
+
+
+@torch.no_grad()
 def encode_batch(vq: VQModel, gt: torch.Tensor, lq: torch.Tensor, refs: torch.Tensor | None) -> LatentBatch:
-    """Unquantized encoder latents, references encoded as one wide image per item as the official code does."""
+    """Unquantized encoder latents of GT, LQ and references (N may be 0 or `refs` None for LQ-only training)."""
     gt_latent = encode_unquantized(vq, gt)
     lq_latent = encode_unquantized(vq, lq)
     if refs is None or refs.shape[1] == 0:
         return LatentBatch(gt_latent, lq_latent, gt_latent.new_zeros(gt_latent.shape[0], 0, *gt_latent.shape[1:]))
-    batch, count = refs.shape[:2]
-    wide = torch.cat(refs.unbind(1), dim=-1)  # [B, 3, S, N*S]
-    latent = encode_unquantized(vq, wide)
-    per_ref = torch.stack(latent.split(gt_latent.shape[-1], dim=-1), dim=1)  # [B, N, C, h, w]
-    return LatentBatch(gt_latent, lq_latent, per_ref)
-
-
-def split_reference_kv(cache: ReferenceKV, batch: int) -> list[ReferenceKV]:
-    """Cut a reference pass over B items x N references into one cache per item (tokens are item-major)."""
-    per_item = cache.num_references // batch
-    caches = []
-    for item in range(batch):
-
-        def part(tensor: torch.Tensor, item: int = item) -> torch.Tensor:
-            tokens = tensor.shape[2] // batch
-            return tensor[:, :, item * tokens : (item + 1) * tokens]
-
-        caches.append(
-            ReferenceKV(
-                {name: part(k) for name, k in cache.keys.items()},
-                {name: part(v) for name, v in cache.values.items()},
-                per_item,
-            )
-        )
-    return caches
-
-
-def reference_context(unet: UNet2DModel, ref_latents: torch.Tensor) -> ReferenceBatch | None:
-    """The CacheKV context of a batch: each item attends to the keys/values of its own references."""
-    batch, count = ref_latents.shape[:2]
-    if count == 0:
-        return None
-    flat = ref_latents.flatten(0, 1)
-    recorder = KVRecorder()
-    padded = torch.cat([flat, torch.zeros_like(flat)], dim=1)
-    denoise(unet, padded, torch.zeros((), dtype=torch.long, device=flat.device), recorder)
-    caches = split_reference_kv(recorder.finish(batch * count), batch)
-    return ReferenceBatch(tuple((1, cache) for cache in caches))
+    return LatentBatch(gt_latent, lq_latent, encode_references_wide(vq, refs))
 
 
 def drop_conditions(latents: LatentBatch, probability: float, generator: torch.Generator) -> LatentBatch:
@@ -102,7 +72,7 @@ def drop_conditions(latents: LatentBatch, probability: float, generator: torch.G
 
 
 def diffusion_step(
-    unet: UNet2DModel,
+    denoiser: ReferenceDenoiser,
     latents: LatentBatch,
     alphas_cumprod: torch.Tensor,
     generator: torch.Generator,
@@ -110,7 +80,11 @@ def diffusion_step(
     identity_loss=None,
     hq_images: torch.Tensor | None = None,
 ) -> StepOutput:
-    """eps-prediction MSE (+ the identity loss) for one batch; gradients reach the U-Net through both passes."""
+    """eps-prediction MSE (+ the identity loss) for one batch.
+
+    `denoiser` may be DDP-wrapped: it is only called, so gradients of the reference encoding and the
+    noise prediction are synchronised together.
+    """
     latents = drop_conditions(latents, condition_dropout, generator)
     batch = latents.gt.shape[0]
     timesteps = torch.randint(0, alphas_cumprod.shape[0], (batch,), generator=generator)
@@ -119,8 +93,7 @@ def diffusion_step(
     noisy = ab.sqrt() * latents.gt + (1 - ab).sqrt() * noise
     device_t = timesteps.to(latents.gt.device)
 
-    context = reference_context(unet, latents.refs)
-    eps = denoise(unet, torch.cat([noisy, latents.lq], dim=1), device_t, context)
+    eps = denoiser(noisy, latents.lq, latents.refs, device_t)
     diffusion = F.mse_loss(eps.float(), noise.float())
     loss, identity_value = diffusion, 0.0
     if identity_loss is not None:

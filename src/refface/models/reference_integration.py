@@ -1,0 +1,132 @@
+"""How a denoiser sees reference latents: CacheKV (ReF-LDM) and the paper's ablation alternatives.
+
+Every way of integrating references is a `ReferenceDenoiser`: an `nn.Module` that owns the U-Net
+(and any extra layers the integration needs), so one `forward` call covers the reference encoding
+and the noise prediction. That matters for distributed training, where DDP only synchronises
+gradients of computations run through the wrapped module's `forward`.
+
+Sampling splits the call in two: `encode_references` once per set of references, then `predict`
+at every denoising step with that context.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+from refface.errors import RefFaceError
+from refface.models.cache_kv import KVRecorder, ReferenceBatch, ReferenceKV
+from refface.models.config import UNetArchitecture
+from refface.models.unet import build_unet, denoise
+
+INTEGRATIONS = ("cachekv", "channel-concat", "cross-attention", "spatial-concat")
+
+
+class ReferenceDenoiser(nn.Module, ABC):
+    """A U-Net predicting noise from [noisy latent, LQ latent] plus reference latents [B, N, C, h, w].
+
+    N may be 0 (LQ-only restoration). Reference latents of an item that are all zero are the null
+    condition of classifier-free guidance, as dropped conditions are in training.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, unet: UNet2DModel, num_refs: int):
+        super().__init__()
+        self.unet = unet
+        self.num_refs = num_refs
+
+    @classmethod
+    @abstractmethod
+    def build(cls, arch: UNetArchitecture, num_refs: int) -> ReferenceDenoiser:
+        """A randomly initialised denoiser of this kind for `num_refs` references."""
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.out_channels)
+
+    @abstractmethod
+    def encode_references(self, refs: torch.Tensor) -> Any:
+        """The per-batch reference context (differentiable; None when there are no references)."""
+
+    @abstractmethod
+    def predict(self, noisy: torch.Tensor, lq: torch.Tensor, context: Any, timesteps: torch.Tensor) -> torch.Tensor:
+        """Predicted noise [B, C, h, w] for one denoising step."""
+
+    def forward(
+        self, noisy: torch.Tensor, lq: torch.Tensor, refs: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        return self.predict(noisy, lq, self.encode_references(refs), timesteps)
+
+    def check_references(self, refs: torch.Tensor) -> None:
+        if refs.ndim != 5 or refs.shape[2] != self.latent_channels:
+            raise RefFaceError(
+                f"Reference latents must be [batch, refs, {self.latent_channels}, h, w]; got {tuple(refs.shape)}."
+            )
+
+
+class CacheKVDenoiser(ReferenceDenoiser):
+    """ReF-LDM: each reference goes through the U-Net once at t = 0; every self-attention layer then
+    attends over [own tokens, all reference tokens of the same item]. Works with any number of references."""
+
+    name = "cachekv"
+
+    @classmethod
+    def build(cls, arch: UNetArchitecture, num_refs: int) -> CacheKVDenoiser:
+        return cls(build_unet(arch), num_refs)
+
+    def encode_references(self, refs: torch.Tensor) -> ReferenceBatch | None:
+        self.check_references(refs)
+        batch, count = refs.shape[:2]
+        if count == 0:
+            return None
+        flat = refs.flatten(0, 1)
+        recorder = KVRecorder()
+        padded = torch.cat([flat, torch.zeros_like(flat)], dim=1)
+        denoise(self.unet, padded, torch.zeros((), dtype=torch.long, device=flat.device), recorder)
+        caches = split_reference_kv(recorder.finish(batch * count), batch)
+        return ReferenceBatch(tuple((1, cache) for cache in caches))
+
+    def predict(
+        self, noisy: torch.Tensor, lq: torch.Tensor, context: ReferenceBatch | None, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        return denoise(self.unet, torch.cat([noisy, lq], dim=1), timesteps, context)
+
+
+def split_reference_kv(cache: ReferenceKV, batch: int) -> list[ReferenceKV]:
+    """Cut a reference pass over B items x N references into one cache per item (tokens are item-major)."""
+    per_item = cache.num_references // batch
+    caches = []
+    for item in range(batch):
+
+        def part(tensor: torch.Tensor, item: int = item) -> torch.Tensor:
+            tokens = tensor.shape[2] // batch
+            return tensor[:, :, item * tokens : (item + 1) * tokens]
+
+        caches.append(
+            ReferenceKV(
+                {name: part(k) for name, k in cache.keys.items()},
+                {name: part(v) for name, v in cache.values.items()},
+                per_item,
+            )
+        )
+    return caches
+
+
+def denoiser_class(name: str) -> type[ReferenceDenoiser]:
+    """The ReferenceDenoiser for an integration name (see INTEGRATIONS)."""
+    if name == "cachekv":
+        return CacheKVDenoiser
+    if name in INTEGRATIONS:
+        from refface.models import reference_ablations
+
+        return reference_ablations.ABLATIONS[name]
+    raise RefFaceError(f"Unknown reference integration {name!r}; choose one of {', '.join(INTEGRATIONS)}.")
+
+
+def build_denoiser(name: str, arch: UNetArchitecture, num_refs: int) -> ReferenceDenoiser:
+    return denoiser_class(name).build(arch, num_refs)

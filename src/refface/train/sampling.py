@@ -1,0 +1,58 @@
+"""DDIM restoration with any `ReferenceDenoiser`, for validation samples of every reference integration.
+
+The product pipeline (`RefLDMPipeline`) is CacheKV-only and optimised for reuse of a reference
+cache; training also validates the ablation denoisers, so this loop goes through the generic
+`encode_references` / `predict` pair. For CacheKV it gives the pipeline's result (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler, VQModel
+
+from refface.models.reference_integration import ReferenceDenoiser
+from refface.models.vq import decode_quantized, encode_unquantized
+from refface.pipelines.schedule import sampling_scheduler
+from refface.train.diffusion_step import encode_references_wide
+
+
+def item_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+    """One CPU draw per item from its own seed, as the official script and RefLDMPipeline draw noise."""
+    return torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+@torch.no_grad()
+def restore_batch(
+    denoiser: ReferenceDenoiser,
+    vq: VQModel,
+    scheduler: DDIMScheduler,
+    lq: torch.Tensor,
+    refs: torch.Tensor,
+    steps: int = 50,
+    guidance_scale: float = 1.5,
+    seed: int = 0,
+) -> torch.Tensor:
+    """LQ images [B, 3, S, S] and references [B, N, 3, S, S] in [-1, 1] -> restored images in [-1, 1].
+
+    Item i starts from the noise of seed `seed + i`; guidance pushes away from zeroed references.
+    """
+    lq_latent = encode_unquantized(vq, lq)
+    batch, channels, height, width = lq_latent.shape
+    if refs.shape[1]:
+        ref_latents = encode_references_wide(vq, refs)
+    else:
+        ref_latents = lq_latent.new_zeros(batch, 0, channels, height, width)
+    context = denoiser.encode_references(ref_latents)
+    guided = ref_latents.shape[1] > 0 and guidance_scale != 1.0
+    null = denoiser.encode_references(torch.zeros_like(ref_latents)) if guided else None
+
+    latents = item_noise((channels, height, width), [seed + i for i in range(batch)]).to(lq_latent)
+    ddim = sampling_scheduler(scheduler, steps, "uniform_trailing")
+    for t in ddim.timesteps:
+        step_t = t.to(lq_latent.device).expand(batch)
+        eps = denoiser.predict(latents, lq_latent, context, step_t).float()
+        if guided:
+            eps_null = denoiser.predict(latents, lq_latent, null, step_t).float()
+            eps = eps_null + guidance_scale * (eps - eps_null)
+        latents = ddim.step(eps, t, latents.float()).prev_sample.to(lq_latent)
+    return decode_quantized(vq, latents)

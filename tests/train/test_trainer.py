@@ -213,3 +213,16 @@ def test_missing_data_files_are_reported_before_any_work(tmp_path):
     with pytest.raises(RefFaceError, match="00000.png"):
         train(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_identity_loss_runs_inside_training(tmp_path):
+    from refface.face.arcface import iresnet
+
+    torch.manual_seed(0)
+    weights_file = tmp_path / "arcface_small.pth"
+    torch.save(iresnet((1, 1, 1, 1)).state_dict(), weights_file)
+    config = fast_config(**{"loss.identity": "scaled", "loss.arcface_weights": str(weights_file)})
+    train(config, tmp_path / "run", max_steps=2, progress=False)
+    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert records[-1]["identity"] > 0
+    assert records[-1]["loss"] == pytest.approx(records[-1]["diffusion"] + records[-1]["identity"])

@@ -39,7 +39,15 @@ def _check_batch_and_size(noisy: torch.Tensor, refs: torch.Tensor, integration: 
         )
 
 
-class ChannelConcatDenoiser(ReferenceDenoiser):
+class _InputReferenceDenoiser(ReferenceDenoiser):
+    """Denoisers that take the reference latents themselves as input: encoding them is a no-op."""
+
+    def encode_references(self, refs: torch.Tensor) -> torch.Tensor:
+        self.check_references(refs)
+        return refs
+
+
+class ChannelConcatDenoiser(_InputReferenceDenoiser):
     """U-Net input [noisy, LQ, ref_1..ref_N] on channels, for a number of references fixed at build time."""
 
     name = "channel-concat"
@@ -49,11 +57,6 @@ class ChannelConcatDenoiser(ReferenceDenoiser):
         latent_channels = arch.out_channels
         wide = dataclasses.replace(arch, in_channels=arch.in_channels + num_refs * latent_channels)
         return cls(build_unet(wide), num_refs)
-
-    def encode_references(self, refs: torch.Tensor) -> torch.Tensor:
-        """The references themselves: they only become input channels in `predict`."""
-        self.check_references(refs)
-        return refs
 
     def predict(
         self, noisy: torch.Tensor, lq: torch.Tensor, context: torch.Tensor | None, timesteps: torch.Tensor
@@ -72,7 +75,7 @@ class ChannelConcatDenoiser(ReferenceDenoiser):
         return denoise(self.unet, torch.cat([noisy, lq, ref_channels], dim=1), timesteps, None)
 
 
-class SpatialConcatDenoiser(ReferenceDenoiser):
+class SpatialConcatDenoiser(_InputReferenceDenoiser):
     """The unchanged U-Net on [noisy+LQ | ref_1 | ... | ref_N] tiled along the width; keeps the first tile."""
 
     name = "spatial-concat"
@@ -80,11 +83,6 @@ class SpatialConcatDenoiser(ReferenceDenoiser):
     @classmethod
     def build(cls, arch: UNetArchitecture, num_refs: int) -> SpatialConcatDenoiser:
         return cls(build_unet(arch), num_refs)
-
-    def encode_references(self, refs: torch.Tensor) -> torch.Tensor:
-        """The references themselves: they only become tiles in `predict`."""
-        self.check_references(refs)
-        return refs
 
     def predict(
         self, noisy: torch.Tensor, lq: torch.Tensor, context: torch.Tensor | None, timesteps: torch.Tensor

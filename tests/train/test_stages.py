@@ -112,3 +112,29 @@ def test_presets_command_lists_every_preset(capsys):
     assert main(["train-presets"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert {"tiny-vqgan", "tiny-ldm", "tiny-refldm", "vqgan", "ldm", "refldm"} <= set(listed)
+
+
+def test_fine_tuning_starts_from_the_official_checkpoints(slim, slim_pipeline, tmp_path):
+    """model.init_checkpoint / vqgan_checkpoint take the authors' files (EMA weights, as their inference)."""
+    from refface.train.build import build_architecture, build_stage
+
+    config = load_config(
+        "tiny-refldm",
+        {
+            **QUICK,
+            "model.architecture": str(slim / "config.yaml"),
+            "model.init_checkpoint": str(slim / "refldm.ckpt"),
+            "model.vqgan_checkpoint": str(slim / "vqgan.ckpt"),
+            "data.size": 128,
+            "run.validation_cases": 0,
+        },
+    )
+    stage = build_stage(config, build_architecture(config))
+    for name, tensor in slim_pipeline.unet.state_dict().items():
+        assert torch.equal(stage.denoiser.unet.state_dict()[name], tensor), name
+    for name, tensor in slim_pipeline.vqvae.state_dict().items():
+        assert torch.equal(stage.vq.state_dict()[name], tensor), name
+    result = train(config, tmp_path / "run", max_steps=1, progress=False)
+    assert result.step == 1 and torch.isfinite(torch.tensor(result.last_metrics["loss"]))
+    with pytest.raises(RefFaceError, match="works on 128x128 images but data.size is 32"):
+        build_architecture(load_config("tiny-refldm", {"model.architecture": str(slim / "config.yaml")}))

@@ -38,6 +38,11 @@ class RestorationOutput:
     latents: torch.Tensor  # final (unquantized) latents [B, C, h, w]
 
 
+def item_noise(shape: tuple[int, ...], seeds: Sequence[int]) -> torch.Tensor:
+    """One CPU draw of `shape` per item from its own seed, as the official script draws its noise."""
+    return torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
 class RefLDMPipeline(DiffusionPipeline):
     """ReF-LDM restoration on diffusers modules; saves and loads with save_pretrained/from_pretrained.
 
@@ -182,8 +187,7 @@ class RefLDMPipeline(DiffusionPipeline):
         seeds = [seed] * batch_size if isinstance(seed, int) else list(seed)
         if len(seeds) != batch_size:
             raise RefFaceError(f"Got {len(seeds)} seeds for {batch_size} images.")
-        shape = (1, self.latent_channels, self.latent_size, self.latent_size)
-        return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        return item_noise((self.latent_channels, self.latent_size, self.latent_size), seeds)
 
     @torch.no_grad()
     def __call__(

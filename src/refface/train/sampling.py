@@ -12,13 +12,9 @@ from diffusers import DDIMScheduler, VQModel
 
 from refface.models.reference_integration import ReferenceDenoiser
 from refface.models.vq import decode_quantized, encode_unquantized
+from refface.pipelines.refldm import item_noise
 from refface.pipelines.schedule import sampling_scheduler
 from refface.train.diffusion_step import encode_references_wide
-
-
-def item_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
-    """One CPU draw per item from its own seed, as the official script and RefLDMPipeline draw noise."""
-    return torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
 @torch.no_grad()

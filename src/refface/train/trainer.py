@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -215,8 +216,6 @@ class Trainer:
                     failure += 1
                     reason = error.strerror or str(error)
             if float(failure):
-                import shutil
-
                 shutil.rmtree(partial, ignore_errors=True)
         accelerator.wait_for_everyone()
         if float(failure):
@@ -321,8 +320,6 @@ class Trainer:
         """The final (EMA) model as a loadable folder, written next to the old one and swapped in."""
         if not self.accelerator.is_main_process:
             return None
-        import shutil
-
         partial = self.folder.root / ".model.partial"
         shutil.rmtree(partial, ignore_errors=True)
         with self.ema_weights() as modules:

@@ -13,8 +13,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 from refface.data.base import Degradation, Params
 from refface.data.degradations import degradation_by_name, degrade
 from refface.errors import RefFaceError, require_file
+from refface.files import write_text_atomically
 from refface.imaging import load_image, resize_square, save_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -98,17 +97,6 @@ def _read_partial(partial: Path, header: dict, names: Sequence[str]) -> dict[int
     return rows
 
 
-def _write_atomically(target: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _csv_text(rows: list[dict], degradation: Degradation, seed: int) -> str:
     keys = sorted({key for row in rows for key in row["params"]} - set(FIXED_COLUMNS))
     lines: list[list[object]] = [[*FIXED_COLUMNS, *keys]]
@@ -165,7 +153,7 @@ def degrade_images(
     done = {index for index in rows if (out_dir / _output_name(names[index])).is_file()}
     # Rewrite the partial file cleanly (dropping a torn last line) before appending to it.
     kept = [json.dumps(header)] + [json.dumps(rows[index]) for index in sorted(done)]
-    _write_atomically(partial, "\n".join(kept) + "\n")
+    write_text_atomically(partial, "\n".join(kept) + "\n")
     with (
         partial.open("a", encoding="utf-8") as journal,
         tqdm(total=len(names), initial=len(done), desc="degrading", unit="image", disable=not progress) as bar,
@@ -182,6 +170,6 @@ def degrade_images(
             journal.write(json.dumps(rows[index]) + "\n")
             journal.flush()
             bar.update(1)
-    _write_atomically(csv_path, _csv_text([rows[i] for i in range(len(names))], chosen, seed))
+    write_text_atomically(csv_path, _csv_text([rows[i] for i in range(len(names))], chosen, seed))
     partial.unlink(missing_ok=True)
     return csv_path

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from refface.errors import RefFaceError
+from refface.files import write_text_atomically
 
 _CHECKPOINT = re.compile(r"^step_(\d{8})$")
 TRAINER_STATE = "trainer.json"
@@ -76,9 +77,7 @@ class RunFolder:
 
 
 def write_config_snapshot(path: Path, values: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomically(path, yaml.safe_dump(values, sort_keys=False))
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -122,9 +121,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
             continue  # a line cut by the kill
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
             kept.append(line)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomically(path, "".join(line + "\n" for line in kept))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from refface.imaging import save_image
 from refface.train.stage import SampleRows
 from refface.weights import cache_dir
 
@@ -30,11 +31,7 @@ def grid_image(rows: SampleRows) -> Image.Image:
 
 
 def save_grid(rows: SampleRows, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name("." + path.name + ".partial.png")
-    grid_image(rows).save(temporary)
-    temporary.replace(path)
-    return path
+    return save_image(grid_image(rows), path)
 
 
 def psnr(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

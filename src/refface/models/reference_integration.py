@@ -19,9 +19,9 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from refface.errors import RefFaceError
-from refface.models.cache_kv import KVRecorder, ReferenceBatch, ReferenceKV
+from refface.models.cache_kv import ReferenceBatch, ReferenceKV
 from refface.models.config import UNetArchitecture
-from refface.models.unet import build_unet, denoise
+from refface.models.unet import build_unet, denoise, reference_pass
 
 INTEGRATIONS = ("cachekv", "channel-concat", "cross-attention", "spatial-concat")
 
@@ -84,11 +84,7 @@ class CacheKVDenoiser(ReferenceDenoiser):
         batch, count = refs.shape[:2]
         if count == 0:
             return None
-        flat = refs.flatten(0, 1)
-        recorder = KVRecorder()
-        padded = torch.cat([flat, torch.zeros_like(flat)], dim=1)
-        denoise(self.unet, padded, torch.zeros((), dtype=torch.long, device=flat.device), recorder)
-        caches = split_reference_kv(recorder.finish(batch * count), batch)
+        caches = split_reference_kv(reference_pass(self.unet, refs.flatten(0, 1)), batch)
         return ReferenceBatch(tuple((1, cache) for cache in caches))
 
     def predict(

@@ -13,7 +13,7 @@ import torch.utils.checkpoint
 from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention
 
-from refface.models.cache_kv import CacheKVAttnProcessor, CacheKVContext, KVRecorder
+from refface.models.cache_kv import CacheKVAttnProcessor, CacheKVContext, KVRecorder, ReferenceKV
 from refface.models.config import UNetArchitecture
 
 
@@ -125,3 +125,12 @@ def denoise(
         return None
     hidden = unet.conv_act(unet.conv_norm_out(hidden))
     return unet.conv_out(hidden)
+
+
+def reference_pass(unet: UNet2DModel, ref_latents: torch.Tensor) -> ReferenceKV:
+    """CacheKV's reference pass: each latent [N, C, h, w], zero-padded to the U-Net's 2C input channels,
+    through the U-Net once at t = 0, keeping every self-attention layer's keys and values."""
+    recorder = KVRecorder()
+    padded = torch.cat([ref_latents, torch.zeros_like(ref_latents)], dim=1)
+    denoise(unet, padded, torch.zeros((), dtype=torch.long, device=ref_latents.device), recorder)
+    return recorder.finish(num_references=ref_latents.shape[0])

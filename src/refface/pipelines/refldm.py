@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
 from refface.imaging import to_model_input, to_pil
-from refface.models.cache_kv import KVRecorder, ReferenceBatch, ReferenceKV
+from refface.models.cache_kv import ReferenceBatch, ReferenceKV
 from refface.models.checkpoints import read_state_dict, select_unet_weights, select_vq_weights
 from refface.models.config import RefLDMArchitecture, load_official_config, released_architecture
 from refface.models.convert import apply_rules, unet_rules, vq_rules
-from refface.models.unet import build_unet, denoise, install_cache_kv
+from refface.models.unet import build_unet, denoise, install_cache_kv, reference_pass
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized
 from refface.pipelines.schedule import make_scheduler, sampling_scheduler, use_float64_cumprod
 
@@ -139,10 +139,7 @@ class RefLDMPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------------------- references
     def _reference_pass(self, ref_latents: torch.Tensor) -> ReferenceKV:
         """U-Net pass at t = 0 over [ref latent, zeros] (one item per reference), keeping keys/values."""
-        recorder = KVRecorder()
-        padded = torch.cat([ref_latents, torch.zeros_like(ref_latents)], dim=1)
-        denoise(self.unet, padded, torch.zeros((), dtype=torch.long, device=self.device), recorder)
-        return recorder.finish(num_references=ref_latents.shape[0])
+        return reference_pass(self.unet, ref_latents)
 
     @torch.no_grad()
     def encode_references(self, references: Sequence[ImageInput] | torch.Tensor) -> ReferenceKV:

@@ -93,3 +93,18 @@ def select_vq_weights(
     if not merged:
         raise RefFaceError(f"No VQGAN weights were found for {source}: pass the vqgan.ckpt file with --vqgan.")
     return merged
+
+
+def load_converted(
+    module: torch.nn.Module, weights: dict[str, torch.Tensor], source: str | Path, assign: bool = False
+) -> None:
+    """Load converted weights strictly; a shape mismatch is one sentence naming `source` and the first bad tensor.
+
+    `assign=True` adopts the tensors as they are (for modules built on the meta device).
+    """
+    try:
+        module.load_state_dict(weights, strict=True, assign=assign)
+    except RuntimeError as error:
+        lines = str(error).splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise RefFaceError(f"The weights in {source} have the wrong shapes for this architecture ({detail}).") from None

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from refface.errors import RefFaceError
 from refface.imaging import to_model_input, to_pil
 from refface.models.cache_kv import ReferenceBatch, ReferenceKV
-from refface.models.checkpoints import read_state_dict, select_unet_weights, select_vq_weights
+from refface.models.checkpoints import load_converted, read_state_dict, select_unet_weights, select_vq_weights
 from refface.models.config import RefLDMArchitecture, load_official_config, released_architecture
 from refface.models.convert import apply_rules, unet_rules, vq_rules
 from refface.models.unet import build_unet, denoise, install_cache_kv, reference_pass
@@ -93,13 +93,7 @@ class RefLDMPipeline(DiffusionPipeline):
             (pipe.unet, unet_weights, checkpoint),
             (pipe.vqvae, vq_weights, vqgan or checkpoint),
         ):
-            try:
-                module.load_state_dict(weights, strict=True, assign=True)
-            except RuntimeError as error:
-                detail = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-                raise RefFaceError(
-                    f"The weights in {source} have the wrong shapes for this architecture ({detail})."
-                ) from None
+            load_converted(module, weights, source, assign=True)
         return pipe.eval_mode()
 
     def eval_mode(self) -> RefLDMPipeline:

@@ -14,7 +14,7 @@ from diffusers import UNet2DModel, VQModel
 from torch.utils.data import Dataset
 
 from refface.errors import RefFaceError
-from refface.models.checkpoints import read_state_dict, select_unet_weights, select_vq_weights
+from refface.models.checkpoints import load_converted, read_state_dict, select_unet_weights, select_vq_weights
 from refface.models.config import RefLDMArchitecture, load_official_config, released_architecture, tiny_architecture
 from refface.models.convert import apply_rules, unet_rules, vq_rules
 from refface.models.reference_integration import ReferenceDenoiser, build_denoiser
@@ -72,17 +72,8 @@ def load_vq(source: str | None, arch: RefLDMArchitecture) -> VQModel:
     state = read_state_dict(path, "VQGAN checkpoint")
     weights = apply_rules(select_vq_weights(state, {}, path), vq_rules(arch.vq), str(path))
     vq = build_vqmodel(arch.vq)
-    _load(vq, weights, path)
+    load_converted(vq, weights, path)
     return vq
-
-
-def _load(module: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
-    try:
-        module.load_state_dict(weights, strict=True)
-    except RuntimeError as error:
-        lines = str(error).splitlines()
-        detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise RefFaceError(f"The weights in {source} do not fit the configured architecture ({detail}).") from None
 
 
 def unet_weights(source: str, arch: RefLDMArchitecture) -> dict[str, torch.Tensor]:

@@ -23,7 +23,6 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from diffusers.training_utils import EMAModel
-from torch import nn
 from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
@@ -62,10 +61,6 @@ def step_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generat
 
 def _warmup(steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / steps) if steps > 0 else 1.0
-
-
-def _unwrap(accelerator: Accelerator, module: nn.Module) -> nn.Module:
-    return accelerator.unwrap_model(module)
 
 
 def _batch_to(batch: dict, device: torch.device) -> dict:
@@ -142,7 +137,7 @@ class Trainer:
         self.ema = None
         target = self.stage.ema_target()
         if target is not None and run.ema_decay > 0:
-            ema_module = _unwrap(accelerator, self.modules[target])
+            ema_module = accelerator.unwrap_model(self.modules[target])
             self.ema = EMAModel(ema_module.parameters(), decay=run.ema_decay)
             self.ema.to(accelerator.device)
             accelerator.register_for_checkpointing(self.ema)
@@ -158,7 +153,6 @@ class Trainer:
         if run.tracker != "none":
             accelerator.init_trackers(self.folder.root.name, config=_flat_config(config))
         self.validation_arcface = None
-        self.validation_lpips = None
 
     # ------------------------------------------------------------------------------ run folder
     def _check_folder(self, resume: bool) -> None:
@@ -272,7 +266,7 @@ class Trainer:
             self.schedulers[name].step()
             self.optimizers[name].zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.step(_unwrap(accelerator, self.modules[self.ema_target]).parameters())
+            self.ema.step(accelerator.unwrap_model(self.modules[self.ema_target]).parameters())
         self.step += 1
         logs["lr"] = self.schedulers[self.names[0]].get_last_lr()[0]
         return logs
@@ -281,7 +275,7 @@ class Trainer:
     @contextlib.contextmanager
     def ema_weights(self):
         """The unwrapped modules, with the EMA weights swapped in for the EMA target."""
-        modules = {name: _unwrap(self.accelerator, module) for name, module in self.modules.items()}
+        modules = {name: self.accelerator.unwrap_model(module) for name, module in self.modules.items()}
         if self.ema is None:
             yield modules
             return

@@ -1,10 +1,12 @@
-"""The timing helper the benchmark scripts share."""
+"""The timing and memory helpers the benchmark scripts share."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+
+import torch
 
 
 def timed(action: Callable[[], object], repeats: int) -> float:
@@ -15,3 +17,33 @@ def timed(action: Callable[[], object], repeats: int) -> float:
         action()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def peak_allocated_bytes(action: Callable[[], object]) -> int:
+    """Peak bytes PyTorch allocates during `action` above what was allocated before it.
+
+    On a GPU this is the CUDA allocator's own peak. On a CPU PyTorch keeps no such counter, so the
+    allocations and frees the profiler records are replayed in order; that counts tensors only
+    (not the Python heap or library workspaces), which is what differs between model variants.
+    """
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        action()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as recording:
+        action()
+    changes = sorted(
+        (event.time_range.start, event.self_cpu_memory_usage)
+        for event in recording.events()
+        if event.self_cpu_memory_usage
+    )
+    current = peak = 0
+    for _, change in changes:
+        current += change
+        peak = max(peak, current)
+    return peak

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from refface.data.synthetic import SyntheticReferenceDataset, make_identity, render
+from refface.data.synthetic import PhotoVariation, SyntheticReferenceDataset, make_identity, photo_rng, render
 from refface.data.training_set import to_signed_tensor
 from refface.errors import RefFaceError
 
@@ -153,3 +153,29 @@ def test_bad_settings_are_reported():
         dataset[2]
     with pytest.raises(RefFaceError, match="No photo"):
         dataset.photo(1, 0)
+
+
+def test_pose_spread_and_expression_make_photos_of_a_person_differ_more():
+    def spread(variation: PhotoVariation) -> float:
+        dataset = SyntheticReferenceDataset(12, 3, 32, split="val", variation=variation)
+        photos = [[p.astype(np.float32) / 255 for p in dataset.photos(i)] for i in range(12)]
+        return float(np.mean([np.sqrt(np.mean((a - b) ** 2)) for a, b, _ in photos]))
+
+    default, posed, expressive = spread(PhotoVariation()), spread(PhotoVariation(3.0)), spread(PhotoVariation(1, 1))
+    assert posed > 1.2 * default and expressive > default  # lighting differs in all three
+    same = SyntheticReferenceDataset(4, 2, 32, variation=PhotoVariation())
+    assert np.array_equal(same.photo(3, 1), SyntheticReferenceDataset(4, 2, 32).photo(3, 1))
+    for bad in ({"pose": -1.0}, {"pose": 7.0}, {"expression": 1.5}):
+        with pytest.raises(RefFaceError, match="synthetic"):
+            PhotoVariation(**bad)
+
+
+def test_render_as_draws_another_person_in_the_same_conditions():
+    variation = PhotoVariation(2.0, 0.5)
+    dataset = SyntheticReferenceDataset(3, 2, 32, seed=4, split="test", variation=variation)
+    assert np.array_equal(dataset.render_as(1, 1, 0), dataset.photo(1, 0))
+    expected = render(dataset.identities[2], 32, photo_rng(4, "test", 1, 0), variation)
+    assert np.array_equal(dataset.render_as(2, 1, 0), expected)
+    assert not np.array_equal(dataset.render_as(2, 1, 0), dataset.photo(2, 0))
+    with pytest.raises(RefFaceError, match="drawn as identity 3"):
+        dataset.render_as(3, 1, 0)

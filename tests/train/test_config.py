@@ -53,6 +53,8 @@ def test_yaml_file_with_overrides(tmp_path):
         ("data: {degradation: blurry, kind: synthetic}", r"'data.degradation' .* must be one of train"),
         ("data: {size: 20, kind: synthetic}", r"'data.size' .* a multiple of 8"),
         ("run: {ema_decay: 1.0}\ndata: {kind: synthetic}", r"'run.ema_decay' .* in \[0, 1\)"),
+        ("data: {pose_spread: 9, kind: synthetic}", r"'data.pose_spread' .* between 0 and 6, got 9"),
+        ("data: {expression: -0.5, kind: synthetic}", r"'data.expression' .* between 0 and 1"),
         ("data: {kind: csv}", r"data.kind csv needs data.references_csv and data.images_dir"),
         ("run: [1, 2", r"is not valid YAML"),
     ],

@@ -22,6 +22,7 @@ and with any number of data-loader workers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ __all__ = [
     "SPLITS",
     "Blob",
     "Grating",
+    "PhotoVariation",
     "SyntheticIdentity",
     "SyntheticReferenceDataset",
     "make_identity",
@@ -189,13 +191,49 @@ def _waves(texture: tuple[Grating, ...], pose: np.ndarray, size: int) -> np.ndar
     return np.cos(rows)[..., None] * np.cos(columns)[:, None] - np.sin(rows)[..., None] * np.sin(columns)[:, None]
 
 
-_NUISANCE_LOW = (0.92, -0.12, -0.06, -0.06, 0.4, 0.4, 0.4, -0.05, 0.9)
-_NUISANCE_HIGH = (1.08, 0.12, 0.06, 0.06, 0.6, 0.6, 0.6, 0.05, 1.1)
+_NUISANCE_LOW = np.array((0.92, -0.12, -0.06, -0.06, 0.4, 0.4, 0.4, -0.05, 0.9))
+_NUISANCE_HIGH = np.array((1.08, 0.12, 0.06, 0.06, 0.6, 0.6, 0.6, 0.05, 1.1))
 """Per photo: scale, rotation (radians), shift (of the [-1, 1] image), background RGB, brightness, contrast."""
 
+_POSE = slice(0, 4)
+_BLINK, _MOUTH_OPENING = 0.6, 1.5
+"""At expression 1: eyes close by up to 60 % of their height, the mouth opens to up to 2.5x its height."""
 
-def render(identity: SyntheticIdentity, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One photo of `identity` as uint8 size x size x 3 RGB, with pose and lighting drawn from `rng`.
+
+@dataclass(frozen=True)
+class PhotoVariation:
+    """How much photos of one person differ, beyond lighting.
+
+    `pose` scales the ranges of scale, rotation and shift (1: up to +-8 %, +-0.12 rad, +-3 % of the
+    width; 3: +-24 %, +-0.36 rad, +-9 %), so references stop being pixel-aligned with the target.
+    `expression` (0 to 1) lets each photo blink and open the mouth by its own amount. The defaults
+    are the small variation the tiny training presets use.
+    """
+
+    pose: float = 1.0
+    expression: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pose <= 6.0:
+            raise RefFaceError(f"The synthetic pose spread must be between 0 and 6, got {self.pose}.")
+        if not 0.0 <= self.expression <= 1.0:
+            raise RefFaceError(f"The synthetic expression amount must be between 0 and 1, got {self.expression}.")
+
+
+def _with_expression(identity: SyntheticIdentity, blink: float, opening: float) -> SyntheticIdentity:
+    """The identity with narrowed eyes (features 0, 1) and a taller mouth (feature 2) for one photo."""
+    eyes = tuple(
+        dataclasses.replace(eye, radii=(eye.radii[0], eye.radii[1] * (1.0 - blink))) for eye in identity.features[:2]
+    )
+    mouth = identity.features[2]
+    mouth = dataclasses.replace(mouth, radii=(mouth.radii[0], mouth.radii[1] * (1.0 + opening)))
+    return dataclasses.replace(identity, features=(*eyes, mouth, *identity.features[3:]))
+
+
+def render(
+    identity: SyntheticIdentity, size: int, rng: np.random.Generator, variation: PhotoVariation | None = None
+) -> np.ndarray:
+    """One photo of `identity` as uint8 size x size x 3 RGB, with pose, lighting and expression drawn from `rng`.
 
     Every pixel is a weighted sum of layer colours: the background, hair, head and each feature
     (painted in order, later ones on top) and the texture gratings over the head. Computing the
@@ -204,7 +242,14 @@ def render(identity: SyntheticIdentity, size: int, rng: np.random.Generator) -> 
     """
     if size < 4:
         raise RefFaceError(f"A synthetic photo must be at least 4 pixels wide, not {size}.")
-    nuisance = rng.uniform(_NUISANCE_LOW, _NUISANCE_HIGH)
+    variation = variation or PhotoVariation()
+    middle, half_range = (_NUISANCE_LOW + _NUISANCE_HIGH) / 2, (_NUISANCE_HIGH - _NUISANCE_LOW) / 2
+    half_range[_POSE] *= variation.pose
+    nuisance = rng.uniform(middle - half_range, middle + half_range)
+    # Drawn after the nuisance, so photos without expression are the same as before expressions existed.
+    blink, opening = rng.uniform(0.0, 1.0, 2) * variation.expression
+    if variation.expression:
+        identity = _with_expression(identity, _BLINK * float(blink), _MOUTH_OPENING * float(opening))
     pose, background, (brightness, contrast) = nuisance[:4], nuisance[4:7], nuisance[7:]
     coverage = _coverage(identity.layers, pose, size)
     # Each layer covers its share of what the layers painted after it leave visible.
@@ -253,6 +298,7 @@ class SyntheticReferenceDataset(Dataset):
         seed: int = 0,
         split: str = "train",
         flip: bool = True,
+        variation: PhotoVariation | None = None,
     ) -> None:
         if identities < 1:
             raise RefFaceError(f"The synthetic dataset needs at least 1 identity, got {identities}.")
@@ -271,6 +317,7 @@ class SyntheticReferenceDataset(Dataset):
         self.photos_per_identity, self.size, self.num_refs, self.flip = photos_per_identity, size, num_refs, flip
         self.degradation = degradation_by_name(degradation) if isinstance(degradation, str) else degradation
         self.seed, self.split, self.epoch = seed, split, 0
+        self.variation = variation or PhotoVariation()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -280,12 +327,22 @@ class SyntheticReferenceDataset(Dataset):
 
     def photo(self, identity: int, photo: int) -> np.ndarray:
         """Photo `photo` of identity `identity` of this split, uint8 HxWx3; identical in every epoch."""
-        if not (0 <= identity < len(self.identities) and 0 <= photo < self.photos_per_identity):
+        return self.render_as(identity, identity, photo)
+
+    def render_as(self, person: int, identity: int, photo: int) -> np.ndarray:
+        """Identity `person` in exactly the pose, lighting and expression of photo `photo` of `identity`.
+
+        With `person == identity` this is that photo; other people in the same conditions are what
+        a ground-truth identity score compares a restoration with.
+        """
+        people = len(self.identities)
+        if not (0 <= identity < people and 0 <= person < people and 0 <= photo < self.photos_per_identity):
             raise RefFaceError(
-                f"No photo {photo} of identity {identity}: the {self.split} split has {len(self.identities)} "
-                f"identities with {self.photos_per_identity} photos each."
+                f"No photo {photo} of identity {identity} (drawn as identity {person}): the {self.split} split has "
+                f"{people} identities with {self.photos_per_identity} photos each."
             )
-        return render(self.identities[identity], self.size, photo_rng(self.seed, self.split, identity, photo))
+        rng = photo_rng(self.seed, self.split, identity, photo)
+        return render(self.identities[person], self.size, rng, self.variation)
 
     def photos(self, identity: int) -> list[np.ndarray]:
         """Every photo of one identity, for benchmarks that compare restorations with the person's references."""

@@ -116,11 +116,20 @@ def initialise_denoiser(denoiser: ReferenceDenoiser, weights: dict[str, torch.Te
 def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
     data = config.data
     if data.kind == "synthetic":
-        from refface.data.synthetic import SyntheticReferenceDataset
+        from refface.data.synthetic import PhotoVariation, SyntheticReferenceDataset
+
+        variation = PhotoVariation(data.pose_spread, data.expression)
 
         def synthetic(split: str, identities: int) -> Dataset:
             return SyntheticReferenceDataset(
-                identities, data.photos_per_identity, data.size, data.num_refs, data.degradation, config.run.seed, split
+                identities,
+                data.photos_per_identity,
+                data.size,
+                data.num_refs,
+                data.degradation,
+                config.run.seed,
+                split,
+                variation=variation,
             )
 
         return synthetic("train", data.identities), synthetic("val", max(1, config.run.validation_cases))

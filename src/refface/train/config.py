@@ -50,6 +50,8 @@ class DataConfig:
     degradation: str = "train"
     identities: int = 64  # synthetic only
     photos_per_identity: int = 6  # synthetic only
+    pose_spread: float = 1.0  # synthetic only: scales pose variation between photos (PhotoVariation.pose)
+    expression: float = 0.0  # synthetic only: per-photo blink / open mouth amount, 0 to 1
     workers: int = 4
 
 
@@ -188,6 +190,8 @@ def check_config(config: TrainConfig, source: str) -> TrainConfig:
         ("run.validation_cases", config.run.validation_cases >= 0, "0 or more"),
         ("vqgan.lpips", config.vqgan.lpips in ("vgg", "none"), "vgg or none"),
         ("data.size", config.data.size >= 8 and config.data.size % 8 == 0, "a multiple of 8"),
+        ("data.pose_spread", 0.0 <= config.data.pose_spread <= 6.0, "between 0 and 6"),
+        ("data.expression", 0.0 <= config.data.expression <= 1.0, "between 0 and 1"),
         ("loss.identity", config.loss.identity in IDENTITY_WEIGHTINGS, f"one of {', '.join(IDENTITY_WEIGHTINGS)}"),
         ("loss.condition_dropout", 0.0 <= config.loss.condition_dropout < 1.0, "in [0, 1)"),
         ("run.mixed_precision", config.run.mixed_precision in MIXED_PRECISION, f"one of {', '.join(MIXED_PRECISION)}"),

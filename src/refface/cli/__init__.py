@@ -14,13 +14,14 @@ from refface.errors import RefFaceError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from refface.cli import data, restore, train
+    from refface.cli import data, evaluate, restore, train
 
     parser = argparse.ArgumentParser(prog="refface", description="Reference-based face restoration.")
     commands = parser.add_subparsers(dest="command", required=True)
     restore.add_commands(commands)
     data.add_commands(commands)
     train.add_commands(commands)
+    evaluate.add_commands(commands)
     return parser
 
 

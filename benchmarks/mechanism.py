@@ -206,7 +206,7 @@ class TestCases:
     gt: torch.Tensor
 
 
-def test_cases(budget: Budget) -> TestCases:
+def held_out_cases(budget: Budget) -> TestCases:
     dataset = SyntheticReferenceDataset(
         budget.test_identities, PHOTOS, SIZE, NUM_REFS, "severe", SEED, "test", flip=False, variation=VARIATION
     )
@@ -381,11 +381,10 @@ def main() -> None:
     budget = QUICK if args.quick else Budget()
     steps = {f"{s}_steps": getattr(args, f"{s}_steps") for s in ("vqgan", "ldm", "variant")}
     budget = replace(budget, **{key: value for key, value in steps.items() if value})
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     runs = train_all(args.out, budget, args.quiet)
-    cases = test_cases(budget)
+    cases = held_out_cases(budget)
     results = [evaluate(variant, runs[variant], cases, budget, args.out) for variant in VARIANTS]
     ceiling = vqgan_ceiling(args.out / "runs" / "vqgan", cases)
     text = table(results, ceiling)

@@ -7,13 +7,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from refface.face.detection import load_shape_predictor
-from refface.imaging import resize_square
+from refface.face.locate import AlignedCropLandmarks
 
 _JAW, _BROWS = slice(0, 17), slice(17, 27)
 _FOREHEAD = 0.15  # eyebrows are raised by this fraction of the face height to take in the forehead
 _FEATHER = 0.02  # edge softness as a fraction of the image width
-_CANONICAL_BOX = (0.25, 0.3, 0.75, 0.85)  # where the face sits in an FFHQ-aligned crop (left, top, right, bottom)
 
 
 @dataclass(frozen=True)
@@ -25,21 +23,15 @@ class FaceRegion:
 
 
 class FaceRegionFinder:
-    """Fits the 68 landmarks inside the known face box of an aligned crop (no detector run, as DlibEmbedder)."""
-
-    work_size = 256
+    """The face region of an aligned crop from its 68 landmarks, fitted as `DlibEmbedder` fits them."""
 
     def __init__(self, shape_predictor=None) -> None:
-        import dlib
-
-        self._landmarks = shape_predictor or load_shape_predictor()
-        left, top, right, bottom = (round(v * self.work_size) for v in _CANONICAL_BOX)
-        self._box = dlib.rectangle(left, top, right, bottom)
+        self._landmarks = AlignedCropLandmarks(shape_predictor)
 
     def __call__(self, face: np.ndarray) -> FaceRegion:
         height, width = face.shape[:2]
-        work = resize_square(np.ascontiguousarray(face, dtype=np.uint8), self.work_size)
-        shape = self._landmarks(work, self._box)
+        _, shape = self._landmarks(face)
+        work_size = self._landmarks.work_size
         points = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
         if not np.isfinite(points).all() or len(points) != 68:
             return FaceRegion(np.ones((height, width), np.float32), False)
@@ -47,7 +39,7 @@ class FaceRegionFinder:
         face_height = jaw[:, 1].max() - brows[:, 1].min()
         brows[:, 1] -= _FOREHEAD * face_height
         hull = cv2.convexHull(np.concatenate([jaw, brows]).astype(np.float32))
-        scale = np.array([width / self.work_size, height / self.work_size], dtype=np.float32)
+        scale = np.array([width / work_size, height / work_size], dtype=np.float32)
         mask = np.zeros((height, width), np.float32)
         cv2.fillConvexPoly(mask, np.round(hull[:, 0] * scale).astype(np.int32), 1.0, lineType=cv2.LINE_AA)
         sigma = max(0.5, _FEATHER * width)

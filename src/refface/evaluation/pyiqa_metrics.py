@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from refface.evaluation.metrics import ImageMetric, Unavailable, to_tensor
+from refface.face.arcface import short_reason
 
 NO_REFERENCE = {"niqe": ("niqe", False), "musiq": ("musiq", True)}
 """Our column -> (pyiqa metric name, higher is better)."""
@@ -20,16 +21,11 @@ FFHQ_STATISTICS = {"dataset_name": "FFHQ", "dataset_res": 1024, "dataset_split":
 """clean-fid's FFHQ statistics, which pyiqa downloads for `fid` without a reference folder."""
 
 
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
-
-
 def _import_pyiqa():
     try:
         import pyiqa
     except Exception as error:  # ImportError, or torchvision failing to load inside pyiqa's import
-        return None, f"pyiqa cannot be imported ({_short(error)}); install it with `pip install pyiqa`"
+        return None, f"pyiqa cannot be imported ({short_reason(error)}); install it with `pip install pyiqa`"
     return pyiqa, None
 
 
@@ -52,7 +48,7 @@ def no_reference_metric(name: str, device: torch.device | str = "cpu") -> ImageM
     try:
         model = pyiqa.create_metric(pyiqa_name, device=torch.device(device))
     except Exception as error:  # pyiqa fetches its weights here; offline it raises whatever urllib raises
-        return Unavailable(name, f"pyiqa could not load {pyiqa_name} ({_short(error)})")
+        return Unavailable(name, f"pyiqa could not load {pyiqa_name} ({short_reason(error)})")
     return PyiqaNoReference(name, model, higher, device)
 
 
@@ -67,4 +63,4 @@ def fid(pred_dir: Path, reference_dir: Path | None, device: torch.device | str =
             return float(metric(str(pred_dir), str(reference_dir)))
         return float(metric(str(pred_dir), **FFHQ_STATISTICS))
     except Exception as error:
-        return Unavailable("fid", f"pyiqa could not compute FID ({_short(error)})")
+        return Unavailable("fid", f"pyiqa could not compute FID ({short_reason(error)})")

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from refface.errors import RefFaceError
-from refface.face.detection import RECOGNITION_MODEL, dlib_model_path, import_dlib, load_shape_predictor
-from refface.face.locate import CANONICAL_BOX
+from refface.face.detection import RECOGNITION_MODEL, dlib_model_path, import_dlib
+from refface.face.locate import AlignedCropLandmarks
 from refface.imaging import resize_square
 
 
@@ -50,23 +50,19 @@ class DlibEmbedder:
 
     name = "dlib"
     same_person_distance = 0.6  # dlib's published threshold for its Euclidean descriptor distance
-    work_size = 256
 
     def __init__(self, jitters: int = 0, shape_predictor=None) -> None:
         """`shape_predictor`: reuse a loaded 68-point model (e.g. `DlibDetector.shape_predictor`)."""
         dlib = import_dlib()
         self.jitters = jitters
-        self._landmarks = shape_predictor or load_shape_predictor()
+        self._landmarks = AlignedCropLandmarks(shape_predictor)
         self._model = dlib.face_recognition_model_v1(str(dlib_model_path(RECOGNITION_MODEL)))
-        left, top, right, bottom = (round(v * self.work_size) for v in CANONICAL_BOX)
-        self._box = dlib.rectangle(left, top, right, bottom)
 
     def embed(self, faces: Sequence[np.ndarray]) -> np.ndarray:
         vectors = []
         for face in faces:
-            face = resize_square(np.ascontiguousarray(face, dtype=np.uint8), self.work_size)
-            shape = self._landmarks(face, self._box)
-            vectors.append(np.asarray(self._model.compute_face_descriptor(face, shape, self.jitters)))
+            work, shape = self._landmarks(face)
+            vectors.append(np.asarray(self._model.compute_face_descriptor(work, shape, self.jitters)))
         return np.stack(vectors) if vectors else np.zeros((0, 128))
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -26,7 +26,8 @@ from refface.face.alignment import (
     warp_quad,
     yaw_asymmetry,
 )
-from refface.face.detection import DetectedFace, FaceDetector
+from refface.face.detection import DetectedFace, FaceDetector, import_dlib, load_shape_predictor
+from refface.imaging import resize_square
 
 # Where dlib's face box sits inside an FFHQ crop, as fractions of the side (measured on real faces).
 CANONICAL_BOX = (0.22, 0.32, 0.77, 0.86)
@@ -36,6 +37,25 @@ EXTREME_YAW = 0.6
 FALLBACK_ROTATIONS = (90, -90, 180, 45, -45)
 # Detection runs on a copy no larger than this; the landmark refinement then works at full resolution.
 DETECT_MAX_SIDE = 1600
+
+
+class AlignedCropLandmarks:
+    """The 68 landmarks of an FFHQ-aligned crop, fitted inside the known face box (no detector run).
+
+    Returns the crop resized to `work_size` and dlib's full_object_detection on it, which both the
+    dlib descriptor and the evaluation's face region start from.
+    """
+
+    def __init__(self, shape_predictor=None, work_size: int = REFINE_SIZE) -> None:
+        dlib = import_dlib()
+        self.work_size = work_size
+        self._predictor = shape_predictor or load_shape_predictor()
+        left, top, right, bottom = (round(v * work_size) for v in CANONICAL_BOX)
+        self._box = dlib.rectangle(left, top, right, bottom)
+
+    def __call__(self, face: np.ndarray):
+        work = resize_square(np.ascontiguousarray(face, dtype=np.uint8), self.work_size)
+        return work, self._predictor(work, self._box)
 
 
 @dataclass

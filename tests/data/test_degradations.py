@@ -257,3 +257,37 @@ def test_degrade_tensor_matches_numpy_path(dtype):
         degrade_tensor(batch, "severe", 11, [0, 1])
     with pytest.raises(RefFaceError, match="float BCHW"):
         degrade_tensor(batch[:, :1], "severe", 11, [0, 1, 2])
+
+
+def test_degradation_ranges_replace_only_what_they_name():
+    """A toy-size severe degradation: new blur and downscale ranges, the preset's noise and JPEG ranges."""
+    from refface.data.degradations import degradation_with_ranges
+
+    custom = degradation_with_ranges("severe", {"sigma": [0.5, 1], "scale": [4, 8], "kernel_size": 5})
+    severe = PRESETS["severe"]
+    assert (custom.sigma, custom.scale, custom.kernel_size) == ((0.5, 1.0), (4.0, 8.0), 5)
+    assert (custom.noise, custom.jpeg) == (severe.noise, severe.jpeg)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        params = custom.sample(rng)
+        assert 0.5 <= params["sigma_x"] <= 1 and 4 <= params["scale"] <= 8
+    assert degradation_with_ranges("moderate", None) is PRESETS["moderate"]
+
+
+@pytest.mark.parametrize(
+    ("name", "ranges", "needle"),
+    [
+        ("severe", {"blur": [1, 2]}, "Unknown degradation range 'blur'"),
+        ("severe", {"scale": 4}, "must be \\[low, high\\]"),
+        ("severe", {"sigma": [3, 1]}, "sigma range"),
+        ("severe", {"kernel_size": 4}, "odd"),
+        ("realesrgan", {"sigma": [1, 2]}, "Only the paper's presets"),
+        ("blurry", {"sigma": [1, 2]}, "Unknown degradation preset"),
+    ],
+)
+def test_bad_degradation_ranges_fail_with_one_sentence(name, ranges, needle):
+    from refface.data.degradations import degradation_with_ranges
+
+    with pytest.raises(RefFaceError, match=needle) as error:
+        degradation_with_ranges(name, ranges)
+    assert "\n" not in str(error.value)

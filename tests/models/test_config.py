@@ -45,3 +45,21 @@ def test_config_with_inconsistent_channels_is_refused(slim, tmp_path):
         load_official_config(path)
     with pytest.raises(RefFaceError, match="does not exist"):
         load_official_config(tmp_path / "missing.yaml")
+
+
+def test_vqgan_attention_type_follows_latent_diffusion(slim, tmp_path):
+    """ddconfig.attn_type none builds the VQGAN without its mid-block attention; unknown types are refused."""
+    from refface.models.vq import build_vqmodel
+
+    text = (slim / "config.yaml").read_text()
+    with_attention = load_official_config(slim / "config.yaml").vq
+    path = tmp_path / "none.yaml"
+    path.write_text(text.replace("ddconfig:\n", "ddconfig:\n          attn_type: none\n", 1))
+    without = load_official_config(path).vq
+    assert with_attention.mid_attention and not without.mid_attention
+    keys = {name for name, _ in build_vqmodel(without).named_parameters()}
+    assert not any(".attentions." in key for key in keys)
+    assert any(".attentions." in name for name, _ in build_vqmodel(with_attention).named_parameters())
+    path.write_text(text.replace("ddconfig:\n", "ddconfig:\n          attn_type: linear\n", 1))
+    with pytest.raises(RefFaceError, match="attn_type 'linear'"):
+        load_official_config(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from refface.errors import RefFaceError
 from refface.train.config import TrainConfig, load_config, preset_names
@@ -71,3 +72,18 @@ def test_unknown_preset_lists_the_presets(tmp_path):
         load_config("huge-refldm")
     with pytest.raises(RefFaceError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_degradation_ranges_reach_the_training_data():
+    """data.degradation_ranges changes the LQ the dataset makes; a bad range names the config key."""
+    from refface.train.build import build_datasets
+
+    config = load_config("tiny-ldm", {"data.degradation_ranges": {"scale": [4, 8], "sigma": [0.5, 1]}})
+    train, _ = build_datasets(config)
+    assert train.degradation.scale == (4.0, 8.0) and train.degradation.noise == (0, 20)
+    default, _ = build_datasets(load_config("tiny-ldm"))
+    ours, theirs = train[3], default[3]
+    assert torch.equal(ours["gt"], theirs["gt"]) or torch.equal(ours["gt"], theirs["gt"].flip(-1))  # same photo
+    assert not torch.equal(ours["lq"], theirs["lq"]) and not torch.equal(ours["lq"], theirs["lq"].flip(-1))
+    with pytest.raises(RefFaceError, match="'data.degradation_ranges' in preset tiny-ldm: Unknown degradation range"):
+        load_config("tiny-ldm", {"data.degradation_ranges": {"blur": [1, 2]}})

@@ -9,8 +9,8 @@ JPEG at quality int(q) through OpenCV, and bilinear upsampling back to the input
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -41,6 +41,7 @@ __all__ = [
     "PaperDegradation",
     "SecondOrderDegradation",
     "degradation_by_name",
+    "degradation_with_ranges",
     "degrade",
     "degrade_tensor",
     "sample_rng",
@@ -135,6 +136,37 @@ def degradation_by_name(name: str) -> Degradation:
     if name not in PRESETS:
         raise RefFaceError(f"Unknown degradation preset {name!r}; choose one of {', '.join(PRESETS)}.")
     return PRESETS[name]
+
+
+_RANGE_KEYS = ("sigma", "scale", "noise", "jpeg")
+
+
+def degradation_with_ranges(name: str, ranges: Mapping[str, object] | None = None) -> Degradation:
+    """Preset `name` with some of its ranges replaced: sigma, scale, noise, jpeg as [low, high], kernel_size.
+
+    Researchers tune the degradation per experiment (e.g. a toy image size, where the paper's 512-pixel
+    blur and downscale would leave one flat colour) without writing a class.
+    """
+    degradation = degradation_by_name(name)
+    if not ranges:
+        return degradation
+    if not isinstance(degradation, PaperDegradation):
+        raise RefFaceError(f"Only the paper's presets take degradation ranges, not {name!r}.")
+    known = (*_RANGE_KEYS, "kernel_size")
+    changes: dict[str, object] = {}
+    for key, value in ranges.items():
+        if key not in known:
+            raise RefFaceError(f"Unknown degradation range {key!r}; known: {', '.join(known)}.")
+        if key == "kernel_size":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise RefFaceError(f"The degradation kernel_size must be an odd integer, not {value!r}.")
+            changes[key] = value
+            continue
+        pair = tuple(value) if isinstance(value, (list, tuple)) else ()
+        if len(pair) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair):
+            raise RefFaceError(f"The degradation range {key!r} must be [low, high] numbers, not {value!r}.")
+        changes[key] = (float(pair[0]), float(pair[1]))
+    return replace(degradation, name=f"{degradation.name}-custom", **changes)
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:

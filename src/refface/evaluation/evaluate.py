@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from refface.errors import RefFaceError
 from refface.evaluation.metrics import ImageMetric, Unavailable
 from refface.files import write_text_atomically
-from refface.imaging import SAVE_FORMATS, load_image, save_image
+from refface.imaging import SAVE_FORMATS, load_image, resize_square, save_image
 
 METRICS = ("ids", "ids_ref", "ids_dlib", "lpips", "flpips", "psnr", "ssim", "niqe", "musiq", "fid")
 OFFLINE_METRICS = ("ids_dlib", "psnr", "ssim")
@@ -34,10 +34,17 @@ MASK_EXAMPLES = 4  # face-region debug images written for the first cases
 
 @dataclass(frozen=True)
 class EvalCase:
+    """One restoration, its GT and first reference; `fit_gt` shrinks a larger square GT to the restoration.
+
+    Benchmarks keep one copy of FFHQ (often 1024 px) while the test sets are scored at 512 px, as the
+    papers do with FFHQ's 512-pixel images; a folder comparison (`fit_gt` False) refuses mismatched sizes.
+    """
+
     name: str
     pred: Path
     gt: Path
     ref: Path | None = None
+    fit_gt: bool = False
 
 
 @dataclass
@@ -125,6 +132,8 @@ def _load_batch(cases: Sequence[EvalCase], needs_refs: bool):
     preds, gts, refs = [], [], []
     for case in cases:
         pred, gt = _load_rgb(case.pred), _load_rgb(case.gt)
+        if case.fit_gt and pred.shape != gt.shape and pred.shape[0] == pred.shape[1] and gt.shape[0] == gt.shape[1]:
+            gt = resize_square(gt, pred.shape[0])
         if pred.shape != gt.shape:
             raise RefFaceError(
                 f"The restoration {case.pred} is {pred.shape[1]}x{pred.shape[0]} but its ground truth {case.gt} is "
@@ -189,14 +198,44 @@ def evaluate_folders(
     metric_factory: Callable[..., tuple[list[ImageMetric], dict[str, str]]] | None = None,
 ) -> EvaluationResult:
     """Score `pred_dir` against `gt_dir` with `metrics`, writing the tables into `out`; see the module doc."""
+    return evaluate_cases(
+        find_cases(pred_dir, gt_dir, refs_csv, refs_dir),
+        out,
+        metrics,
+        Path(pred_dir),
+        device=device,
+        batch_size=batch_size,
+        download=download,
+        arcface_weights=arcface_weights,
+        fid_reference=fid_reference,
+        progress=progress,
+        metric_factory=metric_factory,
+    )
+
+
+def evaluate_cases(
+    cases: Sequence[EvalCase],
+    out: str | Path,
+    metrics: Sequence[str],
+    pred_dir: Path,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    download: bool = True,
+    arcface_weights: str | Path | None = None,
+    fid_reference: str | Path | None = None,
+    progress: bool = True,
+    metric_factory: Callable[..., tuple[list[ImageMetric], dict[str, str]]] | None = None,
+) -> EvaluationResult:
+    """Score prepared cases (FID over `pred_dir`, the folder holding every restoration) into the tables in `out`."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise RefFaceError(f"Unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}.")
     if batch_size < 1:
         raise RefFaceError(f"The batch size must be at least 1, got {batch_size}.")
+    if not cases:
+        raise RefFaceError(f"There is nothing to evaluate in {pred_dir}.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     names = [m for m in METRICS if m in metrics]
-    cases = find_cases(pred_dir, gt_dir, refs_csv, refs_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -204,7 +243,7 @@ def evaluate_folders(
 
     factory = metric_factory or build_metrics
     image_metrics, unavailable = factory(
-        [n for n in names if n != "fid"], device, download, arcface_weights, has_refs=refs_csv is not None
+        [n for n in names if n != "fid"], device, download, arcface_weights, has_refs=all(c.ref for c in cases)
     )
     cache_path = out / "scores.jsonl"
     cached = _read_scores(cache_path)

@@ -46,6 +46,7 @@ class VQArchitecture:
     z_channels: int = 8
     embed_dim: int = 8
     n_embed: int = 8192
+    mid_attention: bool = True  # latent-diffusion's ddconfig attn_type: vanilla (True) or none (False)
 
     @property
     def downsampling_factor(self) -> int:
@@ -119,6 +120,10 @@ def load_official_config(path: str | Path) -> RefLDMArchitecture:
     if dd.get("double_z", False):
         raise RefFaceError(f"The config {source} describes a KL autoencoder (double_z), not ReF-LDM's VQGAN.")
 
+    attn_type = dd.get("attn_type", "vanilla")
+    if attn_type not in ("vanilla", "none"):
+        raise RefFaceError(f"The config {source} sets ddconfig.attn_type {attn_type!r}; refface builds vanilla or none.")
+
     def number(node: dict, key: str, where: str) -> int:
         value = _get(node, key, source)
         if not isinstance(value, int) or value <= 0:
@@ -145,6 +150,7 @@ def load_official_config(path: str | Path) -> RefLDMArchitecture:
         z_channels=number(dd, "z_channels", "ddconfig"),
         embed_dim=number(first_stage, "embed_dim", "first_stage_config.params"),
         n_embed=number(first_stage, "n_embed", "first_stage_config.params"),
+        mid_attention=attn_type == "vanilla",
     )
     if unet_arch.in_channels != 2 * vq_arch.embed_dim or unet_arch.out_channels != vq_arch.embed_dim:
         raise RefFaceError(

@@ -30,7 +30,7 @@ def build_vqmodel(arch: VQArchitecture) -> VQModel:
         vq_embed_dim=arch.embed_dim,
         scaling_factor=1.0,
         norm_type="group",
-        mid_block_add_attention=True,
+        mid_block_add_attention=arch.mid_attention,
     )
 
 

@@ -13,6 +13,7 @@ import torch
 from diffusers import UNet2DModel, VQModel
 from torch.utils.data import Dataset
 
+from refface.data.degradations import degradation_with_ranges
 from refface.errors import RefFaceError
 from refface.models.checkpoints import load_converted, read_state_dict, select_unet_weights, select_vq_weights
 from refface.models.config import RefLDMArchitecture, load_official_config, released_architecture, tiny_architecture
@@ -115,6 +116,7 @@ def initialise_denoiser(denoiser: ReferenceDenoiser, weights: dict[str, torch.Te
 
 def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
     data = config.data
+    degradation = degradation_with_ranges(data.degradation, data.degradation_ranges)
     if data.kind == "synthetic":
         from refface.data.synthetic import PhotoVariation, SyntheticReferenceDataset
 
@@ -126,7 +128,7 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
                 data.photos_per_identity,
                 data.size,
                 data.num_refs,
-                data.degradation,
+                degradation,
                 config.run.seed,
                 split,
                 variation=variation,
@@ -136,14 +138,14 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
     from refface.data.training_set import ReferenceFaceDataset
 
     train = ReferenceFaceDataset(
-        data.references_csv, data.images_dir, data.degradation, data.num_refs, data.size, seed=config.run.seed
+        data.references_csv, data.images_dir, degradation, data.num_refs, data.size, seed=config.run.seed
     )
     val = None
     if data.val_references_csv:
         val = ReferenceFaceDataset(
             data.val_references_csv,
             data.images_dir,
-            data.degradation,
+            degradation,
             data.num_refs,
             data.size,
             flip=False,

@@ -48,6 +48,9 @@ class DataConfig:
     size: int = 512
     num_refs: int = 5
     degradation: str = "train"
+    # Overrides of the preset's ranges (sigma, scale, noise, jpeg as [low, high]; kernel_size), e.g. for
+    # toy image sizes, where the paper's 512-pixel blur and downscale would leave a single flat colour.
+    degradation_ranges: dict | None = None
     identities: int = 64  # synthetic only
     photos_per_identity: int = 6  # synthetic only
     pose_spread: float = 1.0  # synthetic only: scales pose variation between photos (PhotoVariation.pose)
@@ -172,7 +175,7 @@ def _build(cls: type, values: Any, prefix: str, source: str) -> Any:
 
 def check_config(config: TrainConfig, source: str) -> TrainConfig:
     """Value checks that types alone cannot express, each naming its key."""
-    from refface.data.degradations import PRESETS
+    from refface.data.degradations import PRESETS, degradation_with_ranges
     from refface.models.reference_integration import INTEGRATIONS
     from refface.train.identity_loss import IDENTITY_WEIGHTINGS
 
@@ -208,6 +211,10 @@ def check_config(config: TrainConfig, source: str) -> TrainConfig:
             section, _, name = key.partition(".")
             value = getattr(getattr(config, section), name) if name else getattr(config, section)
             raise RefFaceError(f"Config key {key!r} in {source} must be {expected}, got {value!r}.")
+    try:
+        degradation_with_ranges(config.data.degradation, config.data.degradation_ranges)
+    except RefFaceError as error:
+        raise RefFaceError(f"Config key 'data.degradation_ranges' in {source}: {error}") from None
     if config.data.kind == "csv" and not (config.data.references_csv and config.data.images_dir):
         raise RefFaceError(f"Config {source}: data.kind csv needs data.references_csv and data.images_dir.")
     return config

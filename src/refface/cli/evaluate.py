@@ -1,10 +1,10 @@
-"""`refface evaluate`: the papers' metrics for a folder of restorations, as per-image and summary tables."""
+"""`refface evaluate` and `refface benchmark`: the papers' metrics and tables for restorations."""
 
 from __future__ import annotations
 
 import argparse
 
-from refface.cli.common import resolve_device, say
+from refface.cli.common import DTYPES, resolve_device, say
 
 
 def _metric_list(text: str) -> list[str]:
@@ -28,12 +28,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         metrics=args.metrics or METRICS,
         refs_csv=args.refs,
         refs_dir=args.refs_dir,
-        device=resolve_device(args.device),
-        batch_size=args.batch_size,
-        download=not args.no_download,
-        arcface_weights=args.arcface_weights,
-        fid_reference=args.fid_reference,
         progress=not args.quiet,
+        **_evaluation_options(args, resolve_device(args.device)),
     )
     if not args.quiet:
         print((result.out / "summary.md").read_text(encoding="utf-8"), end="")
@@ -41,9 +37,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register `refface evaluate` on the `refface` parser."""
+def _counts(text: str) -> list[int]:
+    if text.strip().lower() == "none":
+        return []
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected reference counts like 1,3,5,8 or none, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"reference counts must be at least 1, got {text!r}")
+    return counts
+
+
+def _evaluation_options(args: argparse.Namespace, device) -> dict:
+    return {
+        "device": device,
+        "batch_size": args.batch_size,
+        "download": not args.no_download,
+        "arcface_weights": args.arcface_weights,
+        "fid_reference": args.fid_reference,
+    }
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from refface.evaluation.benchmark import run_benchmark
     from refface.evaluation.evaluate import METRICS
+    from refface.evaluation.methods import SamplingSettings, build_restorer
+    from refface.evaluation.paper_sets import locate_set
+
+    data = locate_set(args.set, args.data, args.images, args.lq, args.csv, args.refs_dir)
+    settings = SamplingSettings(args.steps, args.cfg, args.schedule, args.seed)
+    state = PartialState()
+    device = state.device if state.num_processes > 1 else resolve_device(args.device)
+    restorer = build_restorer(
+        args.method, settings, device, DTYPES[args.dtype], args.model, args.checkpoint, args.vqgan, args.config
+    )
+    say(args, f"{data.layout.title}: {len(data.cases)} images; {args.method} on {device}.")
+    report = run_benchmark(
+        data,
+        restorer,
+        args.method,
+        args.out,
+        max_refs=args.max_refs,
+        sweep=args.sweep,
+        metrics=args.metrics or METRICS,
+        limit=args.limit,
+        examples=args.examples,
+        progress=not args.quiet,
+        evaluation=_evaluation_options(args, device),
+        state=state,
+    )
+    if state.is_main_process:
+        if not args.quiet:
+            print((report.folder / "table.md").read_text(encoding="utf-8"), end="")
+        say(args, f"Tables and contact sheet: {report.folder}")
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register `refface evaluate` and `refface benchmark` on the `refface` parser."""
+    from refface.evaluation.evaluate import METRICS
+    from refface.evaluation.methods import METHODS
+    from refface.evaluation.paper_sets import SETS
 
     evaluate = commands.add_parser("evaluate", help="score restorations against ground truth (IDS, LPIPS, PSNR, ...)")
     evaluate.add_argument("--pred", required=True, help="folder of restored images")
@@ -56,10 +113,57 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--metrics", type=_metric_list, help=f"comma-separated subset of {','.join(METRICS)} (default: all)"
     )
     evaluate.add_argument("--out", default="results", help="folder for per_image.csv, summary.csv, summary.md")
-    evaluate.add_argument("--no-download", action="store_true", help="never download weights; such metrics are skipped")
-    evaluate.add_argument("--arcface-weights", help="ArcFace .onnx / .pth file instead of the default download")
-    evaluate.add_argument("--fid-reference", help="folder of real faces for FID (default: FFHQ statistics via pyiqa)")
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, mps")
-    evaluate.add_argument("--quiet", "-q", action="store_true")
+    _add_metric_options(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    bench = commands.add_parser(
+        "benchmark", help="restore a paper's test set with a method, score it, and write the papers' tables"
+    )
+    bench.add_argument("--set", required=True, choices=list(SETS), help="which test set")
+    bench.add_argument(
+        "--data", help="dataset folder (reference_mapping/, test_images/ or lq/, as refface writes them)"
+    )
+    bench.add_argument("--images", required=True, help="HQ image folder the CSV names (GT and references)")
+    bench.add_argument("--lq", help="LQ image folder (default: the set's place inside --data)")
+    bench.add_argument("--refs-dir", help="folder of the reference images (default: --images)")
+    bench.add_argument("--csv", help="reference CSV gt_image,ref_image (default: the set's place inside --data)")
+    bench.add_argument(
+        "--method", required=True, choices=list(METHODS), help="; ".join(f"{k}: {v}" for k, v in METHODS.items())
+    )
+    bench.add_argument(
+        "--max-refs", type=int, default=5, help="references for the main table (default 5, as the papers)"
+    )
+    bench.add_argument(
+        "--sweep", type=_counts, default=[1, 3, 5, 8], help="reference counts to sweep, or none (default 1,3,5,8)"
+    )
+    bench.add_argument(
+        "--metrics", type=_metric_list, help=f"comma-separated subset of {','.join(METRICS)} (default: all)"
+    )
+    bench.add_argument("--out", default="benchmark", help="results folder (default ./benchmark); reruns resume")
+    bench.add_argument("--limit", type=int, help="only the first N images (a quick look; the table says so)")
+    bench.add_argument("--examples", type=int, default=6, help="rows of the contact sheet (default 6)")
+    bench.add_argument("--steps", type=int, default=100, help="DDIM steps (default 100, as the papers' tables)")
+    bench.add_argument("--cfg", type=float, default=1.5, help="guidance scale toward the references (default 1.5)")
+    bench.add_argument("--seed", type=int, default=2024, help="noise seed, the same for every image (default 2024)")
+    bench.add_argument(
+        "--schedule",
+        choices=["uniform", "uniform_trailing"],
+        default="uniform",
+        help="default uniform, as the official evaluation",
+    )
+    bench.add_argument("--model", help="a folder written by `refface convert` / save_pretrained")
+    bench.add_argument("--checkpoint", help="official refldm.ckpt (default: download the released weights)")
+    bench.add_argument("--vqgan", help="official vqgan.ckpt")
+    bench.add_argument("--config", help="official-format config YAML")
+    bench.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    _add_metric_options(bench)
+    bench.set_defaults(handler=cmd_benchmark)
+
+
+def _add_metric_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-download", action="store_true", help="never download weights; such metrics are skipped")
+    parser.add_argument("--arcface-weights", help="ArcFace .onnx / .pth file instead of the default download")
+    parser.add_argument("--fid-reference", help="folder of real faces for FID (default: FFHQ statistics via pyiqa)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per metric batch")
+    parser.add_argument("--device", default="auto", help="auto (default: CUDA, else MPS, else CPU), cpu, cuda, mps")
+    parser.add_argument("--quiet", "-q", action="store_true")

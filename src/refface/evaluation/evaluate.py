@@ -58,7 +58,8 @@ class EvaluationResult:
     files: list[Path] = field(default_factory=list)
 
 
-def _images(folder: Path, role: str) -> dict[str, Path]:
+def images_by_stem(folder: Path, role: str) -> dict[str, Path]:
+    """The images of `folder` by name without extension; a missing or empty folder or a clash is an error."""
     if not folder.is_dir():
         raise RefFaceError(f"The {role} folder {folder} does not exist.")
     found: dict[str, Path] = {}
@@ -76,7 +77,7 @@ def find_cases(
     pred_dir: str | Path, gt_dir: str | Path, refs_csv: str | Path | None = None, refs_dir: str | Path | None = None
 ) -> list[EvalCase]:
     """Pair every restoration with its GT (and the first reference of the CSV); any gap is an error."""
-    preds, gts = _images(Path(pred_dir), "restorations"), _images(Path(gt_dir), "ground-truth")
+    preds, gts = images_by_stem(Path(pred_dir), "restorations"), images_by_stem(Path(gt_dir), "ground-truth")
     orphans = sorted(set(preds) - set(gts))
     if orphans:
         raise RefFaceError(
@@ -278,7 +279,11 @@ def evaluate_cases(
     if "fid" in names:
         from refface.evaluation.pyiqa_metrics import fid
 
-        value = fid(Path(pred_dir), Path(fid_reference) if fid_reference else None, device)
+        extra = set(images_by_stem(Path(pred_dir), "restorations")) - {c.pred.stem for c in cases}
+        if extra:
+            value = Unavailable(f"{pred_dir} also holds {len(extra)} image(s) outside the evaluated cases")
+        else:
+            value = fid(Path(pred_dir), Path(fid_reference) if fid_reference else None, device)
         if isinstance(value, Unavailable):
             unavailable["fid"] = value.reason
         else:

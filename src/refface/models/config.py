@@ -122,7 +122,9 @@ def load_official_config(path: str | Path) -> RefLDMArchitecture:
 
     attn_type = dd.get("attn_type", "vanilla")
     if attn_type not in ("vanilla", "none"):
-        raise RefFaceError(f"The config {source} sets ddconfig.attn_type {attn_type!r}; refface builds vanilla or none.")
+        raise RefFaceError(
+            f"The config {source} sets ddconfig.attn_type {attn_type!r}; refface builds vanilla or none."
+        )
 
     def number(node: dict, key: str, where: str) -> int:
         value = _get(node, key, source)

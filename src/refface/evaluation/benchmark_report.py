@@ -1,0 +1,88 @@
+"""The tables of a benchmark folder, in the papers' layout: methods as rows, metrics as columns.
+
+Every method's evaluations under OUT/<set>/<method>/refs-<k>/eval/summary.csv are collected, so
+methods run at different times (or by different people, copied into one folder) share one table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from refface.evaluation.evaluate import LOWER_IS_BETTER, METRICS
+from refface.files import write_text_atomically
+
+
+def read_summaries(set_folder: Path) -> dict[str, dict[int, dict[str, str]]]:
+    """{method: {reference count: {column: value}}} from every evaluation in the set's folder."""
+    found: dict[str, dict[int, dict[str, str]]] = {}
+    for summary in sorted(set_folder.glob("*/refs-*/eval/summary.csv")):
+        count_text = summary.parent.parent.name.removeprefix("refs-")
+        if not count_text.isdigit():
+            continue
+        with summary.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows:
+            found.setdefault(summary.parent.parent.parent.name, {})[int(count_text)] = rows[0]
+    return found
+
+
+def main_count(counts: dict[int, dict[str, str]], main_refs: int) -> int:
+    """The method's row for the main table: the main count, else without references, else its largest count."""
+    if main_refs in counts:
+        return main_refs
+    return 0 if 0 in counts else max(counts)
+
+
+def _metric_columns(summaries: dict[str, dict[int, dict[str, str]]]) -> list[str]:
+    present = {key for counts in summaries.values() for row in counts.values() for key in row}
+    return [m for m in METRICS if m in present]
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _label(metric: str) -> str:
+    return f"{metric} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
+
+
+def write_set_tables(set_folder: Path, title: str, main_refs: int, total_cases: int) -> list[Path]:
+    """table.md / table.csv (each method at `main_refs` references) and sweep.md (each method per count)."""
+    summaries = read_summaries(set_folder)
+    metrics = _metric_columns(summaries)
+    rows = []
+    for method, counts in sorted(summaries.items()):
+        count = main_count(counts, main_refs)
+        row = counts[count]
+        rows.append([method, str(count), row.get("images", ""), *(row.get(m) or "n/a" for m in metrics)])
+    header = ["method", "refs", "images", *metrics]
+    partial = [r[0] for r in rows if r[2] != str(total_cases)]
+    note = f"{title}, {total_cases} test images; n/a = unavailable (see the method's eval/summary.md)."
+    if partial:
+        note += f" Scored on part of the set (--limit): {', '.join(partial)}."
+    lines = [f"## {title}", "", *_markdown(["method", "refs", "images", *map(_label, metrics)], rows), "", note]
+    table_md = set_folder / "table.md"
+    write_text_atomically(table_md, "\n".join(lines) + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    table_csv = set_folder / "table.csv"
+    write_text_atomically(table_csv, buffer.getvalue())
+
+    sweep_rows = [
+        [method, str(count), counts[count].get("images", ""), *(counts[count].get(m) or "n/a" for m in metrics)]
+        for method, counts in sorted(summaries.items())
+        if len(counts) > 1
+        for count in sorted(counts)
+    ]
+    sweep_lines = [f"## {title}: number of references", ""]
+    if sweep_rows:
+        sweep_lines += _markdown(["method", "refs", "images", *map(_label, metrics)], sweep_rows)
+    else:
+        sweep_lines.append("No method of this folder was run with more than one reference count.")
+    sweep_md = set_folder / "sweep.md"
+    write_text_atomically(sweep_md, "\n".join(sweep_lines) + "\n")
+    return [table_md, table_csv, sweep_md]

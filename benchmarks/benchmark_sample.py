@@ -29,6 +29,7 @@ from refface.data.reference_csv import ReferenceEntry, write_reference_csv  # no
 from refface.data.synthetic import SyntheticReferenceDataset  # noqa: E402
 from refface.data.synthetic_identity import SyntheticIdentityScorer  # noqa: E402
 from refface.evaluation.benchmark import run_benchmark  # noqa: E402
+from refface.evaluation.evaluate import EvaluationOptions  # noqa: E402
 from refface.evaluation.methods import SamplingSettings, build_restorer  # noqa: E402
 from refface.evaluation.metrics import PSNR, SSIM, ImageMetric  # noqa: E402
 from refface.evaluation.paper_sets import SetLayout, locate_set  # noqa: E402
@@ -101,7 +102,7 @@ def main() -> None:
     for method in ("refldm", "refldm-no-refs"):
         restorer = build_restorer(method, settings, model=model)
         run_benchmark(data, restorer, method, args.out, max_refs=5, sweep=[1, 3], metrics=["ids", "psnr", "ssim"],
-                      metric_factory=metrics)  # fmt: skip
+                      evaluation=EvaluationOptions(metric_factory=metrics))  # fmt: skip
     folder = args.out / LAYOUT.name
     print((folder / "table.md").read_text(encoding="utf-8"))
     print((folder / "sweep.md").read_text(encoding="utf-8"))

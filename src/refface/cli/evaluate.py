@@ -19,18 +19,13 @@ def _metric_list(text: str) -> list[str]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from refface.evaluation.evaluate import METRICS, evaluate_folders
+    from pathlib import Path
 
-    result = evaluate_folders(
-        args.pred,
-        args.gt,
-        args.out,
-        metrics=args.metrics or METRICS,
-        refs_csv=args.refs,
-        refs_dir=args.refs_dir,
-        progress=not args.quiet,
-        **_evaluation_options(args, resolve_device(args.device)),
-    )
+    from refface.evaluation.evaluate import METRICS, evaluate_cases, find_cases
+
+    cases = find_cases(args.pred, args.gt, args.refs, args.refs_dir)
+    options = _evaluation_options(args, resolve_device(args.device))
+    result = evaluate_cases(cases, args.out, args.metrics or METRICS, Path(args.pred), options)
     if not args.quiet:
         print((result.out / "summary.md").read_text(encoding="utf-8"), end="")
     say(args, f"Tables: {result.out / 'per_image.csv'}, {result.out / 'summary.csv'}, {result.out / 'summary.md'}")
@@ -49,14 +44,12 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
-def _evaluation_options(args: argparse.Namespace, device) -> dict:
-    return {
-        "device": device,
-        "batch_size": args.batch_size,
-        "download": not args.no_download,
-        "arcface_weights": args.arcface_weights,
-        "fid_reference": args.fid_reference,
-    }
+def _evaluation_options(args: argparse.Namespace, device):
+    from refface.evaluation.evaluate import EvaluationOptions
+
+    return EvaluationOptions(
+        device, args.batch_size, not args.no_download, args.arcface_weights, args.fid_reference, not args.quiet
+    )
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

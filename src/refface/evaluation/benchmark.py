@@ -17,8 +17,8 @@ with fewer references than asked for uses all it has, as the official script doe
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from refface.errors import RefFaceError
 from refface.evaluation.benchmark_report import write_set_tables
 from refface.evaluation.contact_sheet import write_contact_sheet
-from refface.evaluation.evaluate import METRICS, EvalCase, EvaluationResult, evaluate_cases
+from refface.evaluation.evaluate import METRICS, EvalCase, EvaluationOptions, EvaluationResult, evaluate_cases
 from refface.evaluation.methods import Restorer
 from refface.evaluation.paper_sets import BenchmarkCase, BenchmarkData
 from refface.files import write_text_atomically
@@ -107,14 +107,13 @@ def run_benchmark(
     limit: int | None = None,
     examples: int = 6,
     progress: bool = True,
-    evaluation: dict | None = None,
-    metric_factory: Callable | None = None,
+    evaluation: EvaluationOptions | None = None,
     state=None,
 ) -> BenchmarkReport:
     """Restore `data` with `restorer` at every reference count, evaluate each, and write the set's tables.
 
-    `evaluation` holds `evaluate_cases` options (device, batch_size, download, arcface_weights,
-    fid_reference); `limit` restores and scores only the first cases (a quick look; the tables say so).
+    `evaluation` says how to score (device, batches, downloads; its `progress` is this call's); `limit`
+    restores and scores only the first cases (a quick look; the tables say so).
     `state` is Accelerate's PartialState when several processes share the work (None: this one does all).
     """
     if limit is not None and limit < 1:
@@ -137,14 +136,9 @@ def run_benchmark(
         eval_cases = [
             EvalCase(case.name, images / f"{case.name}.png", case.gt, case.refs[0], fit_gt=True) for case in cases
         ]
+        options = replace(evaluation or EvaluationOptions(), progress=progress)
         report.results[count] = evaluate_cases(
-            eval_cases,
-            method_folder / f"refs-{count}" / "eval",
-            metrics,
-            images,
-            progress=progress,
-            metric_factory=metric_factory,
-            **(evaluation or {}),
+            eval_cases, method_folder / f"refs-{count}" / "eval", metrics, images, options
         )
         report.files = write_set_tables(set_folder, data.layout.title, counts[0], len(data.cases))
         report.files.append(write_contact_sheet(set_folder, cases, counts[0], examples))

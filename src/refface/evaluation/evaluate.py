@@ -183,6 +183,23 @@ def _cell(value: float | None, missing: str = "") -> str:
     return "inf" if math.isinf(value) else f"{value:.4f}"
 
 
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How to score: on which device, in what batches, whether weights may be downloaded, what to use instead.
+
+    `metric_factory(names, device, download, arcface_weights, has_refs)` replaces the built-in metrics
+    (tests, or a task with its own identity score).
+    """
+
+    device: str | torch.device | None = None
+    batch_size: int = 8
+    download: bool = True
+    arcface_weights: str | Path | None = None
+    fid_reference: str | Path | None = None
+    progress: bool = True
+    metric_factory: Callable[..., tuple[list[ImageMetric], dict[str, str]]] | None = None
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     gt_dir: str | Path,
@@ -199,19 +216,8 @@ def evaluate_folders(
     metric_factory: Callable[..., tuple[list[ImageMetric], dict[str, str]]] | None = None,
 ) -> EvaluationResult:
     """Score `pred_dir` against `gt_dir` with `metrics`, writing the tables into `out`; see the module doc."""
-    return evaluate_cases(
-        find_cases(pred_dir, gt_dir, refs_csv, refs_dir),
-        out,
-        metrics,
-        Path(pred_dir),
-        device=device,
-        batch_size=batch_size,
-        download=download,
-        arcface_weights=arcface_weights,
-        fid_reference=fid_reference,
-        progress=progress,
-        metric_factory=metric_factory,
-    )
+    options = EvaluationOptions(device, batch_size, download, arcface_weights, fid_reference, progress, metric_factory)
+    return evaluate_cases(find_cases(pred_dir, gt_dir, refs_csv, refs_dir), out, metrics, Path(pred_dir), options)
 
 
 def evaluate_cases(
@@ -219,15 +225,11 @@ def evaluate_cases(
     out: str | Path,
     metrics: Sequence[str],
     pred_dir: Path,
-    device: str | torch.device | None = None,
-    batch_size: int = 8,
-    download: bool = True,
-    arcface_weights: str | Path | None = None,
-    fid_reference: str | Path | None = None,
-    progress: bool = True,
-    metric_factory: Callable[..., tuple[list[ImageMetric], dict[str, str]]] | None = None,
+    options: EvaluationOptions | None = None,
 ) -> EvaluationResult:
     """Score prepared cases (FID over `pred_dir`, the folder holding every restoration) into the tables in `out`."""
+    options = options or EvaluationOptions()
+    batch_size, progress = options.batch_size, options.progress
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise RefFaceError(f"Unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}.")
@@ -235,16 +237,20 @@ def evaluate_cases(
         raise RefFaceError(f"The batch size must be at least 1, got {batch_size}.")
     if not cases:
         raise RefFaceError(f"There is nothing to evaluate in {pred_dir}.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     names = [m for m in METRICS if m in metrics]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
     from refface.evaluation.registry import build_metrics
 
-    factory = metric_factory or build_metrics
+    factory = options.metric_factory or build_metrics
     image_metrics, unavailable = factory(
-        [n for n in names if n != "fid"], device, download, arcface_weights, has_refs=all(c.ref for c in cases)
+        [n for n in names if n != "fid"],
+        device,
+        options.download,
+        options.arcface_weights,
+        has_refs=all(c.ref for c in cases),
     )
     cache_path = out / "scores.jsonl"
     cached = _read_scores(cache_path)
@@ -283,7 +289,8 @@ def evaluate_cases(
         if extra:
             value = Unavailable(f"{pred_dir} also holds {len(extra)} image(s) outside the evaluated cases")
         else:
-            value = fid(Path(pred_dir), Path(fid_reference) if fid_reference else None, device)
+            reference = Path(options.fid_reference) if options.fid_reference else None
+            value = fid(Path(pred_dir), reference, device)
         if isinstance(value, Unavailable):
             unavailable["fid"] = value.reason
         else:

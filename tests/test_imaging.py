@@ -136,3 +136,23 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     target = save_image(image, tmp_path / "sub" / "out.png")
     assert np.array_equal(np.asarray(Image.open(target)), np.asarray(image))
     assert [p.name for p in target.parent.iterdir()] == ["out.png"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007, 0o002])
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, umask):
+    """Outputs are as readable as any file the user creates, not private like mkstemp's temporaries."""
+    import os
+
+    from refface.files import write_text_atomically
+    from refface.imaging import save_image
+
+    previous = os.umask(umask)
+    try:
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "image.png")
+        write_text_atomically(tmp_path / "table.md", "| a |\n")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    for name in ("image.png", "table.md", "plain.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected

@@ -8,7 +8,6 @@ sentence. Results are written atomically and never over an input.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from refface.errors import RefFaceError, require_file
+from refface.files import atomic_output
 
 # Larger than any camera photo (about 16k x 16k) but far below what would exhaust memory.
 MAX_PIXELS = 250_000_000
@@ -140,14 +140,8 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
         raise RefFaceError(f"The output file {target} must end in one of {', '.join(sorted(SAVE_FORMATS))}.")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                image.save(stream, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_output(target) as stream:
+            image.save(stream, format=image_format, **({"quality": 95} if image_format in ("JPEG", "WEBP") else {}))
     except OSError as error:
         raise RefFaceError(f"Could not write {target} ({error.strerror or error}).") from None
     return target

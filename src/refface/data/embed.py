@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,20 +17,15 @@ from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError, require_file
 from refface.face.identity import IdentityEmbedder
+from refface.files import atomic_output
 from refface.imaging import load_image
 
 META_FILE = "meta.json"
 
 
 def _save_atomic(array: np.ndarray, target: Path) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".npy.partial")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(target) as stream:
+        np.save(stream, array)
 
 
 def _job_meta(names: Sequence[str], embedder: IdentityEmbedder, chunk_size: int) -> dict:

@@ -232,13 +232,18 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def restore(model: TrainedDiffusionModel, cases: TestCases, steps: int, batch: int = 16) -> torch.Tensor:
+def restore(
+    model: TrainedDiffusionModel, cases: TestCases, steps: int, batch: int = 16, noise_offset: int = 0
+) -> torch.Tensor:
+    """Every case restored; case i starts from the noise of seed SEED + noise_offset + i."""
     outputs = []
     for first in range(0, len(cases.indices), batch):
         part = slice(first, first + batch)
         refs = cases.refs[part] if model.uses_references else cases.refs[part, :0]
         outputs.append(
-            restore_batch(model.denoiser, model.vq, model.scheduler, cases.lq[part], refs, steps, 1.5, SEED + first)
+            restore_batch(
+                model.denoiser, model.vq, model.scheduler, cases.lq[part], refs, steps, 1.5, SEED + noise_offset + first
+            )
         )
     return torch.cat(outputs)
 
@@ -333,6 +338,32 @@ def evaluate(variant: str, run: Path, cases: TestCases, budget: Budget, out: Pat
     return result
 
 
+NOISE_OFFSETS = (0, 1000, 2000)
+
+
+def noise_spread(runs: dict[str, Path], cases: TestCases, budget: Budget, out: Path) -> str:
+    """Identity score and re-ID of every variant from three sets of starting noises: how much of a gap is luck.
+
+    Cached per variant in out/results/<variant>-noise.json; the first set is the table's.
+    """
+    lines = [
+        "| Reference integration | " + " | ".join(f"noise set {i + 1}" for i in range(len(NOISE_OFFSETS))) + " |",
+        "|---" * (len(NOISE_OFFSETS) + 1) + "|",
+    ]
+    for variant in VARIANTS:
+        cached = out / "results" / f"{variant}-noise.json"
+        if cached.is_file():
+            scores = json.loads(cached.read_text(encoding="utf-8"))
+        else:
+            model = load_trained_model(runs[variant])
+            scores = [quality(restore(model, cases, budget.sample_steps, noise_offset=o), cases) for o in NOISE_OFFSETS]
+            write_text_atomically(cached, json.dumps(scores, indent=2))
+        cells = [f"{q['identity']:.3f} ({q['reid_percent']:.1f} %)" for q in scores]
+        lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + " |")
+    lines += ["", "Identity score (re-ID %) per set of starting noises; set 1 is the main table's."]
+    return "\n".join(lines)
+
+
 def vqgan_ceiling(vqgan_run: Path, cases: TestCases) -> dict:
     """The GT through the VQGAN: the best any variant can score with this autoencoder."""
     vq = VQModel.from_pretrained(vqgan_run / "model" / "vqvae").eval()
@@ -395,6 +426,7 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     for stage in ("vqgan", "ldm", "variant"):
         parser.add_argument(f"--{stage}-steps", type=int, help=f"override the {stage} training steps")
+    parser.add_argument("--noise-spread", action="store_true", help="also score each variant from 3 noise sets")
     args = parser.parse_args()
     budget = QUICK if args.quick else Budget()
     steps = {f"{s}_steps": getattr(args, f"{s}_steps") for s in ("vqgan", "ldm", "variant")}
@@ -411,6 +443,10 @@ def main() -> None:
     outputs = {v: torch.load(args.out / "outputs" / f"{v}.pt") for v in VARIANTS}
     save_image(grid(cases, outputs, rows=min(6, len(cases.indices))), args.out / "grid.png")
     print(text)
+    if args.noise_spread:
+        spread = noise_spread(runs, cases, budget, args.out)
+        write_text_atomically(args.out / "noise_spread.md", spread + "\n")
+        print("\n" + spread)
     print(f"\ntable: {args.out / 'table.md'}  grid: {args.out / 'grid.png'}  ({time.perf_counter() - started:.0f} s)")
 
 

@@ -16,13 +16,32 @@ def test_mechanism_quick_mode_writes_the_table_and_grid_and_resumes(tmp_path):
     first = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert first.returncode == 0, first.stderr[-2000:]
     table = (tmp_path / "table.md").read_text()
-    for row in ("No references", "Channel-concat", "Cross-attention", "Spatial-concat", "CacheKV", "ceiling"):
+    for row in (
+        "No references",
+        "Channel-concat",
+        "Cross-attention",
+        "Spatial-concat",
+        "CacheKV",
+        "LQ input",
+        "ceiling",
+    ):
         assert row in table
     with Image.open(tmp_path / "grid.png") as grid:  # LQ, 5 refs, 5 variants, GT; 6 held-out people of 96 px
         assert grid.size == (12 * 96, 14 + 6 * 96)
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == sorted(
         f"{v}.json" for v in ("no-references", "channel-concat", "cross-attention", "spatial-concat", "cachekv")
     )
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    again = subprocess.run([*command, "--noise-spread"], capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0 and " steps in " not in again.stdout  # every stage was finished: nothing retrained
     assert (tmp_path / "table.md").read_text() == table
+    rows = [
+        line
+        for line in (tmp_path / "noise_spread.md").read_text().splitlines()
+        if line.startswith("| ") and "%" in line
+    ]
+    assert len(rows) == 5  # a row per variant
+    first_set = {line.split(" | ")[0]: line.split(" | ")[1].split(" ")[0] for line in rows}
+    for line in table.splitlines():  # noise set 1 is the table's own
+        label = line.split(" | ")[0]
+        if label in first_set:
+            assert line.split(" | ")[1] == first_set[label]

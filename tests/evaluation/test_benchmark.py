@@ -113,6 +113,7 @@ def test_the_benchmark_restores_scores_and_tabulates_every_reference_count(datas
     assert "| refldm | 1 | 5 |" in sweep and "| refldm | 3 | 5 |" in sweep
     settings = json.loads((method / "settings.json").read_text())
     assert settings["steps"] == STEPS and settings["spacing"] == "uniform" and settings["references"] is True
+    assert settings["model"] == str(dataset["model"].resolve())  # the same folder however it is named
 
     # A second method joins the same tables and contact sheet.
     assert _cli(dataset, out, "--method", "refldm-no-refs", "--metrics", "psnr,ssim") == 0

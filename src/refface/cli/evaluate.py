@@ -67,7 +67,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     restorer = build_restorer(
         args.method, settings, device, DTYPES[args.dtype], args.model, args.checkpoint, args.vqgan, args.config
     )
-    say(args, f"{data.layout.title}: {len(data.cases)} images; {args.method} on {device}.")
+    if state.is_main_process:
+        say(args, f"{data.layout.title}: {len(data.cases)} images; {args.method} on {device}.")
     report = run_benchmark(
         data,
         restorer,

@@ -91,5 +91,6 @@ def build_restorer(
     from refface.pipelines.loading import load_refldm
 
     pipe = load_refldm(model=model, checkpoint=checkpoint, vqgan=vqgan, config=config).to(device=device, dtype=dtype)
-    source = str(model or checkpoint or "released ReF-LDM weights")
+    given = model or checkpoint
+    source = str(Path(given).resolve()) if given else "released ReF-LDM weights"  # the same folder however named
     return RefLDMRestorer(pipe, settings, uses_references=method == "refldm", source=source)

@@ -48,21 +48,26 @@ def _label(metric: str) -> str:
     return f"{metric} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
 
 
+def _row(method: str, count: int, summary: dict[str, str], metrics: list[str]) -> list[str]:
+    return [method, str(count), summary.get("images", ""), *(summary.get(m) or "n/a" for m in metrics)]
+
+
 def write_set_tables(set_folder: Path, title: str, main_refs: int, total_cases: int) -> list[Path]:
     """table.md / table.csv (each method at `main_refs` references) and sweep.md (each method per count)."""
     summaries = read_summaries(set_folder)
     metrics = _metric_columns(summaries)
-    rows = []
-    for method, counts in sorted(summaries.items()):
-        count = main_count(counts, main_refs)
-        row = counts[count]
-        rows.append([method, str(count), row.get("images", ""), *(row.get(m) or "n/a" for m in metrics)])
+    rows = [
+        _row(method, count, counts[count], metrics)
+        for method, counts in sorted(summaries.items())
+        for count in [main_count(counts, main_refs)]
+    ]
     header = ["method", "refs", "images", *metrics]
+    labelled = ["method", "refs", "images", *map(_label, metrics)]
     partial = [r[0] for r in rows if r[2] != str(total_cases)]
     note = f"{title}, {total_cases} test images; n/a = unavailable (see the method's eval/summary.md)."
     if partial:
         note += f" Scored on part of the set (--limit): {', '.join(partial)}."
-    lines = [f"## {title}", "", *_markdown(["method", "refs", "images", *map(_label, metrics)], rows), "", note]
+    lines = [f"## {title}", "", *_markdown(labelled, rows), "", note]
     table_md = set_folder / "table.md"
     write_text_atomically(table_md, "\n".join(lines) + "\n")
     buffer = io.StringIO()
@@ -73,14 +78,14 @@ def write_set_tables(set_folder: Path, title: str, main_refs: int, total_cases: 
     write_text_atomically(table_csv, buffer.getvalue())
 
     sweep_rows = [
-        [method, str(count), counts[count].get("images", ""), *(counts[count].get(m) or "n/a" for m in metrics)]
+        _row(method, count, counts[count], metrics)
         for method, counts in sorted(summaries.items())
         if len(counts) > 1
         for count in sorted(counts)
     ]
     sweep_lines = [f"## {title}: number of references", ""]
     if sweep_rows:
-        sweep_lines += _markdown(["method", "refs", "images", *map(_label, metrics)], sweep_rows)
+        sweep_lines += _markdown(labelled, sweep_rows)
     else:
         sweep_lines.append("No method of this folder was run with more than one reference count.")
     sweep_md = set_folder / "sweep.md"

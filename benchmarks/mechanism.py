@@ -344,7 +344,7 @@ NOISE_OFFSETS = (0, 1000, 2000)
 def noise_spread(runs: dict[str, Path], cases: TestCases, budget: Budget, out: Path) -> str:
     """Identity score and re-ID of every variant from three sets of starting noises: how much of a gap is luck.
 
-    Cached per variant in out/results/<variant>-noise.json; the first set is the table's.
+    Cached per variant in out/results/<variant>-noise.json; the first set is the table's own restorations.
     """
     lines = [
         "| Reference integration | " + " | ".join(f"noise set {i + 1}" for i in range(len(NOISE_OFFSETS))) + " |",
@@ -356,7 +356,9 @@ def noise_spread(runs: dict[str, Path], cases: TestCases, budget: Budget, out: P
             scores = json.loads(cached.read_text(encoding="utf-8"))
         else:
             model = load_trained_model(runs[variant])
-            scores = [quality(restore(model, cases, budget.sample_steps, noise_offset=o), cases) for o in NOISE_OFFSETS]
+            main = torch.load(out / "outputs" / f"{variant}.pt")  # set 1 is the table's, restored by `evaluate`
+            outputs = [main, *(restore(model, cases, budget.sample_steps, noise_offset=o) for o in NOISE_OFFSETS[1:])]
+            scores = [quality(images, cases) for images in outputs]
             write_text_atomically(cached, json.dumps(scores, indent=2))
         cells = [f"{q['identity']:.3f} ({q['reid_percent']:.1f} %)" for q in scores]
         lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + " |")

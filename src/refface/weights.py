@@ -21,11 +21,15 @@ CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class WeightFile:
-    """A downloadable weight file with the checksum it must have."""
+    """A downloadable weight file with the checksum it must have.
+
+    `sha256` is None only for files whose authors publish no checksum; their loaders verify the
+    content instead (every expected tensor present with its shape).
+    """
 
     name: str
     url: str
-    sha256: str
+    sha256: str | None
     licence: str
 
 
@@ -104,7 +108,7 @@ def ensure_weights(weight: WeightFile, directory: Path | None = None, progress: 
         ) from None
     except OSError as error:
         raise RefFaceError(f"Could not write the download to {partial} ({error.strerror or error}).") from None
-    actual = sha256_of(partial)
+    actual = sha256_of(partial) if weight.sha256 is not None else None
     if actual != weight.sha256:
         partial.unlink(missing_ok=True)
         raise RefFaceError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import kornia.augmentation as K
+import numpy as np
 import torch
 
 
@@ -54,3 +55,18 @@ class ReferenceAugmentation:
 
 
 PAPER_AUGMENTATION = ReferenceAugmentation()
+
+
+def jitter_colours(image: np.ndarray, strength: float, seed: int) -> np.ndarray:
+    """A target photo (uint8 HxWx3) with random brightness/contrast/saturation (+-strength) and hue (+-strength/10).
+
+    Applied before degradation, so the LQ input and the target change together (the Composite-Context recipe).
+    """
+    if strength <= 0:
+        return image
+    jitter = K.ColorJitter(strength, strength, strength, strength / 10.0, p=1.0)
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        jittered = jitter(pixels).clamp(0.0, 1.0)
+    return (jittered[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from refface.data.augment import jitter_colours
 from refface.data.degradations import Degradation, degradation_by_name
 from refface.data.training_set import pick_references, to_signed_tensor
 from refface.errors import RefFaceError
@@ -299,6 +300,7 @@ class SyntheticReferenceDataset(Dataset):
         split: str = "train",
         flip: bool = True,
         variation: PhotoVariation | None = None,
+        color_jitter: float = 0.0,
     ) -> None:
         if identities < 1:
             raise RefFaceError(f"The synthetic dataset needs at least 1 identity, got {identities}.")
@@ -318,6 +320,7 @@ class SyntheticReferenceDataset(Dataset):
         self.degradation = degradation_by_name(degradation) if isinstance(degradation, str) else degradation
         self.seed, self.split, self.epoch = seed, split, 0
         self.variation = variation or PhotoVariation()
+        self.color_jitter = color_jitter
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -361,6 +364,8 @@ class SyntheticReferenceDataset(Dataset):
         identity, target = self.locate(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         gt = self.photo(identity, target)
+        if self.color_jitter > 0:
+            gt = jitter_colours(gt, self.color_jitter, int(rng.integers(2**62)))
         lq = self.degradation(gt, rng).image
         others = [str(p) for p in range(self.photos_per_identity) if p != target]
         chosen = pick_references(others, self.num_refs, rng, shuffle=True)

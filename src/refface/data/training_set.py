@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from refface.data.augment import PAPER_AUGMENTATION, ReferenceAugmentation
+from refface.data.augment import PAPER_AUGMENTATION, ReferenceAugmentation, jitter_colours
 from refface.data.degradations import Degradation, degradation_by_name
 from refface.data.embed import check_images_exist
 from refface.data.reference_csv import ReferenceEntry, read_reference_csv
@@ -60,6 +60,7 @@ class ReferenceFaceDataset(Dataset):
         augmentation: ReferenceAugmentation | None = PAPER_AUGMENTATION,
         lq_dir: str | Path | None = None,
         seed: int = 0,
+        color_jitter: float = 0.0,
     ) -> None:
         self.entries = list(read_reference_csv(references) if isinstance(references, (str, Path)) else references)
         if not self.entries:
@@ -75,6 +76,7 @@ class ReferenceFaceDataset(Dataset):
         self.degradation = degradation_by_name(degradation) if isinstance(degradation, str) else degradation
         self.num_refs, self.size, self.flip, self.shuffle_refs = num_refs, size, flip, shuffle_refs
         self.augmentation = augmentation
+        self.color_jitter = color_jitter
         self.seed, self.epoch = seed, 0
 
     @staticmethod
@@ -91,6 +93,8 @@ class ReferenceFaceDataset(Dataset):
         entry = self.entries[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         gt = read_square(self.images_dir / entry.gt_image, self.size)
+        if self.color_jitter > 0:
+            gt = jitter_colours(gt, self.color_jitter, int(rng.integers(2**62)))
         if self.lq_dir is not None:
             lq = read_square(self.lq_dir / self.lq_name(entry), self.size)
         else:

@@ -2,24 +2,68 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from refface.errors import RefFaceError
 from refface.pipelines.refldm import RefLDMPipeline
 from refface.weights import REFLDM_WEIGHTS, VQGAN_WEIGHTS, ensure_weights
 
+PIPELINES = {"RefLDMPipeline": "ReF-LDM", "CompositeContextPipeline": "Composite-Context"}
 
-def load_saved(folder: str | Path) -> RefLDMPipeline:
-    """A pipeline written by `save_pretrained` (diffusers layout, safetensors)."""
-    source = Path(folder)
-    if not (source / "model_index.json").is_file():
-        raise RefFaceError(f"The model folder {source} has no model_index.json; write one with `refface convert`.")
+
+def saved_pipeline_class(folder: Path) -> str:
+    """The pipeline class a saved folder (or a finished run folder's model/) holds, from its model_index.json."""
+    index = folder / "model_index.json"
     try:
-        pipe = RefLDMPipeline.from_pretrained(source)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if name not in PIPELINES:
+        raise RefFaceError(
+            f"The model folder {folder} has no readable model_index.json of a refface pipeline; write one with "
+            "`refface convert` or `refface train`."
+        )
+    return name
+
+
+def _model_folder(folder: str | Path) -> Path:
+    """`folder` itself, or the model/ a finished training run left in it."""
+    source = Path(folder)
+    if not (source / "model_index.json").is_file() and (source / "model" / "model_index.json").is_file():
+        return source / "model"
+    return source
+
+
+def _load(pipeline_class: type, folder: str | Path):
+    source = _model_folder(folder)
+    name = saved_pipeline_class(source)
+    if name != pipeline_class.__name__:
+        raise RefFaceError(
+            f"The model folder {source} holds a {PIPELINES[name]} model, not a {PIPELINES[pipeline_class.__name__]} "
+            "one; choose the matching --method."
+        )
+    try:
+        pipe = pipeline_class.from_pretrained(source)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise RefFaceError(f"The model folder {source} could not be loaded ({reason}).") from None
     return pipe.eval_mode()
+
+
+def load_saved(folder: str | Path) -> RefLDMPipeline:
+    """A ReF-LDM pipeline written by `save_pretrained` (diffusers layout, safetensors)."""
+    return _load(RefLDMPipeline, folder)
+
+
+def load_composite(folder: str | Path):
+    """A Composite-Context model folder written by `refface train` (stage composite) or `save_pretrained`.
+
+    The method has no public release, so there is nothing to download: a model comes from training.
+    """
+    from refface.pipelines.composite import CompositeContextPipeline
+
+    return _load(CompositeContextPipeline, folder)
 
 
 def load_refldm(

@@ -17,16 +17,15 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
-from refface.imaging import to_model_input, to_pil
+from refface.imaging import to_pil
 from refface.models.cache_kv import ReferenceBatch, ReferenceKV
 from refface.models.checkpoints import load_converted, read_state_dict, select_unet_weights, select_vq_weights
 from refface.models.config import RefLDMArchitecture, load_official_config, released_architecture
 from refface.models.convert import apply_rules, unet_rules, vq_rules
 from refface.models.unet import build_unet, denoise, install_cache_kv, reference_pass
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized
+from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.schedule import make_scheduler, sampling_scheduler, use_float64_cumprod
-
-ImageInput = Image.Image | torch.Tensor
 
 
 @dataclass
@@ -117,18 +116,7 @@ class RefLDMPipeline(DiffusionPipeline):
 
     def _prepare(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
         """PIL images or [-1, 1] tensors -> a [B, 3, S, S] batch on the model's device and dtype."""
-        if isinstance(images, torch.Tensor):
-            batch = images if images.ndim == 4 else images[None]
-            if batch.shape[-2:] != (self.image_size, self.image_size):
-                raise RefFaceError(
-                    f"Image tensors must be {self.image_size}x{self.image_size}; got {tuple(batch.shape[-2:])}."
-                )
-        else:
-            if any(isinstance(image, torch.Tensor) for image in images):
-                batch = torch.stack([self._prepare(image)[0].cpu() for image in images])
-            else:
-                batch = to_model_input(images, self.image_size)
-        return batch.to(device=self.device, dtype=self.unet.dtype)
+        return prepare_images(images, self.image_size, self.device, self.unet.dtype)
 
     # ----------------------------------------------------------------------------- references
     def _reference_pass(self, ref_latents: torch.Tensor) -> ReferenceKV:

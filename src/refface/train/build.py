@@ -31,7 +31,7 @@ class RunParts:
     stage: object  # a TrainingStage
     train_set: Dataset
     val_set: Dataset | None
-    architecture: RefLDMArchitecture
+    architecture: RefLDMArchitecture | None  # None for the Composite-Context stage (a text-to-image U-Net)
 
 
 def build_architecture(config: TrainConfig) -> RefLDMArchitecture:
@@ -132,13 +132,20 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
                 config.run.seed,
                 split,
                 variation=variation,
+                color_jitter=data.color_jitter if split == "train" else 0.0,
             )
 
         return synthetic("train", data.identities), synthetic("val", max(1, config.run.validation_cases))
     from refface.data.training_set import ReferenceFaceDataset
 
     train = ReferenceFaceDataset(
-        data.references_csv, data.images_dir, degradation, data.num_refs, data.size, seed=config.run.seed
+        data.references_csv,
+        data.images_dir,
+        degradation,
+        data.num_refs,
+        data.size,
+        seed=config.run.seed,
+        color_jitter=data.color_jitter,
     )
     val = None
     if data.val_references_csv:
@@ -215,6 +222,12 @@ def build_stage(config: TrainConfig, arch: RefLDMArchitecture):
 
 
 def build_run(config: TrainConfig) -> RunParts:
+    if config.stage == "composite":
+        from refface.train.composite_build import build_composite_stage
+
+        stage = build_composite_stage(config)
+        train_set, val_set = build_datasets(config)
+        return RunParts(stage, train_set, val_set, None)
     arch = build_architecture(config)
     train_set, val_set = build_datasets(config)
     return RunParts(build_stage(config, arch), train_set, val_set, arch)

@@ -18,7 +18,8 @@ import yaml
 
 from refface.errors import RefFaceError
 
-STAGES = ("vqgan", "ldm", "refldm")
+STAGES = ("vqgan", "ldm", "refldm", "composite")
+REFERENCE_ENCODERS = ("pretrained", "tiny")
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -29,12 +30,18 @@ class ModelConfig:
 
     `reference_integration` picks how the denoiser sees references: `cachekv` (ReF-LDM) or one of the
     paper's ablations (`channel-concat`, `cross-attention`, `spatial-concat`).
+
+    Stage `composite` (the Composite-Context method) reads `architecture` as `tiny` or a diffusers
+    text-to-image folder (e.g. Stable Diffusion 2) whose U-Net it widens for the LQ latent, and
+    `init_checkpoint` as a Composite-Context model or run folder to continue from.
     """
 
     architecture: str = "released"
     init_checkpoint: str | None = None  # official refldm.ckpt, a refface model folder or a finished run folder
     vqgan_checkpoint: str | None = None  # official vqgan.ckpt, a refface VQGAN run folder or model folder
     reference_integration: str = "cachekv"
+    reference_encoders: str = "pretrained"  # composite: ArcFace R50 + FaRL (pretrained) or random tiny stand-ins
+    farl_weights: str | None = None  # composite: FaRL .pth; None downloads the released ViT-B/16 ep64
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ class DataConfig:
     # Overrides of the preset's ranges (sigma, scale, noise, jpeg as [low, high]; kernel_size), e.g. for
     # toy image sizes, where the paper's 512-pixel blur and downscale would leave a single flat colour.
     degradation_ranges: dict | None = None
+    # Colour jitter of the target photo before degradation (brightness, contrast, saturation; hue a tenth of it)
+    color_jitter: float = 0.0
     identities: int = 64  # synthetic only
     photos_per_identity: int = 6  # synthetic only
     pose_spread: float = 1.0  # synthetic only: scales pose variation between photos (PhotoVariation.pose)
@@ -78,6 +87,8 @@ class LossConfig:
     identity_scale: float = 0.1
     arcface_weights: str | None = None  # .onnx/.pth; None downloads the default R50
     condition_dropout: float = 0.1
+    # composite only: the hard-example identity loss's weight of the reference term (the paper: 0.6)
+    hard_example_lambda: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,18 @@ def check_config(config: TrainConfig, source: str) -> TrainConfig:
         ("run.gradient_accumulation", config.run.gradient_accumulation >= 1, "at least 1"),
         ("run.ema_decay", 0.0 <= config.run.ema_decay < 1.0, "in [0, 1)"),
         ("optim.learning_rate", config.optim.learning_rate > 0, "positive"),
+        ("data.color_jitter", 0.0 <= config.data.color_jitter <= 1.0, "between 0 and 1"),
+        (
+            "model.reference_encoders",
+            config.model.reference_encoders in REFERENCE_ENCODERS,
+            f"one of {', '.join(REFERENCE_ENCODERS)}",
+        ),
+        (
+            "loss.hard_example_lambda",
+            config.loss.hard_example_lambda is None
+            or (config.stage == "composite" and 0.0 <= config.loss.hard_example_lambda <= 1.0),
+            "between 0 and 1, and only set for stage composite",
+        ),
     ]
     for every in ("log_every", "sample_every", "checkpoint_every"):
         rules.append((f"run.{every}", getattr(config.run, every) >= 1, "at least 1"))
@@ -215,6 +238,11 @@ def check_config(config: TrainConfig, source: str) -> TrainConfig:
         degradation_with_ranges(config.data.degradation, config.data.degradation_ranges)
     except RefFaceError as error:
         raise RefFaceError(f"Config key 'data.degradation_ranges' in {source}: {error}") from None
+    if config.stage == "composite" and config.model.architecture == "released" and not config.model.init_checkpoint:
+        raise RefFaceError(
+            f"Config {source}: stage composite needs model.architecture tiny or a diffusers text-to-image folder "
+            "(e.g. Stable Diffusion 2), or model.init_checkpoint with a Composite-Context model to continue."
+        )
     if config.data.kind == "csv" and not (config.data.references_csv and config.data.images_dir):
         raise RefFaceError(f"Config {source}: data.kind csv needs data.references_csv and data.images_dir.")
     return config

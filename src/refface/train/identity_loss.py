@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import VQModel
+from diffusers import AutoencoderKL, VQModel
 from torch import nn
 
 from refface.errors import RefFaceError
 from refface.face.arcface import ArcFaceEmbedder, cosine_similarity
+from refface.models.kl import decode_latents
 from refface.models.vq import nearest_codes
 from refface.pipelines.schedule import official_betas
 
@@ -136,7 +137,7 @@ class IdentityLoss(nn.Module):
 
     def __init__(
         self,
-        vq: VQModel,
+        vq: VQModel | AutoencoderKL,
         arcface: ArcFaceEmbedder,
         alphas_cumprod: torch.Tensor | np.ndarray,
         weighting: str = "scaled",
@@ -177,7 +178,12 @@ class IdentityLoss(nn.Module):
         )
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """x0 latents -> images in about [-1, 1], quantized straight-through when `quantize` is set."""
+        """x0 latents -> images in about [-1, 1], quantized straight-through when `quantize` is set.
+
+        A KL autoencoder (the Composite-Context method's) has no codebook: its latents are decoded as they are.
+        """
+        if isinstance(self.vq, AutoencoderKL):
+            return decode_latents(self.vq, latents)
         latents = latents.to(self.vq.post_quant_conv.weight.dtype)
         if self.quantize:
             with torch.no_grad():  # one sample at a time: the distance matrix is [h * w, codebook size]

@@ -1,0 +1,256 @@
+"""Composite-Context restoration: dual classifier-free guidance and the training-free multi-reference ensemble.
+
+One denoising step predicts (eq. 5 of the paper, with eq. 6's average over N references):
+
+    e = (1 - s_i) e(z, 0, 0) + (s_i - s_c) e(z, lq, 0) + (s_c / N) sum_i e(z, lq, c_i)
+
+where s_i guides toward the LQ image and s_c toward the references. Every term is one slice of a
+single batched U-Net call, so N references cost one call per step; terms whose weight is zero (the
+middle one at the default s_i = s_c = 1.2) are not computed at all. The result is colour-corrected
+toward the LQ input with AdaIN.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from tqdm.auto import tqdm
+from transformers import CLIPVisionModel
+
+from refface.errors import RefFaceError
+from refface.imaging import to_pil
+from refface.models.composite_context import (
+    CompositeContext,
+    CompositeDenoiser,
+    IdentityEncoder,
+    ReferenceFeatures,
+    encode_reference_features,
+    widen_input,
+)
+from refface.models.composite_parts import tiny_reference_encoders, tiny_text_to_image
+from refface.models.kl import decode_latents, encode_latents
+from refface.pipelines.color_fix import adain_color_fix
+from refface.pipelines.inputs import ImageInput, prepare_images
+from refface.pipelines.refldm import RestorationOutput, item_noise
+
+
+@dataclass(frozen=True)
+class DualGuidance:
+    """The two guidance scales: s_i toward the LQ image, s_c toward the references (the paper's defaults 1.2 / 1.2)."""
+
+    lq: float = 1.2
+    reference: float = 1.2
+
+    def weights(self, num_references: int) -> tuple[float, float, float]:
+        """Weights of e(z, 0, 0), e(z, lq, 0) and of each e(z, lq, c_i); they always sum to 1.
+
+        Without references the context term is e(z, lq, 0) itself, which leaves plain LQ guidance.
+        """
+        if num_references == 0:
+            return 1.0 - self.lq, self.lq, 0.0
+        return 1.0 - self.lq, self.lq - self.reference, self.reference / num_references
+
+
+def empty_features(context: CompositeContext, count: int, device: torch.device) -> ReferenceFeatures:
+    """Placeholder features for items whose context is dropped (their tokens are masked and zeroed anyway)."""
+    config = context.config
+    return ReferenceFeatures(
+        torch.zeros(count, config.identity_dim, device=device),
+        torch.zeros(count, config.facial_tokens, config.facial_dim, device=device),
+    )
+
+
+def guided_prediction(
+    denoiser: CompositeDenoiser,
+    latents: torch.Tensor,
+    lq_latents: torch.Tensor,
+    features: ReferenceFeatures | None,
+    timestep: torch.Tensor,
+    guidance: DualGuidance,
+) -> torch.Tensor:
+    """Eq. 5/6 for a batch of B latents of one person with N references, as one batched U-Net call (float32 out)."""
+    batch, device = latents.shape[0], latents.device
+    count = 0 if features is None else len(features)
+    w_null, w_lq, w_ref = guidance.weights(count)
+    # (weight, LQ kept, context kept, reference index or None) per branch; zero-weight branches are skipped
+    branches = [(w_null, False, False, None), (w_lq, True, False, None)]
+    branches += [(w_ref, True, True, index) for index in range(count)]
+    branches = [branch for branch in branches if branch[0] != 0.0]
+
+    blank = empty_features(denoiser.context, batch, device)
+    parts = [blank if index is None else features.take([index] * batch) for _, _, _, index in branches]
+    keep_lq = torch.tensor([kept for _, kept, _, _ in branches], device=device).repeat_interleave(batch)
+    keep_context = torch.tensor([kept for _, _, kept, _ in branches], device=device).repeat_interleave(batch)
+    size = len(branches)
+    output = denoiser(
+        latents.repeat(size, 1, 1, 1),
+        lq_latents.repeat(size, 1, 1, 1),
+        ReferenceFeatures.cat(parts),
+        timestep.expand(size * batch).to(device),
+        keep_lq=keep_lq,
+        keep_identity=keep_context,
+        keep_facial=keep_context,
+    ).float()
+    terms = output.chunk(size)
+    return sum(weight * term for (weight, *_), term in zip(branches, terms, strict=True))
+
+
+def sample_composite(
+    denoiser: CompositeDenoiser,
+    scheduler: DDIMScheduler,
+    lq_latents: torch.Tensor,
+    features: ReferenceFeatures | None,
+    noise: torch.Tensor,
+    steps: int,
+    guidance: DualGuidance,
+    progress: bool = False,
+    step_callback: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """DDIM from `noise` to the final latents with dual guidance (a private copy of `scheduler` is stepped)."""
+    total = int(scheduler.config.num_train_timesteps)
+    if not 1 <= steps <= total:
+        raise RefFaceError(f"The number of steps must be between 1 and {total}, got {steps}.")
+    scheduler = copy.deepcopy(scheduler)
+    scheduler.set_timesteps(steps)
+    latents = noise.to(lq_latents.device, torch.float32) * scheduler.init_noise_sigma
+    with tqdm(total=steps, desc="DDIM", unit="step", disable=not progress) as bar:
+        for index, t in enumerate(scheduler.timesteps):
+            model_input = scheduler.scale_model_input(latents, t)
+            prediction = guided_prediction(denoiser, model_input, lq_latents, features, t, guidance)
+            if step_callback is not None:
+                step_callback(index, int(t), prediction)
+            latents = scheduler.step(prediction, t, latents).prev_sample
+            bar.update()
+    return latents
+
+
+class CompositeContextPipeline(DiffusionPipeline):
+    """Composite-Context restoration on diffusers modules; saves and loads with save_pretrained/from_pretrained.
+
+    Thread-safe for concurrent calls: each call samples with its own copy of the scheduler, and the
+    reference features are passed per call (`encode_references` once, restore many photos).
+    """
+
+    model_cpu_offload_seq = "identity_encoder->facial_encoder->vae->unet->vae"
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: DDIMScheduler,
+        context: CompositeContext,
+        identity_encoder: IdentityEncoder,
+        facial_encoder: CLIPVisionModel,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            unet=unet,
+            vae=vae,
+            scheduler=scheduler,
+            context=context,
+            identity_encoder=identity_encoder,
+            facial_encoder=facial_encoder,
+        )
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def assemble(
+        cls,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: DDIMScheduler,
+        identity_encoder: IdentityEncoder,
+        facial_encoder: CLIPVisionModel,
+    ) -> CompositeContextPipeline:
+        """A new model from a text-to-image U-Net: input widened for the LQ latent, fresh W_H / W_G."""
+        vision = facial_encoder.config
+        context = CompositeContext(
+            identity_dim=identity_encoder.embedder.backbone.fc.out_features,
+            facial_dim=vision.hidden_size,
+            facial_tokens=(vision.image_size // vision.patch_size) ** 2 + 1,
+            context_dim=unet.config.cross_attention_dim,
+        )
+        if unet.config.in_channels == vae.config.latent_channels:
+            unet = widen_input(unet, vae.config.latent_channels)
+        return cls(unet, vae, scheduler, context, identity_encoder, facial_encoder)
+
+    @classmethod
+    def tiny(cls, image_size: int = 32) -> CompositeContextPipeline:
+        """A randomly initialised miniature model (tests, CPU smoke runs of the web page and CLI)."""
+        unet, vae, scheduler = tiny_text_to_image(image_size)
+        return cls.assemble(unet, vae, scheduler, *tiny_reference_encoders()).eval_mode()
+
+    def eval_mode(self) -> CompositeContextPipeline:
+        for module in (self.unet, self.vae, self.context, self.identity_encoder, self.facial_encoder):
+            module.eval().requires_grad_(False)
+        return self
+
+    @property
+    def denoiser(self) -> CompositeDenoiser:
+        return CompositeDenoiser(self.unet, self.context)
+
+    @property
+    def image_size(self) -> int:
+        """Working resolution: inputs of another size are resized to it."""
+        return int(self.unet.config.sample_size) * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.out_channels)
+
+    def _prepare(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
+        return prepare_images(images, self.image_size, self.device, self.unet.dtype)
+
+    # ----------------------------------------------------------------------------- references
+    @torch.no_grad()
+    def encode_references(self, references: Sequence[ImageInput] | torch.Tensor) -> ReferenceFeatures | None:
+        """ArcFace and FaRL features of the reference photos: compute once, reuse for every photo of the person."""
+        if len(references) == 0:
+            return None
+        return encode_reference_features(self.identity_encoder, self.facial_encoder, self._prepare(references))
+
+    # ----------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        lq: Sequence[ImageInput] | torch.Tensor,
+        references: ReferenceFeatures | Sequence[ImageInput] | torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        lq_guidance: float = 1.2,
+        reference_guidance: float = 1.2,
+        seed: int | Sequence[int] = 2024,
+        color_fix: bool = True,
+        noise: torch.Tensor | None = None,
+        progress: bool = True,
+        step_callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> RestorationOutput:
+        """Restore a batch of LQ face crops of one person with any number of references (None / empty: none)."""
+        lq_batch = self._prepare(lq)
+        batch_size = lq_batch.shape[0]
+        if references is not None and not isinstance(references, ReferenceFeatures):
+            references = self.encode_references(references)
+        lq_latents = encode_latents(self.vae, lq_batch)
+        if noise is None:
+            seeds = [seed] * batch_size if isinstance(seed, int) else list(seed)
+            if len(seeds) != batch_size:
+                raise RefFaceError(f"Got {len(seeds)} seeds for {batch_size} images.")
+            noise = item_noise(tuple(lq_latents.shape[1:]), seeds)
+        latents = sample_composite(
+            self.denoiser,
+            self.scheduler,
+            lq_latents,
+            references,
+            noise,
+            num_inference_steps,
+            DualGuidance(lq_guidance, reference_guidance),
+            progress,
+            step_callback,
+        )
+        pixels = ((decode_latents(self.vae, latents).float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        if color_fix:
+            pixels = adain_color_fix(pixels, (lq_batch.float() + 1.0) / 2.0)
+        return RestorationOutput(images=to_pil(pixels), pixels=pixels, latents=latents)

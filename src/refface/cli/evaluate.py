@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from refface.cli.common import DTYPES, resolve_device, say
+from refface.errors import RefFaceError
 
 
 def _metric_list(text: str) -> list[str]:
@@ -57,15 +58,28 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     from refface.evaluation.benchmark import run_benchmark
     from refface.evaluation.evaluate import METRICS
-    from refface.evaluation.methods import SamplingSettings, build_restorer
+    from refface.evaluation.methods import DEFAULT_GUIDANCE, SamplingSettings, build_restorer, method_family
     from refface.evaluation.paper_sets import locate_set
 
+    family = method_family(args.method)
+    if family == "refldm" and (args.lq_guidance is not None or args.no_color_fix):
+        raise RefFaceError("--lq-guidance and --no-color-fix apply to the composite methods only.")
     data = locate_set(args.set, args.data, args.images, args.lq, args.csv, args.refs_dir)
-    settings = SamplingSettings(args.steps, args.cfg, args.schedule, args.seed)
+    guidance = args.cfg if args.cfg is not None else DEFAULT_GUIDANCE[family]
+    settings = SamplingSettings(args.steps, guidance, args.schedule, args.seed)
     state = PartialState()
     device = state.device if state.num_processes > 1 else resolve_device(args.device)
     restorer = build_restorer(
-        args.method, settings, device, DTYPES[args.dtype], args.model, args.checkpoint, args.vqgan, args.config
+        args.method,
+        settings,
+        device,
+        DTYPES[args.dtype],
+        args.model,
+        args.checkpoint,
+        args.vqgan,
+        args.config,
+        lq_guidance=args.lq_guidance if args.lq_guidance is not None else 1.2,
+        color_fix=not args.no_color_fix,
     )
     if state.is_main_process:
         say(args, f"{data.layout.title}: {len(data.cases)} images; {args.method} on {device}.")
@@ -137,15 +151,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--limit", type=int, help="only the first N images (a quick look; the table says so)")
     bench.add_argument("--examples", type=int, default=6, help="rows of the contact sheet (default 6)")
     bench.add_argument("--steps", type=int, default=100, help="DDIM steps (default 100, as the papers' tables)")
-    bench.add_argument("--cfg", type=float, default=1.5, help="guidance scale toward the references (default 1.5)")
+    bench.add_argument(
+        "--cfg", type=float, help="guidance toward the references (default: 1.5 for refldm, s_c = 1.2 for composite)"
+    )
+    bench.add_argument("--lq-guidance", type=float, help="composite: guidance toward the LQ image s_i (default 1.2)")
+    bench.add_argument("--no-color-fix", action="store_true", help="composite: skip the AdaIN colour fix")
     bench.add_argument("--seed", type=int, default=2024, help="noise seed, the same for every image (default 2024)")
     bench.add_argument(
         "--schedule",
         choices=["uniform", "uniform_trailing"],
         default="uniform",
-        help="default uniform, as the official evaluation",
+        help="refldm: default uniform, as the official evaluation",
     )
-    bench.add_argument("--model", help="a folder written by `refface convert` / save_pretrained")
+    bench.add_argument(
+        "--model", help="a folder written by `refface convert` / `refface train` (required for composite)"
+    )
     bench.add_argument("--checkpoint", help="official refldm.ckpt (default: download the released weights)")
     bench.add_argument("--vqgan", help="official vqgan.ckpt")
     bench.add_argument("--config", help="official-format config YAML")

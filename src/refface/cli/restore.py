@@ -58,6 +58,38 @@ def _check_restore_options(args: argparse.Namespace) -> None:
         raise RefFaceError(f"--num-refs must be at least 1, got {args.num_refs}.")
 
 
+def _sampling_options(args: argparse.Namespace) -> dict:
+    """The pipeline call options of --method, each option checked against the method (before any slow work)."""
+    from refface.evaluation.methods import DEFAULT_GUIDANCE, check_composite_sources
+
+    guidance = args.cfg if args.cfg is not None else DEFAULT_GUIDANCE[args.method]
+    if args.method == "composite":
+        if args.schedule is not None:
+            raise RefFaceError("--schedule applies to ReF-LDM; the composite model samples on its own schedule.")
+        check_composite_sources(args.model, args.checkpoint, args.vqgan, args.config)
+        return {
+            "num_inference_steps": args.steps,
+            "lq_guidance": args.lq_guidance if args.lq_guidance is not None else 1.2,
+            "reference_guidance": guidance,
+            "color_fix": not args.no_color_fix,
+        }
+    if args.lq_guidance is not None or args.no_color_fix:
+        raise RefFaceError("--lq-guidance and --no-color-fix apply to --method composite only.")
+    return {
+        "num_inference_steps": args.steps,
+        "guidance_scale": guidance,
+        "spacing": args.schedule or "uniform_trailing",
+    }
+
+
+def _load_pipeline(args: argparse.Namespace):
+    from refface.pipelines.loading import load_composite, load_refldm
+
+    if args.method == "composite":
+        return load_composite(args.model)
+    return load_refldm(model=args.model, checkpoint=args.checkpoint, vqgan=args.vqgan, config=args.config)
+
+
 def _reference_crops(args: argparse.Namespace, detector, embedder, lq_crop) -> tuple[list, list[str]]:
     """Aligned reference crops (uint8 arrays) and a label for each, from --ref files or the album.
 
@@ -104,6 +136,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from refface.photo import as_rgb_array, comparison_image, restore_faces
 
     _check_restore_options(args)
+    sampling = _sampling_options(args)
     has_refs = not args.no_refs
     select = args.face if args.face != "auto" else ("largest" if has_refs else "all")
     if args.aligned:
@@ -147,22 +180,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         for warning in report.warnings:
             print(f"refface: warning: {warning}", file=sys.stderr)
 
-    from refface.pipelines.loading import load_refldm
-
-    pipe = load_refldm(model=args.model, checkpoint=args.checkpoint, vqgan=args.vqgan, config=args.config)
-    pipe = pipe.to(device=device, dtype=DTYPES[args.dtype])
+    pipe = _load_pipeline(args).to(device=device, dtype=DTYPES[args.dtype])
     references = pipe.encode_references([Image.fromarray(c) for c in ref_crops])
 
     def restore(crops):
-        return pipe(
-            crops,
-            references,
-            num_inference_steps=args.steps,
-            guidance_scale=args.cfg,
-            seed=args.seed,
-            spacing=args.schedule,
-            progress=not args.quiet,
-        ).images
+        return pipe(crops, references, seed=args.seed, progress=not args.quiet, **sampling).images
 
     if args.aligned:
         for start in range(0, len(photos), args.batch_size):
@@ -270,14 +292,29 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     restore.add_argument("--identity", choices=["dlib", "arcface"], default="dlib", help="identity model for checks")
     restore.add_argument("--arcface-weights", help="ArcFace .onnx/.pth file for --identity arcface (default: download)")
     restore.add_argument("--strict", action="store_true", help="refuse when the identity check fails")
+    restore.add_argument(
+        "--method",
+        choices=["refldm", "composite"],
+        default="refldm",
+        help="refldm (default; released weights) or composite (Composite-Context, a model folder you trained)",
+    )
     restore.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, as the released demo)")
-    restore.add_argument("--cfg", type=float, default=1.5, help="guidance scale toward the references (default 1.5)")
+    restore.add_argument(
+        "--cfg", type=float, help="guidance toward the references (default: 1.5 for refldm, s_c = 1.2 for composite)"
+    )
+    restore.add_argument("--lq-guidance", type=float, help="composite: guidance toward the LQ image s_i (default 1.2)")
+    restore.add_argument("--no-color-fix", action="store_true", help="composite: skip the AdaIN colour fix")
     restore.add_argument("--seed", type=int, default=2024, help="noise seed (default 2024)")
-    restore.add_argument("--schedule", choices=["uniform_trailing", "uniform"], default="uniform_trailing")
+    restore.add_argument(
+        "--schedule", choices=["uniform_trailing", "uniform"], help="refldm timesteps (default uniform_trailing)"
+    )
     restore.add_argument("--checkpoint", help="official refldm.ckpt (default: download the released weights)")
     restore.add_argument("--vqgan", help="official vqgan.ckpt")
     restore.add_argument("--config", help="official-format config YAML (default: the released architecture)")
-    restore.add_argument("--model", help="a folder written by `refface convert` / save_pretrained")
+    restore.add_argument(
+        "--model",
+        help="a folder written by `refface convert` / `refface train` / save_pretrained (composite: required)",
+    )
     restore.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     restore.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="fp32 reproduces the official output")
     restore.add_argument("--batch-size", type=int, default=4, help="face crops per denoising batch")

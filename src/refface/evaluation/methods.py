@@ -69,10 +69,64 @@ class RefLDMRestorer:
         }
 
 
+class CompositeRestorer:
+    """The Composite-Context method through `CompositeContextPipeline` (dual guidance, multi-reference ensemble).
+
+    `settings.guidance` is s_c (toward the references) and `lq_guidance` is s_i; the timestep spacing is
+    the model's own scheduler's, so `settings.spacing` does not apply and is not recorded.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        settings: SamplingSettings,
+        lq_guidance: float = 1.2,
+        color_fix: bool = True,
+        uses_references: bool = True,
+        source: str = "",
+    ) -> None:
+        self.pipe, self.settings, self.lq_guidance, self.color_fix = pipe, settings, lq_guidance, color_fix
+        self.uses_references, self.source = uses_references, source
+
+    def restore(self, lq: Image.Image, references: list[Image.Image]) -> Image.Image:
+        result = self.pipe(
+            [lq],
+            references if self.uses_references and references else None,
+            num_inference_steps=self.settings.steps,
+            lq_guidance=self.lq_guidance,
+            reference_guidance=self.settings.guidance,
+            seed=self.settings.seed,
+            color_fix=self.color_fix,
+            progress=False,
+        )
+        return result.images[0]
+
+    def describe(self) -> dict:
+        return {
+            "model": self.source,
+            "references": self.uses_references,
+            "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
+            "steps": self.settings.steps,
+            "guidance": self.settings.guidance,
+            "lq_guidance": self.lq_guidance,
+            "color_fix": self.color_fix,
+            "seed": self.settings.seed,
+        }
+
+
 METHODS = {
     "refldm": "ReF-LDM with the references (CacheKV, guidance toward them)",
     "refldm-no-refs": "ReF-LDM given no references (the same weights, no guidance)",
+    "composite": "Composite-Context with the references (dual guidance, training-free multi-reference ensemble)",
+    "composite-no-refs": "Composite-Context given no references (guidance toward the LQ image only)",
 }
+# Each method's paper default for the guidance toward the references.
+DEFAULT_GUIDANCE = {"refldm": 1.5, "composite": 1.2}
+
+
+def method_family(method: str) -> str:
+    """refldm or composite: which model a method name runs."""
+    return "composite" if method.startswith("composite") else "refldm"
 
 
 def build_restorer(
@@ -84,13 +138,37 @@ def build_restorer(
     checkpoint: str | Path | None = None,
     vqgan: str | Path | None = None,
     config: str | Path | None = None,
+    lq_guidance: float = 1.2,
+    color_fix: bool = True,
 ) -> Restorer:
     """Method `method` with its weights (a saved folder, official files, or the released download)."""
     if method not in METHODS:
         raise RefFaceError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if method_family(method) == "composite":
+        from refface.pipelines.loading import load_composite
+
+        check_composite_sources(model, checkpoint, vqgan, config)
+        pipe = load_composite(model).to(device=device, dtype=dtype)
+        source = str(Path(model).resolve())
+        uses = method == "composite"
+        return CompositeRestorer(pipe, settings, lq_guidance, color_fix, uses_references=uses, source=source)
     from refface.pipelines.loading import load_refldm
 
     pipe = load_refldm(model=model, checkpoint=checkpoint, vqgan=vqgan, config=config).to(device=device, dtype=dtype)
     given = model or checkpoint
     source = str(Path(given).resolve()) if given else "released ReF-LDM weights"  # the same folder however named
     return RefLDMRestorer(pipe, settings, uses_references=method == "refldm", source=source)
+
+
+def check_composite_sources(model, checkpoint, vqgan, config) -> None:
+    """The Composite-Context method loads from a trained model folder only (it has no released checkpoint)."""
+    if checkpoint is not None or vqgan is not None or config is not None:
+        raise RefFaceError(
+            "--checkpoint, --vqgan and --config are ReF-LDM's official files; the Composite-Context method loads "
+            "a model folder with --model."
+        )
+    if model is None:
+        raise RefFaceError(
+            "The Composite-Context method has no released weights; pass --model with a folder that "
+            "`refface train` (stage composite) wrote."
+        )

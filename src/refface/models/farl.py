@@ -120,18 +120,9 @@ def farl_from_state(state: Mapping[str, torch.Tensor], source: str = "the FaRL w
 
 def load_farl(path: str | Path) -> CLIPVisionModel:
     """FaRL from its released `.pth` (or any OpenAI-CLIP checkpoint with a visual tower)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RefFaceError(f"The FaRL weights {path} do not exist.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise RefFaceError(f"The FaRL weights {path} could not be read ({reason}); the file may be damaged.") from None
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise RefFaceError(f"The FaRL weights {path} hold no state dict.")
-    return farl_from_state(state, str(path))
+    from refface.models.checkpoints import read_state_dict
+
+    return farl_from_state(read_state_dict(path, "FaRL weights"), str(path))
 
 
 def default_farl() -> CLIPVisionModel:

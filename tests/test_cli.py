@@ -118,3 +118,20 @@ def test_convert_then_restore_from_the_saved_folder(slim, inputs, tmp_path, caps
     want = np.asarray(Image.open(slim / "expected.png").convert("RGB"), dtype=int)
     assert np.abs(got - want).max() <= 1
     assert "not empty" in _error_of(["convert", str(saved), *_model_args(slim)], capsys)
+
+
+def test_method_options_that_do_not_belong_together_are_one_line(slim, inputs, capsys, tmp_path):
+    out = inputs / "out.png"
+    composite = ["--method", "composite"]
+    assert "has no released weights" in _error_of(
+        [a for a in _restore_args(slim, inputs, out, *composite) if a not in _model_args(slim)], capsys
+    )
+    assert "ReF-LDM's official files" in _error_of(_restore_args(slim, inputs, out, *composite), capsys)
+    assert "--schedule applies to ReF-LDM" in _error_of(
+        _restore_args(slim, inputs, out, *composite, "--schedule", "uniform", model=tmp_path), capsys
+    )
+    assert "apply to --method composite only" in _error_of(_restore_args(slim, inputs, out, "--no-color-fix"), capsys)
+    assert "no readable model_index.json" in _error_of(
+        _restore_args(slim, inputs, out, *composite, model=tmp_path), capsys
+    )
+    assert not out.exists()

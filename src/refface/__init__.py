@@ -8,7 +8,18 @@ from refface.pipelines.refldm import RefLDMPipeline, RestorationOutput
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """The Composite-Context pipeline imports transformers, so it loads on first use, not with `import refface`."""
+    if name == "CompositeContextPipeline":
+        from refface.pipelines.composite import CompositeContextPipeline
+
+        return CompositeContextPipeline
+    raise AttributeError(f"module 'refface' has no attribute {name!r}")
+
+
 __all__ = [
+    "CompositeContextPipeline",
     "RefFaceError",
     "RefLDMArchitecture",
     "RefLDMPipeline",

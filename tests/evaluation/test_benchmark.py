@@ -256,3 +256,38 @@ def test_missing_or_mismatched_set_files_are_one_sentence(dataset, tmp_path, cap
                  str(dataset["images"]), "--method", "refldm", "--model", str(dataset["model"]), "-q"])  # fmt: skip
     error = capsys.readouterr().err
     assert code == 1 and error.count("\n") == 1 and "moderate_degrad" in error
+
+
+def test_the_composite_method_runs_through_the_same_benchmark(dataset, tmp_path, capsys):
+    from refface.pipelines.composite import CompositeContextPipeline
+
+    torch.manual_seed(1)
+    model = tmp_path / "composite"
+    CompositeContextPipeline.tiny(32).save_pretrained(model)
+    out = tmp_path / "results"
+    args = ["benchmark", "--set", "ffhq-ref-severe", "--data", str(dataset["data"]), "--images",
+            str(dataset["images"]), "--steps", str(STEPS), "--out", str(out), "--device", "cpu", "-q",
+            "--metrics", "psnr", "--sweep", "none", "--max-refs", "3"]  # fmt: skip
+    assert main([*args, "--method", "composite", "--model", str(model), "--lq-guidance", "1.5"]) == 0
+    folder = out / "ffhq-ref-severe" / "composite"
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["guidance"] == 1.2 and settings["lq_guidance"] == 1.5 and settings["color_fix"] is True
+    assert "spacing" not in settings
+    # the benchmark's image is the pipeline's, with the case's first three references
+    pipe = CompositeContextPipeline.from_pretrained(model).eval_mode()
+    lq_dir = dataset["data"] / "test_images" / "severe_degrad"
+    refs = [load_image(dataset["images"] / r) for r in REFERENCES["t0.png"][:3]]
+    expected = pipe([load_image(lq_dir / "t0.png")], refs, num_inference_steps=STEPS, lq_guidance=1.5,
+                    reference_guidance=1.2, seed=2024, progress=False).images[0]  # fmt: skip
+    produced = load_image(folder / "refs-3" / "images" / "t0.png")
+    assert np.array_equal(np.asarray(produced), np.asarray(expected))
+    assert "| composite | 3 | 5 |" in (out / "ffhq-ref-severe" / "table.md").read_text()
+
+    capsys.readouterr()
+    for extra, message in [
+        (["--method", "composite"], "has no released weights; pass --model"),
+        (["--method", "refldm", "--model", str(model), "--lq-guidance", "1.5"], "apply to the composite methods"),
+        (["--method", "refldm", "--model", str(model)], "holds a Composite-Context model, not a ReF-LDM one"),
+    ]:
+        assert main([*args, *extra]) == 1
+        assert message in capsys.readouterr().err

@@ -263,7 +263,13 @@ def cmd_download(args: argparse.Namespace) -> int:
     from refface.weights import REFLDM_WEIGHTS, VQGAN_WEIGHTS, cache_dir, ensure_weights
 
     directory = Path(args.dir) if args.dir else cache_dir()
-    for weight in (REFLDM_WEIGHTS, VQGAN_WEIGHTS):
+    weights = [REFLDM_WEIGHTS, VQGAN_WEIGHTS]
+    if args.encoders:
+        from refface.face.arcface import ARCFACE_R50_WEIGHTS
+        from refface.models.farl import FARL_WEIGHTS
+
+        weights += [ARCFACE_R50_WEIGHTS, FARL_WEIGHTS]
+    for weight in weights:
         path = ensure_weights(weight, directory, progress=not args.quiet)
         print(f"{path}  ({weight.licence})")
     return 0
@@ -342,5 +348,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     download = commands.add_parser("download", help="download the released ReF-LDM weights into the cache")
     download.add_argument("--dir", help="folder to put them in (default: the refface cache)")
+    download.add_argument(
+        "--encoders", action="store_true", help="also ArcFace R50 and FaRL, the Composite-Context training encoders"
+    )
     download.add_argument("--quiet", "-q", action="store_true")
     download.set_defaults(handler=cmd_download)

@@ -150,3 +150,21 @@ def test_colour_jitter_is_seeded_and_changes_the_target():
     a, b, c = jitter_colours(image, 0.3, 1), jitter_colours(image, 0.3, 1), jitter_colours(image, 0.3, 2)
     assert np.array_equal(a, b) and not np.array_equal(a, c) and not np.array_equal(a, image)
     assert jitter_colours(image, 0.0, 1) is image
+
+
+def test_a_text_to_image_folder_is_the_starting_point(tmp_path):
+    torch.manual_seed(9)
+    unet, vae, scheduler = tiny_text_to_image(32)
+    base = tmp_path / "t2i"
+    unet.save_pretrained(base / "unet")
+    vae.save_pretrained(base / "vae")
+    sd_scheduler(prediction_type="v_prediction").save_pretrained(base / "scheduler")
+    stage = build_run(load_config("tiny-composite", {**FAST, "model.architecture": str(base)})).stage
+    widened = stage.denoiser.unet
+    assert widened.config.in_channels == 8 and stage.scheduler.config.prediction_type == "v_prediction"
+    torch.testing.assert_close(widened.conv_in.weight[:, :4], unet.conv_in.weight)
+    assert widened.conv_in.weight[:, 4:].abs().max() == 0
+    down = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    torch.testing.assert_close(widened.state_dict()[down], unet.state_dict()[down])
+    with pytest.raises(RefFaceError, match="works on 32x32 images but data.size is 64"):
+        build_run(load_config("tiny-composite", {**FAST, "model.architecture": str(base), "data.size": 64}))

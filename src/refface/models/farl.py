@@ -31,7 +31,7 @@ FARL_WEIGHTS = WeightFile(
     "FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
     "https://github.com/FacePerceiver/FaRL/releases/download/pretrained_weights/FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
     None,
-    "FaRL (Microsoft, MIT licence; pre-trained on LAION-Face, see the FaRL repository)",
+    "the FaRL authors' terms (Microsoft; see the FaRL repository); pre-trained on LAION-Face",
 )
 
 

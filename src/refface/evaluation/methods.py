@@ -42,34 +42,45 @@ class Restorer(Protocol):
     def describe(self) -> dict: ...
 
 
-class RefLDMRestorer:
-    """ReF-LDM through `RefLDMPipeline`; with `uses_references` False the references are ignored (no guidance)."""
+class PipelineRestorer:
+    """What both methods' restorers share: one LQ face, its references (or none), the recorded settings."""
 
     def __init__(self, pipe, settings: SamplingSettings, uses_references: bool = True, source: str = "") -> None:
         self.pipe, self.settings, self.uses_references, self.source = pipe, settings, uses_references, source
 
+    def sampling(self) -> dict:
+        """The pipeline call's sampling options."""
+        raise NotImplementedError
+
+    def recorded(self) -> dict:
+        """The settings a results folder records (and refuses to mix)."""
+        raise NotImplementedError
+
     def restore(self, lq: Image.Image, references: list[Image.Image]) -> Image.Image:
-        result = self.pipe(
-            [lq],
-            references if self.uses_references and references else None,
-            num_inference_steps=self.settings.steps,
-            guidance_scale=self.settings.guidance,
-            seed=self.settings.seed,
-            spacing=self.settings.spacing,
-            progress=False,
-        )
-        return result.images[0]
+        refs = references if self.uses_references and references else None
+        return self.pipe([lq], refs, seed=self.settings.seed, progress=False, **self.sampling()).images[0]
 
     def describe(self) -> dict:
         return {
             "model": self.source,
             "references": self.uses_references,
             "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
-            **asdict(self.settings),
+            **self.recorded(),
         }
 
 
-class CompositeRestorer:
+class RefLDMRestorer(PipelineRestorer):
+    """ReF-LDM through `RefLDMPipeline`; with `uses_references` False the references are ignored (no guidance)."""
+
+    def sampling(self) -> dict:
+        settings = self.settings
+        return {"num_inference_steps": settings.steps, "guidance_scale": settings.guidance, "spacing": settings.spacing}
+
+    def recorded(self) -> dict:
+        return asdict(self.settings)
+
+
+class CompositeRestorer(PipelineRestorer):
     """The Composite-Context method through `CompositeContextPipeline` (dual guidance, multi-reference ensemble).
 
     `settings.guidance` is s_c (toward the references) and `lq_guidance` is s_i; the timestep spacing is
@@ -85,33 +96,21 @@ class CompositeRestorer:
         uses_references: bool = True,
         source: str = "",
     ) -> None:
-        self.pipe, self.settings, self.lq_guidance, self.color_fix = pipe, settings, lq_guidance, color_fix
-        self.uses_references, self.source = uses_references, source
+        super().__init__(pipe, settings, uses_references, source)
+        self.lq_guidance, self.color_fix = lq_guidance, color_fix
 
-    def restore(self, lq: Image.Image, references: list[Image.Image]) -> Image.Image:
-        result = self.pipe(
-            [lq],
-            references if self.uses_references and references else None,
-            num_inference_steps=self.settings.steps,
-            lq_guidance=self.lq_guidance,
-            reference_guidance=self.settings.guidance,
-            seed=self.settings.seed,
-            color_fix=self.color_fix,
-            progress=False,
-        )
-        return result.images[0]
-
-    def describe(self) -> dict:
+    def sampling(self) -> dict:
         return {
-            "model": self.source,
-            "references": self.uses_references,
-            "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
-            "steps": self.settings.steps,
-            "guidance": self.settings.guidance,
+            "num_inference_steps": self.settings.steps,
             "lq_guidance": self.lq_guidance,
+            "reference_guidance": self.settings.guidance,
             "color_fix": self.color_fix,
-            "seed": self.settings.seed,
         }
+
+    def recorded(self) -> dict:
+        settings = self.settings
+        return {"steps": settings.steps, "guidance": settings.guidance, "lq_guidance": self.lq_guidance,
+                "color_fix": self.color_fix, "seed": settings.seed}  # fmt: skip
 
 
 METHODS = {

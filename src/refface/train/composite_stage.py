@@ -25,7 +25,7 @@ from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.composite import CompositeContextPipeline, DualGuidance, sample_composite
 from refface.pipelines.refldm import item_noise
 from refface.train.identity_loss import IdentityLoss
-from refface.train.stage import LossTerm, SampleRows
+from refface.train.stage import LossTerm, SampleRows, SingleDenoiserStage
 
 
 def epsilon_from_prediction(
@@ -41,7 +41,7 @@ def epsilon_from_prediction(
     return alpha_bar.sqrt() * prediction + (1.0 - alpha_bar).sqrt() * noisy
 
 
-class CompositeStage:
+class CompositeStage(SingleDenoiserStage):
     """Trains a `CompositeDenoiser` on batches {"gt", "lq", "refs"}."""
 
     def __init__(
@@ -65,15 +65,6 @@ class CompositeStage:
         self.condition_dropout = condition_dropout
         self.identity_loss = identity_loss
         self.guidance = guidance or DualGuidance()
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"denoiser": self.denoiser}
-
-    def learning_rates(self) -> dict[str, float]:
-        return {"denoiser": self.learning_rate}
-
-    def ema_target(self) -> str | None:
-        return "denoiser"
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         for module in (self.vae, self.identity_encoder, self.facial_encoder):

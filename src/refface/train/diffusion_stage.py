@@ -18,10 +18,10 @@ from refface.models.reference_integration import CacheKVDenoiser, ReferenceDenoi
 from refface.train.diffusion_step import diffusion_step, encode_batch
 from refface.train.identity_loss import IdentityLoss
 from refface.train.sampling import restore_batch
-from refface.train.stage import LossTerm, SampleRows
+from refface.train.stage import LossTerm, SampleRows, SingleDenoiserStage
 
 
-class DiffusionStage:
+class DiffusionStage(SingleDenoiserStage):
     """Trains `denoiser` on batches {"gt", "lq", "refs"}; `use_references=False` is the LQ-only LDM stage."""
 
     def __init__(
@@ -44,15 +44,6 @@ class DiffusionStage:
         self.use_references = use_references
         self.identity_loss = identity_loss
         self.guidance_scale = guidance_scale
-
-    def trainable(self) -> dict[str, nn.Module]:
-        return {"denoiser": self.denoiser}
-
-    def learning_rates(self) -> dict[str, float]:
-        return {"denoiser": self.learning_rate}
-
-    def ema_target(self) -> str | None:
-        return "denoiser"
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         self.vq.to(device)

@@ -70,3 +70,19 @@ class TrainingStage(Protocol):
     def export(self, modules: dict[str, nn.Module], folder: Path) -> None:
         """Write the trained model (EMA weights where kept) as a folder later stages and `refface` load."""
         ...
+
+
+class SingleDenoiserStage:
+    """The trainer-facing part of a stage that trains one module, `self.denoiser`, at `self.learning_rate` with EMA."""
+
+    denoiser: nn.Module
+    learning_rate: float
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"denoiser": self.denoiser}
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"denoiser": self.learning_rate}
+
+    def ema_target(self) -> str | None:
+        return "denoiser"

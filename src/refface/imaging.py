@@ -7,6 +7,7 @@ sentence. Results are written atomically and never over an input.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Iterable
@@ -62,6 +63,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image file as upright 8-bit RGB, or fail with one sentence naming the file."""
     source = require_file(path, "image")
+    return _decode(source, f"The image {source}", f"The file {source}", max_pixels)
+
+
+def image_from_bytes(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an uploaded image (bytes) as upright 8-bit RGB; `name` only labels the messages."""
+    return _decode(io.BytesIO(data), f"The image {name}", f"The file {name}", max_pixels)
+
+
+def _decode(source, image_label: str, file_label: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -69,7 +79,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 width, height = opened.size
                 if width * height > max_pixels:
                     raise RefFaceError(
-                        f"The image {source} is {width}x{height} pixels, more than the limit of {max_pixels:,}; "
+                        f"{image_label} is {width}x{height} pixels, more than the limit of {max_pixels:,}; "
                         "it may be a decompression bomb."
                     )
                 opened.load()
@@ -79,16 +89,14 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except RefFaceError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RefFaceError(
-            f"The image {source} is too large to decode safely (a possible decompression bomb)."
-        ) from None
+        raise RefFaceError(f"{image_label} is too large to decode safely (a possible decompression bomb).") from None
     except UnidentifiedImageError:
-        raise RefFaceError(f"The file {source} is not an image format refface can read.") from None
+        raise RefFaceError(f"{file_label} is not an image format refface can read.") from None
     except (OSError, SyntaxError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise RefFaceError(f"The image {source} is damaged or unreadable ({reason}).") from None
+        raise RefFaceError(f"{image_label} is damaged or unreadable ({reason}).") from None
     if image.width < 1 or image.height < 1:
-        raise RefFaceError(f"The image {source} is empty.")
+        raise RefFaceError(f"{image_label} is empty.")
     return image
 
 

@@ -58,8 +58,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     from refface.evaluation.benchmark import run_benchmark
     from refface.evaluation.evaluate import METRICS
-    from refface.evaluation.methods import DEFAULT_GUIDANCE, SamplingSettings, build_restorer, method_family
+    from refface.evaluation.methods import SamplingSettings, build_restorer, method_family
     from refface.evaluation.paper_sets import locate_set
+    from refface.pipelines.options import DEFAULT_GUIDANCE
 
     family = method_family(args.method)
     if family == "refldm" and (args.lq_guidance is not None or args.no_color_fix):

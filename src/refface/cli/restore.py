@@ -60,26 +60,12 @@ def _check_restore_options(args: argparse.Namespace) -> None:
 
 def _sampling_options(args: argparse.Namespace) -> dict:
     """The pipeline call options of --method, each option checked against the method (before any slow work)."""
-    from refface.evaluation.methods import DEFAULT_GUIDANCE, check_composite_sources
+    from refface.evaluation.methods import check_composite_sources
+    from refface.pipelines.options import sampling_options
 
-    guidance = args.cfg if args.cfg is not None else DEFAULT_GUIDANCE[args.method]
     if args.method == "composite":
-        if args.schedule is not None:
-            raise RefFaceError("--schedule applies to ReF-LDM; the composite model samples on its own schedule.")
         check_composite_sources(args.model, args.checkpoint, args.vqgan, args.config)
-        return {
-            "num_inference_steps": args.steps,
-            "lq_guidance": args.lq_guidance if args.lq_guidance is not None else 1.2,
-            "reference_guidance": guidance,
-            "color_fix": not args.no_color_fix,
-        }
-    if args.lq_guidance is not None or args.no_color_fix:
-        raise RefFaceError("--lq-guidance and --no-color-fix apply to --method composite only.")
-    return {
-        "num_inference_steps": args.steps,
-        "guidance_scale": guidance,
-        "spacing": args.schedule or "uniform_trailing",
-    }
+    return sampling_options(args.method, args.steps, args.cfg, args.lq_guidance, not args.no_color_fix, args.schedule)
 
 
 def _load_pipeline(args: argparse.Namespace):

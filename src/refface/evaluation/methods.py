@@ -119,8 +119,6 @@ METHODS = {
     "composite": "Composite-Context with the references (dual guidance, training-free multi-reference ensemble)",
     "composite-no-refs": "Composite-Context given no references (guidance toward the LQ image only)",
 }
-# Each method's paper default for the guidance toward the references.
-DEFAULT_GUIDANCE = {"refldm": 1.5, "composite": 1.2}
 
 
 def method_family(method: str) -> str:

@@ -127,10 +127,10 @@ def test_method_options_that_do_not_belong_together_are_one_line(slim, inputs, c
         [a for a in _restore_args(slim, inputs, out, *composite) if a not in _model_args(slim)], capsys
     )
     assert "ReF-LDM's official files" in _error_of(_restore_args(slim, inputs, out, *composite), capsys)
-    assert "--schedule applies to ReF-LDM" in _error_of(
+    assert "schedule (--schedule) applies to ReF-LDM" in _error_of(
         _restore_args(slim, inputs, out, *composite, "--schedule", "uniform", model=tmp_path), capsys
     )
-    assert "apply to --method composite only" in _error_of(_restore_args(slim, inputs, out, "--no-color-fix"), capsys)
+    assert "apply to the composite method only" in _error_of(_restore_args(slim, inputs, out, "--no-color-fix"), capsys)
     assert "no readable model_index.json" in _error_of(
         _restore_args(slim, inputs, out, *composite, model=tmp_path), capsys
     )

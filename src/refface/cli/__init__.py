@@ -14,7 +14,7 @@ from refface.errors import RefFaceError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from refface.cli import data, evaluate, restore, train
+    from refface.cli import data, evaluate, restore, serve, train
 
     parser = argparse.ArgumentParser(prog="refface", description="Reference-based face restoration.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_commands(commands)
     train.add_commands(commands)
     evaluate.add_commands(commands)
+    serve.add_commands(commands)
     return parser
 
 

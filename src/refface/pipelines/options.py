@@ -26,7 +26,10 @@ def sampling_options(
     guidance = DEFAULT_GUIDANCE[method] if guidance is None else guidance
     if method == "composite":
         if schedule is not None:
-            raise RefFaceError("--schedule applies to ReF-LDM; the composite model samples on its own schedule.")
+            raise RefFaceError(
+                "The timestep schedule (--schedule) applies to ReF-LDM; "
+                "the composite model samples on its own schedule."
+            )
         return {
             "num_inference_steps": steps,
             "lq_guidance": DEFAULT_LQ_GUIDANCE if lq_guidance is None else lq_guidance,
@@ -34,5 +37,8 @@ def sampling_options(
             "color_fix": color_fix,
         }
     if lq_guidance is not None or not color_fix:
-        raise RefFaceError("--lq-guidance and --no-color-fix apply to --method composite only.")
+        raise RefFaceError(
+            "The LQ guidance (--lq-guidance) and turning the colour fix off (--no-color-fix) "
+            "apply to the composite method only."
+        )
     return {"num_inference_steps": steps, "guidance_scale": guidance, "spacing": schedule or "uniform_trailing"}

@@ -1,0 +1,81 @@
+"""`refface serve`: the web page, on this machine (loopback by default)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from refface.cli.common import DTYPES, resolve_device, say
+from refface.errors import RefFaceError
+
+
+def load_models(folders: list[str] | None, device, dtype) -> dict:
+    """Method name -> pipeline, one per --model folder (its kind read from the folder), else the released ReF-LDM."""
+    from refface.pipelines.loading import PIPELINES, load_composite, load_refldm, load_saved, saved_pipeline_class
+
+    if not folders:
+        return {"refldm": load_refldm().to(device=device, dtype=dtype)}
+    models = {}
+    for folder in folders:
+        path = Path(folder)
+        source = path / "model" if not (path / "model_index.json").exists() and (path / "model").is_dir() else path
+        kind = saved_pipeline_class(source)
+        method = "composite" if kind == "CompositeContextPipeline" else "refldm"
+        if method in models:
+            raise RefFaceError(f"Two --model folders hold {PIPELINES[kind]} models; give one of each kind at most.")
+        pipe = load_composite(source) if method == "composite" else load_saved(source)
+        models[method] = pipe.to(device=device, dtype=dtype)
+    return models
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from refface.face.detection import DlibDetector
+    from refface.face.identity import DlibEmbedder
+    from refface.web.app import create_app
+    from refface.web.limits import ServeLimits
+    from refface.web.service import RestorationService
+
+    if not 1 <= args.port <= 65535:
+        raise RefFaceError(f"--port must be between 1 and 65535, got {args.port}.")
+    if args.max_upload_mb <= 0 or args.max_pending < 1:
+        raise RefFaceError("--max-upload-mb must be positive and --max-pending at least 1.")
+    limits = ServeLimits(
+        max_file_bytes=int(args.max_upload_mb * 2**20),
+        max_request_bytes=int(args.max_upload_mb * 2**20) * 8,
+        max_pending=args.max_pending,
+    )
+    models = load_models(args.model, resolve_device(args.device), DTYPES[args.dtype])
+    detector = DlibDetector(args.detector)
+    embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
+    root = Path(tempfile.mkdtemp(prefix="refface-serve-"))  # private (0700), outside anything served
+    service = RestorationService(models, detector, embedder, limits, root)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        say(args, f"note: serving on {args.host}: anyone who can reach this machine can use the page.")
+    say(args, f"refface: {', '.join(models)} ready on http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    try:
+        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+    finally:
+        service.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="a local web page: upload a photo and references, restore, download")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    serve.add_argument(
+        "--model", action="append", help="model folder (ReF-LDM or Composite-Context; repeat for both); "
+        "default: the released ReF-LDM weights"
+    )  # fmt: skip
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    serve.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    serve.add_argument("--detector", choices=["hog", "cnn"], default="hog", help="dlib face detector")
+    serve.add_argument("--max-upload-mb", type=float, default=30, help="largest photo accepted, in MB (default 30)")
+    serve.add_argument("--max-pending", type=int, default=4, help="restorations that may wait at once (default 4)")
+    serve.add_argument("--quiet", "-q", action="store_true")
+    serve.set_defaults(handler=cmd_serve)

@@ -1,0 +1,189 @@
+"""The web API in-process: the restore flow, the queue, the limits, and what clients must never reach."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from refface.errors import RefFaceError
+from refface.web.jobs import JobQueue, ServerBusy
+from refface.web.limits import ServeLimits
+from refface.web.uploads import label, unpack_album
+
+
+@pytest.fixture(scope="module")
+def service(tiny_models, tmp_path_factory):
+    from refface.face.detection import DlibDetector
+    from refface.face.identity import DlibEmbedder
+    from refface.pipelines.loading import load_composite, load_saved
+    from refface.web.service import RestorationService
+
+    detector = DlibDetector()
+    models = {"refldm": load_saved(tiny_models["refldm"]), "composite": load_composite(tiny_models["composite"])}
+    limits = ServeLimits(max_file_bytes=3 * 2**20, max_request_bytes=8 * 2**20, max_references=3)
+    root = tmp_path_factory.mktemp("serve")
+    service = RestorationService(models, detector, DlibEmbedder(shape_predictor=detector.shape_predictor), limits, root)
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    from refface.web.app import create_app
+
+    with TestClient(create_app(service)) as client:
+        yield client
+
+
+def _upload(client, path: Path) -> dict:
+    with path.open("rb") as stream:
+        return client.post("/api/photos", files={"photo": (path.name, stream, "image/png")})
+
+
+def _wait(client, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(f"/api/jobs/{job_id}").json()
+        if status["state"] in ("done", "failed"):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {status}")
+
+
+def test_a_photo_is_restored_with_references_and_pasted_back(client, face_photos):
+    reply = _upload(client, face_photos["old photo.jpg"])
+    assert reply.status_code == 200, reply.text
+    found = reply.json()
+    assert (found["width"], found["height"]) == (384, 384) and len(found["faces"]) == 1
+    assert found["faces"][0]["thumbnail"].startswith("data:image/png;base64,")
+    refs = [face_photos["ref_a.png"], face_photos["ref_b.png"]]
+    files = [("references", (p.name, p.read_bytes(), "image/png")) for p in refs]
+    form = {"photo_id": found["photo_id"], "method": "composite", "steps": "3", "seed": "5"}
+    job = client.post("/api/jobs", data=form, files=files).json()
+    assert "job_id" in job, job
+    status = _wait(client, job["job_id"])
+    assert status["state"] == "done", status
+    assert status["step"] == status["steps"] == 3
+    assert [r["label"] for r in status["references"]] == ["ref_a.png", "ref_b.png"]
+    assert status["summary"].startswith("identity check")
+
+    result = client.get(f"/api/jobs/{job['job_id']}/result.png?download=1")
+    disposition = result.headers["content-disposition"]
+    assert (
+        result.status_code == 200 and disposition.startswith("attachment") and "old%20photo_restored.png" in disposition
+    )
+    restored = np.asarray(Image.open(io.BytesIO(result.content)))
+    before = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{job['job_id']}/before.png").content)))
+    original = np.asarray(Image.open(face_photos["old photo.jpg"]).convert("RGB"))
+    assert restored.shape == before.shape == original.shape
+    np.testing.assert_array_equal(before, original)
+    changed = np.abs(restored.astype(int) - original).sum(axis=2) > 0
+    assert 0.02 < changed.mean() < 0.6  # the face region changed, the rest of the photo did not
+    assert not changed[170:].any() and not changed[:, 260:].any() and not changed[:, :80].any()  # the face is above
+
+
+def test_bad_requests_are_one_sentence(client, face_photos):
+    def error(reply, status=400):
+        assert reply.status_code == status, reply.text
+        message = reply.json()["error"]
+        assert "\n" not in message and "Traceback" not in message
+        return message
+
+    assert "not an image format" in error(_upload(client, face_photos["notes.txt"]))
+    assert "more than the limit" in error(_upload(client, face_photos["huge.png"]))
+    big = io.BytesIO(np.random.default_rng(0).bytes(4 * 2**20))
+    assert "at most 3 MB" in error(client.post("/api/photos", files={"photo": ("big.png", big, "image/png")}))
+    huge_body = io.BytesIO(bytes(9 * 2**20))
+    assert "limit of 8 MB" in error(client.post("/api/photos", files={"photo": ("x.png", huge_body)}), 413)
+    plain = np.full((200, 200, 3), 128, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(plain).save(buffer, format="PNG")
+    assert "No face was found in grey.png" in error(
+        client.post("/api/photos", files={"photo": ("../../grey.png", buffer.getvalue(), "image/png")})
+    )
+    photo_id = _upload(client, face_photos["old photo.jpg"]).json()["photo_id"]
+    base = {"photo_id": photo_id, "method": "refldm", "steps": "2"}
+    assert "face 3 does not exist" in error(client.post("/api/jobs", data={**base, "face": "3"}))
+    assert "is not loaded" in error(client.post("/api/jobs", data={**base, "method": "gfpgan"}))
+    assert "between 1 and 200" in error(client.post("/api/jobs", data={**base, "steps": "0"}))
+    assert "composite method only" in error(client.post("/api/jobs", data={**base, "lq_guidance": "2"}))
+    assert "'steps' is missing or invalid" in error(client.post("/api/jobs", data={**base, "steps": "many"}))
+    assert "expired or is unknown" in error(client.post("/api/jobs", data={**base, "photo_id": "nope"}))
+    refs = [("references", (f"r{i}.png", buffer.getvalue(), "image/png")) for i in range(4)]
+    assert "At most 3 reference photos" in error(client.post("/api/jobs", data=base, files=refs))
+    assert "No such restoration" in error(client.get("/api/jobs/does-not-exist"), 404)
+    assert "no result" in error(client.get("/api/jobs/does-not-exist/result.png"), 404)
+    assert "nothing at this address" in error(client.get("/api/jobs/x/../../../etc/passwd"), 404)
+
+
+def test_an_album_zip_is_unpacked_under_made_up_names_only(tmp_path, face_photos):
+    limits = ServeLimits(max_file_bytes=2**20, max_album_photos=3)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(face_photos["ref_a.png"], "../../escape.png")
+        zipped.write(face_photos["ref_b.png"], "/abs/olduser/photo.PNG")
+        zipped.writestr("readme.txt", "hello")
+        zipped.writestr("__MACOSX/._photo.png", b"junk")
+    count = unpack_album(archive.getvalue(), "album.zip", tmp_path / "album", limits)
+    assert count == 2
+    assert sorted(p.name for p in (tmp_path / "album").iterdir()) == ["000.png", "001.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["album"]  # nothing written elsewhere
+    with pytest.raises(RefFaceError, match="not a zip file"):
+        unpack_album(b"PK but not", "album.zip", tmp_path / "b", limits)
+    many = io.BytesIO()
+    with zipfile.ZipFile(many, "w") as zipped:
+        for index in range(4):
+            zipped.writestr(f"{index}.png", b"x")
+    with pytest.raises(RefFaceError, match="has 4 photos; at most 3"):
+        unpack_album(many.getvalue(), "album.zip", tmp_path / "c", limits)
+    assert label("../../etc/pass wd<script>.png", "x") == "pass wd_script_.png"
+    assert label("", "the photo") == "the photo"
+
+
+def test_the_queue_runs_one_job_at_a_time_and_refuses_when_full(tmp_path):
+    release, running, seen = threading.Event(), [], []
+
+    def work(job):
+        running.append(job.id)
+        seen.append(len(running))
+        release.wait(10)
+        running.remove(job.id)
+        if job.request == "bad":
+            raise RefFaceError("The reference shows nobody.")
+        if job.request == "bug":
+            raise ZeroDivisionError("division by zero")
+
+    jobs = JobQueue(work, tmp_path, max_pending=3, keep_seconds=0.0)
+    submitted = [jobs.new_job(request) for request in ("ok", "bad", "bug")]
+    for job in submitted:
+        jobs.submit(job)
+    extra = jobs.new_job("late")
+    with pytest.raises(ServerBusy, match="busy with 3 restorations"):
+        jobs.submit(extra)
+    assert not extra.folder.exists()
+    deadline = time.monotonic() + 5
+    while jobs.status(submitted[0])["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [jobs.status(j)["position"] for j in submitted] == [0, 0, 1]
+    release.set()
+    while any(jobs.status(j)["state"] in ("queued", "running") for j in submitted) and time.monotonic() < deadline + 5:
+        time.sleep(0.01)
+    states = [(jobs.status(j)["state"], jobs.status(j)["message"]) for j in submitted]
+    assert states == [
+        ("done", ""),
+        ("failed", "The reference shows nobody."),
+        ("failed", "The restoration failed unexpectedly (division by zero)."),
+    ]
+    assert max(seen) == 1  # never two at once
+    time.sleep(0.01)
+    jobs.expire()  # keep_seconds 0: finished jobs and their folders go
+    assert jobs.get(submitted[0].id) is None and not any(j.folder.exists() for j in submitted)
+    jobs.close()

@@ -187,3 +187,22 @@ def test_the_queue_runs_one_job_at_a_time_and_refuses_when_full(tmp_path):
     jobs.expire()  # keep_seconds 0: finished jobs and their folders go
     assert jobs.get(submitted[0].id) is None and not any(j.folder.exists() for j in submitted)
     jobs.close()
+
+
+def test_references_can_come_from_an_album_zip(client, service, face_photos):
+    photo_id = _upload(client, face_photos["old photo.jpg"]).json()["photo_id"]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.write(face_photos["ref_a.png"], "holiday/a.png")
+        zipped.write(face_photos["ref_b.png"], "b.png")
+        zipped.writestr("notes.txt", "not a photo")
+    form = {"photo_id": photo_id, "method": "refldm", "steps": "2", "num_refs": "2"}
+    reply = client.post("/api/jobs", data=form, files={"album": ("family.zip", archive.getvalue(), "application/zip")})
+    status = _wait(client, reply.json()["job_id"])
+    assert status["state"] == "done", status
+    assert sorted(r["label"] for r in status["references"]) == ["album photo 000.png#0", "album photo 001.png#0"]
+    assert any("farthest point sampling" in note for note in status["notes"])
+    assert all(p.name.startswith("job-") for p in service.root.iterdir())  # uploads live in job folders only
+    files = [("album", ("a.zip", archive.getvalue())), ("references", ("r.png", face_photos["ref_a.png"].read_bytes()))]
+    both = client.post("/api/jobs", data=form, files=files)
+    assert "not both" in both.json()["error"]

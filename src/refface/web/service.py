@@ -7,7 +7,9 @@ worker, and face detection (shared by requests and the worker) is serialised by 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import re
 import secrets
 import threading
 import time
@@ -51,6 +53,21 @@ class RestoreRequest:
     album: Path | None
     num_refs: int = 5
     photo_label: str = "photo"
+
+
+@contextlib.contextmanager
+def page_wording():
+    """Say "no face found" in the page's terms: the library's sentence suggests command-line options."""
+    try:
+        yield
+    except RefFaceError as error:
+        found = re.match(r"No face was found in (.+?); try --detector", str(error))
+        if found is None:
+            raise
+        raise RefFaceError(
+            f"No face was found in {found.group(1)}; use a photo in which the face is upright and at least about "
+            "40 pixels wide."
+        ) from None
 
 
 def data_url(image: np.ndarray | Image.Image, size: int = THUMBNAIL) -> str:
@@ -101,16 +118,8 @@ class RestorationService:
         from refface.face.locate import find_faces
 
         pixels = np.asarray(photo.convert("RGB"))
-        try:
-            with self._faces_lock:
-                search = find_faces(pixels, self.detector, "all", source=label)
-        except RefFaceError as error:
-            if str(error).startswith("No face was found"):
-                raise RefFaceError(
-                    f"No face was found in {label}; use a photo in which the face is upright and at least "
-                    "about 40 pixels wide."
-                ) from None
-            raise
+        with self._faces_lock, page_wording():
+            search = find_faces(pixels, self.detector, "all", source=label)
         stored = StoredPhoto(label, pixels, search.faces)
         identifier = secrets.token_urlsafe(16)
         with self._photos_lock:
@@ -179,7 +188,7 @@ class RestorationService:
             notes += choice.reasons
         elif request.references:
             update(job, stage="aligning the references")
-            with self._faces_lock:
+            with self._faces_lock, page_wording():
                 crops, found = align_references(
                     [image for _, image in request.references], [name for name, _ in request.references], self.detector
                 )

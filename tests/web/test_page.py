@@ -1,0 +1,134 @@
+"""`refface serve` end to end: the real server process, driven in headless Chromium by Playwright.
+
+Chromium is Debian's (`.ci/run` installs the `chromium` package); Playwright only drives it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Flags for a sandboxed CI machine with no network beyond loopback (as the machine notes prescribe).
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models):
+    port = _free_port()
+    command = [sys.executable, "-m", "refface.cli", "serve", "--port", str(port), "--model", str(tiny_models["refldm"]),
+               "--model", str(tiny_models["composite"]), "--device", "cpu", "--max-upload-mb", "3"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/info", timeout=2).read()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"refface serve did not start:\n{process.stdout.read()}") from None
+            time.sleep(0.3)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def test_restore_a_photo_in_the_browser_and_download_it(server, browser, face_photos, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server)
+    page.select_option("#method", "composite")
+    assert page.input_value("#guidance") == "1.2" and page.is_visible("#lq-guidance")
+    page.set_input_files("#photo", str(face_photos["old photo.jpg"]))
+    page.wait_for_selector(".face[aria-pressed=true]")
+    assert page.locator(".face").count() == 1
+    page.set_input_files("#references", [str(face_photos["ref_a.png"]), str(face_photos["ref_b.png"])])
+    page.fill("#steps", "4")
+    page.click("#restore")
+    page.wait_for_selector("#download", state="visible", timeout=120_000)
+    assert page.text_content("#status") == "Done."
+    assert "identity check" in page.text_content("#summary")
+    assert page.locator("#chosen figure").count() == 2
+    page.fill("#slider", "20")
+    assert "20%" in page.get_attribute("#after", "style")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    with page.expect_download() as waiting:
+        page.click("#download")
+    download = waiting.value
+    assert download.suggested_filename == "old photo_restored.png"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    restored = np.asarray(Image.open(saved).convert("RGB"), dtype=int)
+    original = np.asarray(Image.open(face_photos["old photo.jpg"]).convert("RGB"), dtype=int)
+    assert restored.shape == original.shape
+    changed = np.abs(restored - original).sum(axis=2) > 0
+    assert changed[:170, 80:260].mean() > 0.2 and not changed[170:].any()  # the face changed, the rest is kept
+    page.close()
+
+
+def test_bad_uploads_show_one_sentence_in_the_page(server, browser, face_photos, tmp_path):
+    page = browser.new_page()
+    page.goto(server)
+    page.set_input_files("#photo", str(face_photos["notes.txt"]))
+    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    assert "notes.txt is not an image format refface can read" in page.text_content("#error")
+    assert page.is_disabled("#restore")
+
+    page.set_input_files("#photo", str(face_photos["huge.png"]))
+    page.wait_for_function("document.getElementById('error').textContent.includes('pixels')")
+    assert "more than the limit of 40,000,000" in page.text_content("#error")
+
+    big = tmp_path / "big.png"
+    big.write_bytes(np.random.default_rng(1).bytes(4 * 2**20))
+    page.set_input_files("#photo", str(big))
+    page.wait_for_function("document.getElementById('error').textContent.includes('MB')")
+    assert "photos may be at most 3 MB" in page.text_content("#error")
+
+    # a reference without a face fails the job with a message naming it, and the page can be used again
+    page.set_input_files("#photo", str(face_photos["old photo.jpg"]))
+    page.wait_for_selector(".face[aria-pressed=true]")
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((120, 120, 3), 200, dtype=np.uint8)).save(blank)
+    page.set_input_files("#references", [str(blank)])
+    page.fill("#steps", "2")
+    page.click("#restore")
+    page.wait_for_function("document.getElementById('error').textContent.includes('blank.png')", timeout=60_000)
+    assert "No face was found in blank.png; use a photo in which the face is upright" in page.text_content("#error")
+    assert page.is_enabled("#restore")
+    page.close()

@@ -85,6 +85,8 @@ def test_a_photo_is_restored_with_references_and_pasted_back(client, face_photos
     original = np.asarray(Image.open(face_photos["old photo.jpg"]).convert("RGB"))
     assert restored.shape == before.shape == original.shape
     np.testing.assert_array_equal(before, original)
+    crop = Image.open(io.BytesIO(client.get(f"/api/jobs/{job['job_id']}/face.png").content))
+    assert crop.size == (32, 32)  # the restored face at the model's resolution
     changed = np.abs(restored.astype(int) - original).sum(axis=2) > 0
     assert 0.02 < changed.mean() < 0.6  # the face region changed, the rest of the photo did not
     assert not changed[170:].any() and not changed[:, 260:].any() and not changed[:, :80].any()  # the face is above

@@ -13,14 +13,20 @@ from refface.errors import RefFaceError
 
 def load_models(folders: list[str] | None, device, dtype) -> dict:
     """Method name -> pipeline, one per --model folder (its kind read from the folder), else the released ReF-LDM."""
-    from refface.pipelines.loading import PIPELINES, load_composite, load_refldm, load_saved, saved_pipeline_class
+    from refface.pipelines.loading import (
+        PIPELINES,
+        load_composite,
+        load_refldm,
+        load_saved,
+        model_folder,
+        saved_pipeline_class,
+    )
 
     if not folders:
         return {"refldm": load_refldm().to(device=device, dtype=dtype)}
     models = {}
     for folder in folders:
-        path = Path(folder)
-        source = path / "model" if not (path / "model_index.json").exists() and (path / "model").is_dir() else path
+        source = model_folder(folder)
         kind = saved_pipeline_class(source)
         method = "composite" if kind == "CompositeContextPipeline" else "refldm"
         if method in models:

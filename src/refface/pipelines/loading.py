@@ -27,7 +27,7 @@ def saved_pipeline_class(folder: Path) -> str:
     return name
 
 
-def _model_folder(folder: str | Path) -> Path:
+def model_folder(folder: str | Path) -> Path:
     """`folder` itself, or the model/ a finished training run left in it."""
     source = Path(folder)
     if not (source / "model_index.json").is_file() and (source / "model" / "model_index.json").is_file():
@@ -36,7 +36,7 @@ def _model_folder(folder: str | Path) -> Path:
 
 
 def _load(pipeline_class: type, folder: str | Path):
-    source = _model_folder(folder)
+    source = model_folder(folder)
     name = saved_pipeline_class(source)
     if name != pipeline_class.__name__:
         raise RefFaceError(

@@ -168,7 +168,7 @@ def create_app(service: RestorationService) -> FastAPI:
             return _error(404, "No such restoration; it may have expired. Please start again.")
         return JSONResponse(service.jobs.status(job), headers={"Cache-Control": "no-store"})
 
-    def _file(job_id: str, name: str, download: str | None) -> FileResponse | JSONResponse:
+    def _file(job_id: str, name: str, download: bool = False) -> FileResponse | JSONResponse:
         job = service.jobs.get(job_id)
         if job is None or job.state != "done":
             return _error(404, "This restoration has no result (yet, or any more).")
@@ -177,14 +177,14 @@ def create_app(service: RestorationService) -> FastAPI:
 
     @app.get("/api/jobs/{job_id}/result.png")
     def result(job_id: str, download: int = 0):
-        return _file(job_id, "result.png", "restored" if download else None)
+        return _file(job_id, "result.png", download=bool(download))
 
     @app.get("/api/jobs/{job_id}/before.png")
     def before(job_id: str):
-        return _file(job_id, "before.png", None)
+        return _file(job_id, "before.png")
 
     @app.get("/api/jobs/{job_id}/face.png")
     def restored_face(job_id: str):
-        return _file(job_id, "face.png", None)
+        return _file(job_id, "face.png")
 
     return app

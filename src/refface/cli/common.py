@@ -50,3 +50,12 @@ def face_selection(value: str) -> str | int:
 def say(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print(message)
+
+
+def add_guidance_options(parser: argparse.ArgumentParser) -> None:
+    """--cfg, --lq-guidance and --no-color-fix: the guidance of either method (checked by pipelines.options)."""
+    parser.add_argument(
+        "--cfg", type=float, help="guidance toward the references (default: 1.5 for refldm, s_c = 1.2 for composite)"
+    )
+    parser.add_argument("--lq-guidance", type=float, help="composite: guidance toward the LQ image s_i (default 1.2)")
+    parser.add_argument("--no-color-fix", action="store_true", help="composite: skip the AdaIN colour fix")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from refface.cli.common import DTYPES, resolve_device, say
+from refface.cli.common import DTYPES, add_guidance_options, resolve_device, say
 from refface.errors import RefFaceError
 
 
@@ -152,11 +152,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--limit", type=int, help="only the first N images (a quick look; the table says so)")
     bench.add_argument("--examples", type=int, default=6, help="rows of the contact sheet (default 6)")
     bench.add_argument("--steps", type=int, default=100, help="DDIM steps (default 100, as the papers' tables)")
-    bench.add_argument(
-        "--cfg", type=float, help="guidance toward the references (default: 1.5 for refldm, s_c = 1.2 for composite)"
-    )
-    bench.add_argument("--lq-guidance", type=float, help="composite: guidance toward the LQ image s_i (default 1.2)")
-    bench.add_argument("--no-color-fix", action="store_true", help="composite: skip the AdaIN colour fix")
+    add_guidance_options(bench)
     bench.add_argument("--seed", type=int, default=2024, help="noise seed, the same for every image (default 2024)")
     bench.add_argument(
         "--schedule",

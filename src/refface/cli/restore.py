@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from refface.cli.common import DTYPES, face_selection, resolve_device, say, unique_stems
+from refface.cli.common import DTYPES, add_guidance_options, face_selection, resolve_device, say, unique_stems
 from refface.errors import RefFaceError
 
 
@@ -291,11 +291,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="refldm (default; released weights) or composite (Composite-Context, a model folder you trained)",
     )
     restore.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, as the released demo)")
-    restore.add_argument(
-        "--cfg", type=float, help="guidance toward the references (default: 1.5 for refldm, s_c = 1.2 for composite)"
-    )
-    restore.add_argument("--lq-guidance", type=float, help="composite: guidance toward the LQ image s_i (default 1.2)")
-    restore.add_argument("--no-color-fix", action="store_true", help="composite: skip the AdaIN colour fix")
+    add_guidance_options(restore)
     restore.add_argument("--seed", type=int, default=2024, help="noise seed (default 2024)")
     restore.add_argument(
         "--schedule", choices=["uniform_trailing", "uniform"], help="refldm timesteps (default uniform_trailing)"

@@ -9,6 +9,14 @@ the 50-step total is composed from the measured phases:
     python benchmarks/bench_inference.py                       # 1 and 5 refs, both variants
     python benchmarks/bench_inference.py --refs 5 --variants cachekv --timed-steps 5
     python benchmarks/bench_inference.py --arch tiny --timed-steps 2   # seconds, for a smoke check
+
+With --compare-official it instead restores one photo end to end twice, in two fresh processes with the
+same random weights and inputs: refface's exact mode, and the official code's way of doing the same work
+(`benchmarks/official_path.py`: einsum attention, per-photo null references, every null copy attended).
+It ends with one line, ratios over the whole restoration (time official/ours, memory ours/official):
+    speedup_vs_official=X.XX peak_mem_ratio=Y.YY max_abs_diff=Z
+
+    python benchmarks/bench_inference.py --compare-official --refs 5 --steps 50
 """
 
 from __future__ import annotations
@@ -95,6 +103,60 @@ def run_child(variant: str, refs: int, arch_name: str, timed_steps: int) -> dict
     return result
 
 
+def run_restoration(path: str, refs: int, arch_name: str, steps: int, output: str) -> dict:
+    """One whole restoration by `path` (ours | official), timed; the image is saved to `output` for the diff."""
+    from official_path import restore_like_official, use_official_attention
+
+    torch.manual_seed(0)
+    pipe = RefLDMPipeline.from_architecture(ARCHES[arch_name]()).eval_mode()
+    generator = torch.Generator().manual_seed(1)
+    size = pipe.image_size
+    lq = torch.rand(1, 3, size, size, generator=generator) * 2 - 1
+    references = torch.rand(refs, 3, size, size, generator=generator) * 2 - 1
+    noise = pipe.initial_noise(1, 2024)
+    start = time.perf_counter()
+    if path == "official":
+        image = restore_like_official(use_official_attention(pipe), lq, references, noise, steps, 1.5)
+    else:
+        image = pipe(lq, references, num_inference_steps=steps, noise=noise, progress=False).pixels
+    elapsed = time.perf_counter() - start
+    torch.save(image.float().cpu(), output)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return {"path": path, "refs": refs, "seconds": elapsed, "peak_rss_gb": peak}
+
+
+def compare_official(refs: int, arch: str, steps: int) -> int:
+    import tempfile
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for path in ("official", "ours"):
+            output = str(Path(folder) / f"{path}.pt")
+            command = [sys.executable, __file__, "--restore-child", f"{path}:{refs}:{steps}:{output}",
+                       "--arch", arch]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+            if done.returncode != 0:
+                print(done.stderr, file=sys.stderr)
+                return done.returncode
+            rows[path] = json.loads(done.stdout.strip().splitlines()[-1])
+            rows[path]["image"] = torch.load(output)
+            print(
+                f"{path}: {rows[path]['seconds']:.1f} s, peak RSS {rows[path]['peak_rss_gb']:.2f} GB", file=sys.stderr
+            )
+    ours, official = rows["ours"], rows["official"]
+    difference = float((ours["image"] - official["image"]).abs().max())
+    threads = torch.get_num_threads()
+    print(f"\nReF-LDM, {arch} architecture, {refs} reference(s), {steps} steps, fp32, CPU threads={threads}")
+    print("| path | seconds | peak RSS GB |\n|---|---|---|")
+    for name in ("official", "ours"):
+        print(f"| {name} | {rows[name]['seconds']:.1f} | {rows[name]['peak_rss_gb']:.2f} |")
+    print(
+        f"speedup_vs_official={official['seconds'] / ours['seconds']:.2f} "
+        f"peak_mem_ratio={ours['peak_rss_gb'] / official['peak_rss_gb']:.2f} max_abs_diff={difference:.2e}"
+    )
+    return 0
+
+
 def total_seconds(row: dict, steps: int) -> float:
     return row["encode_refs_s"] + row["reference_pass_s"] + row["encode_lq_s"] + steps * row["step_s"] + row["decode_s"]
 
@@ -107,8 +169,18 @@ def main() -> int:
     parser.add_argument("--timed-steps", type=int, default=3, help="guided steps actually timed per configuration")
     parser.add_argument("--arch", choices=list(ARCHES), default="released")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--compare-official", action="store_true", help="time refface against the official path")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--restore-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.restore_child:
+        path, refs, steps, output = args.restore_child.split(":", 3)
+        print(json.dumps(run_restoration(path, int(refs), args.arch, int(steps), output)))
+        return 0
+    if args.compare_official:
+        if len(args.refs) != 1:
+            parser.error("--compare-official takes one --refs count")
+        return compare_official(args.refs[0], args.arch, args.steps)
     if args.timed_steps < 2:
         parser.error("--timed-steps must be at least 2 (the first step is warm-up)")
 

@@ -45,3 +45,31 @@ def test_mechanism_quick_mode_writes_the_table_and_grid_and_resumes(tmp_path):
         label = line.split(" | ")[0]
         if label in first_set:
             assert line.split(" | ")[1] == first_set[label]
+
+
+def test_the_official_style_path_computes_what_refface_computes():
+    """The side-by-side benchmark is fair only if both paths do the same arithmetic: the same image up to rounding."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from official_path import einsum_attention, restore_like_official, use_official_attention
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from refface import RefLDMPipeline, tiny_architecture
+
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 10, 8, generator=generator) for _ in range(3))
+    torch.testing.assert_close(einsum_attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    for refs in (1, 3):
+        torch.manual_seed(0)
+        ours = RefLDMPipeline.from_architecture(tiny_architecture(32)).eval_mode()
+        torch.manual_seed(0)
+        official = use_official_attention(RefLDMPipeline.from_architecture(tiny_architecture(32)).eval_mode())
+        lq = torch.rand(1, 3, 32, 32, generator=generator) * 2 - 1
+        references = torch.rand(refs, 3, 32, 32, generator=generator) * 2 - 1
+        noise = ours.initial_noise(1, 2024)
+        expected = ours(lq, references, num_inference_steps=4, noise=noise, progress=False).pixels
+        got = restore_like_official(official, lq, references, noise, 4, 1.5)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        assert (got - ours(lq, None, num_inference_steps=4, noise=noise, progress=False).pixels).abs().max() > 1e-3

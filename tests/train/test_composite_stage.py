@@ -168,3 +168,6 @@ def test_a_text_to_image_folder_is_the_starting_point(tmp_path):
     torch.testing.assert_close(widened.state_dict()[down], unet.state_dict()[down])
     with pytest.raises(RefFaceError, match="works on 32x32 images but data.size is 64"):
         build_run(load_config("tiny-composite", {**FAST, "model.architecture": str(base), "data.size": 64}))
+    sd_scheduler(prediction_type="sample").save_pretrained(base / "scheduler")
+    with pytest.raises(RefFaceError, match="predicts 'sample'; the Composite-Context method trains epsilon or v_pred"):
+        build_run(load_config("tiny-composite", {**FAST, "model.architecture": str(base)}))

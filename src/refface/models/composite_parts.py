@@ -17,6 +17,7 @@ from refface.models.composite_context import IdentityEncoder
 from refface.models.farl import vit_config
 
 TINY_CONTEXT_DIM = 32
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def sd_scheduler(**overrides) -> DDIMScheduler:
@@ -98,6 +99,11 @@ def load_text_to_image(folder: str | Path) -> tuple[UNet2DConditionModel, Autoen
         raise RefFaceError(f"The text-to-image model in {root} could not be loaded ({reason}).") from None
     if not isinstance(unet.config.cross_attention_dim, int):
         raise RefFaceError(f"The U-Net in {root} has per-block cross-attention widths; one width is needed.")
+    if config.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
+        raise RefFaceError(
+            f"The scheduler in {root} predicts {config['prediction_type']!r}; the Composite-Context method trains "
+            f"{' or '.join(PREDICTION_TYPES)} models."
+        )
     keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "steps_offset")
     scheduler = sd_scheduler(**{key: config[key] for key in keep if key in config})
     return unet, vae, scheduler

@@ -35,7 +35,7 @@ from refface.models.composite_parts import tiny_reference_encoders, tiny_text_to
 from refface.models.kl import decode_latents, encode_latents
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.inputs import ImageInput, prepare_images
-from refface.pipelines.refldm import RestorationOutput, item_noise
+from refface.pipelines.refldm import RestorationOutput, batch_noise
 
 
 @dataclass(frozen=True)
@@ -235,10 +235,7 @@ class CompositeContextPipeline(DiffusionPipeline):
             references = self.encode_references(references)
         lq_latents = encode_latents(self.vae, lq_batch)
         if noise is None:
-            seeds = [seed] * batch_size if isinstance(seed, int) else list(seed)
-            if len(seeds) != batch_size:
-                raise RefFaceError(f"Got {len(seeds)} seeds for {batch_size} images.")
-            noise = item_noise(tuple(lq_latents.shape[1:]), seeds)
+            noise = batch_noise(tuple(lq_latents.shape[1:]), batch_size, seed)
         latents = sample_composite(
             self.denoiser,
             self.scheduler,

@@ -42,6 +42,14 @@ def item_noise(shape: tuple[int, ...], seeds: Sequence[int]) -> torch.Tensor:
     return torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
+def batch_noise(shape: tuple[int, ...], batch_size: int, seed: int | Sequence[int]) -> torch.Tensor:
+    """`item_noise` for a batch: one seed for every image, or one seed each (their number must match)."""
+    seeds = [seed] * batch_size if isinstance(seed, int) else list(seed)
+    if len(seeds) != batch_size:
+        raise RefFaceError(f"Got {len(seeds)} seeds for {batch_size} images.")
+    return item_noise(shape, seeds)
+
+
 class RefLDMPipeline(DiffusionPipeline):
     """ReF-LDM restoration on diffusers modules; saves and loads with save_pretrained/from_pretrained.
 
@@ -163,10 +171,7 @@ class RefLDMPipeline(DiffusionPipeline):
 
         Each image gets its own draw from its seed, so a photo restores the same in any batch.
         """
-        seeds = [seed] * batch_size if isinstance(seed, int) else list(seed)
-        if len(seeds) != batch_size:
-            raise RefFaceError(f"Got {len(seeds)} seeds for {batch_size} images.")
-        return item_noise((self.latent_channels, self.latent_size, self.latent_size), seeds)
+        return batch_noise((self.latent_channels, self.latent_size, self.latent_size), batch_size, seed)
 
     @torch.no_grad()
     def __call__(

@@ -7,6 +7,8 @@ What differs from refface's exact mode (`RefLDMPipeline`), each as the official 
 - the null condition of guidance is N zero latents run through the reference pass for every photo, and
   its N identical copies are all attended to (refface computes it once per model and attends one copy
   with a log N bias);
+- the VQGAN runs as plain modules (refface takes a memory-lean walk over the same modules for wide
+  reference images and big batches, `refface.models.lean_vq`);
 - nothing is reused between photos.
 The reference pass stops after the last attention layer here as in refface (the official code runs the
 rest of the U-Net too), so if anything this favours the official path. The numbers it computes are the
@@ -22,7 +24,7 @@ from diffusers.models.attention_processor import Attention
 
 from refface.models.cache_kv import KVRecorder, ReferenceBatch
 from refface.models.unet import denoise, reference_pass
-from refface.models.vq import decode_quantized, encode_unquantized
+from refface.models.vq import nearest_codes
 from refface.pipelines.refldm import RefLDMPipeline
 from refface.pipelines.schedule import sampling_scheduler
 
@@ -103,10 +105,10 @@ def restore_like_official(
 
     lq [1, 3, S, S] and refs [N, 3, S, S] in [-1, 1]; returns the image [1, 3, S, S] in [0, 1].
     """
-    size = pipe.latent_size
-    wide = encode_unquantized(pipe.vqvae, torch.cat(list(refs), dim=-1)[None])
+    size, vq = pipe.latent_size, pipe.vqvae
+    wide = vq.quant_conv(vq.encoder(torch.cat(list(refs), dim=-1)[None]))
     ref_latents = torch.cat(wide.split(size, dim=-1), dim=0)
-    lq_latent = encode_unquantized(pipe.vqvae, lq)
+    lq_latent = vq.quant_conv(vq.encoder(lq))
     null = reference_pass(pipe.unet, torch.zeros_like(ref_latents))  # every photo, N zero latents
     cache = reference_pass(pipe.unet, ref_latents)
     context = ReferenceBatch(((1, null), (1, cache)))
@@ -116,4 +118,4 @@ def restore_like_official(
         model_input = torch.cat([latents, lq_latent], dim=1)
         eps_null, eps_ref = denoise(pipe.unet, torch.cat([model_input, model_input]), t, context).chunk(2)
         latents = scheduler.step(eps_null + guidance * (eps_ref - eps_null), t, latents).prev_sample
-    return ((decode_quantized(pipe.vqvae, latents) + 1.0) / 2.0).clamp(0.0, 1.0)
+    return ((vq.decoder(vq.post_quant_conv(nearest_codes(vq, latents))) + 1.0) / 2.0).clamp(0.0, 1.0)

@@ -154,3 +154,25 @@ def test_concurrent_restorations_do_not_interfere():
         thread.join()
     for i in range(3):
         assert torch.allclose(results[i], expected[i], atol=1e-6)
+
+
+@pytest.mark.parametrize(("batch", "copies", "with_refs"), [(1, 2, True), (2, 2, True), (2, 3, True), (3, 2, False)])
+def test_copies_equal_the_repeated_batch(batch, copies, with_refs):
+    """Guidance branches share the layers before the first attention; the result is the repeated batch's."""
+    from refface.models.unet import denoise
+
+    pipe = make_tiny_pipeline(seed=20 + batch)
+    size, channels = pipe.latent_size, pipe.latent_channels
+    x = torch.randn(batch, 2 * channels, size, size, generator=torch.Generator().manual_seed(copies))
+    t = torch.tensor([100, 700, 999][:batch])
+    if with_refs:
+        refs = pipe.encode_references(random_images(2, 16, seed=batch))
+        caches = [pipe.null_references(2), refs, pipe.null_references(1)][:copies]
+        context = ReferenceBatch(tuple((batch, cache) for cache in caches))
+    else:
+        context = None
+    want = denoise(pipe.unet, torch.cat([x] * copies), t.repeat(copies), context)
+    got = denoise(pipe.unet, x, t, context, copies=copies)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert (got[:batch] - got[batch : 2 * batch]).abs().max() > 1e-4 or not with_refs

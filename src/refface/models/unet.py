@@ -70,52 +70,77 @@ def last_attention_block(unet: UNet2DModel) -> int:
     return with_attention[-1] if with_attention else -1
 
 
+def _batch_of(emb: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """The time embedding repeated to the batch of `hidden` (after the walk has widened)."""
+    return emb if emb.shape[0] == hidden.shape[0] else emb.repeat(hidden.shape[0] // emb.shape[0], 1)
+
+
 def denoise(
     unet: UNet2DModel,
     sample: torch.Tensor,
     timestep: torch.Tensor,
     context: CacheKVContext = None,
+    copies: int = 1,
 ) -> torch.Tensor | None:
     """Run the U-Net on `sample` at `timestep` ([B] or scalar) with a CacheKV context.
 
-    With a KVRecorder (reference pass) only the keys/values matter, so the walk stops after the
-    last attention layer and returns None; otherwise it returns the predicted noise.
+    With `copies` = k the prediction is that for `sample` repeated k times along the batch
+    (`torch.cat([sample] * k)`, e.g. one copy per branch of guidance), but the layers before the
+    first attention run once. With a KVRecorder (reference pass) only the keys/values matter, so
+    the walk stops after the last attention layer and returns None; otherwise it returns the
+    predicted noise.
     """
     recording = isinstance(context, KVRecorder)
+    if copies < 1 or (recording and copies != 1):
+        raise ValueError("copies must be at least 1, and exactly 1 for a reference pass.")
+    batch = sample.shape[0]
+
+    def widen(tensor: torch.Tensor) -> torch.Tensor:
+        # guidance runs the same input under several contexts: the layers before the first attention
+        # are the same for every copy, so the batch is repeated only where the copies start to differ
+        return tensor if tensor.shape[0] == batch * copies else tensor.repeat(copies, 1, 1, 1)
+
     timesteps = torch.as_tensor(timestep, device=sample.device)
     if timesteps.ndim == 0:
         timesteps = timesteps[None]
-    timesteps = timesteps.expand(sample.shape[0])
+    timesteps = timesteps.expand(batch)
     emb = unet.time_embedding(unet.time_proj(timesteps).to(sample.dtype))
     checkpoint = unet.is_gradient_checkpointing and torch.is_grad_enabled()
+
+    def attend(attn: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return _attend(attn, widen(hidden), context)
 
     hidden = unet.conv_in(sample)
     skips = [hidden]
     for block in unet.down_blocks:
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
         for resnet, attn in zip(block.resnets, attentions, strict=True):
-            hidden = _run_resnet(resnet, hidden, emb, checkpoint)
+            hidden = _run_resnet(resnet, hidden, _batch_of(emb, hidden), checkpoint)
             if attn is not None:
-                hidden = _attend(attn, hidden, context)
+                hidden = attend(attn, hidden)
             skips.append(hidden)
         for downsampler in block.downsamplers or []:
             hidden = downsampler(hidden)
             skips.append(hidden)
 
     mid = unet.mid_block
-    hidden = _run_resnet(mid.resnets[0], hidden, emb, checkpoint)
+    hidden = _run_resnet(mid.resnets[0], hidden, _batch_of(emb, hidden), checkpoint)
     for attn, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
         if attn is not None:
-            hidden = _attend(attn, hidden, context)
-        hidden = _run_resnet(resnet, hidden, emb, checkpoint)
+            hidden = attend(attn, hidden)
+        hidden = _run_resnet(resnet, hidden, _batch_of(emb, hidden), checkpoint)
 
+    # from here on every copy has its own values (or the walk widens at the first up block)
+    hidden = widen(hidden)
+    emb = _batch_of(emb, hidden)
     stop_after = last_attention_block(unet) if recording else None
     for index, block in enumerate(unet.up_blocks):
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
         for resnet, attn in zip(block.resnets, attentions, strict=True):
-            hidden = _run_resnet(resnet, torch.cat([hidden, skips.pop()], dim=1), emb, checkpoint)
+            skip = widen(skips.pop())
+            hidden = _run_resnet(resnet, torch.cat([hidden, skip], dim=1), emb, checkpoint)
             if attn is not None:
-                hidden = _attend(attn, hidden, context)
+                hidden = attend(attn, hidden)
         if index == stop_after:
             return None
         for upsampler in block.upsamplers or []:

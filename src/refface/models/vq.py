@@ -10,6 +10,9 @@ import torch
 from diffusers import VQModel
 
 from refface.models.config import VQArchitecture
+from refface.models.lean_vq import lean_decode, lean_encode
+
+LEAN_ABOVE_BYTES = 256 * 2**20  # full-resolution activations larger than this take the memory-lean walk
 
 
 def build_vqmodel(arch: VQArchitecture) -> VQModel:
@@ -34,8 +37,19 @@ def build_vqmodel(arch: VQArchitecture) -> VQModel:
     )
 
 
+def _goes_lean(vq: VQModel, batch: int, height: int, width: int, dtype: torch.dtype) -> bool:
+    """Large inference inputs (wide reference images, big batches) take the lean walk; small ones and
+    training (gradients) the plain modules, which are a little faster."""
+    if torch.is_grad_enabled() or vq.config.act_fn != "silu" or vq.config.norm_type != "group":
+        return False
+    activation = batch * vq.config.block_out_channels[0] * height * width * torch.finfo(dtype).bits // 8
+    return activation > LEAN_ABOVE_BYTES
+
+
 def encode_unquantized(vq: VQModel, images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1], [B, 3, H, W] -> latents [B, embed_dim, H/f, W/f] (encoder + quant_conv)."""
+    if _goes_lean(vq, images.shape[0], images.shape[2], images.shape[3], images.dtype):
+        return lean_encode(vq, images)
     return vq.quant_conv(vq.encoder(images))
 
 
@@ -50,4 +64,8 @@ def nearest_codes(vq: VQModel, latents: torch.Tensor) -> torch.Tensor:
 
 def decode_quantized(vq: VQModel, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> images in about [-1, 1]: quantize, post_quant_conv, decoder (as the official code)."""
-    return vq.decoder(vq.post_quant_conv(nearest_codes(vq, latents)))
+    codes = nearest_codes(vq, latents)
+    factor = 2 ** (len(vq.config.block_out_channels) - 1)
+    if _goes_lean(vq, latents.shape[0], latents.shape[2] * factor, latents.shape[3] * factor, latents.dtype):
+        return lean_decode(vq, codes)
+    return vq.decoder(vq.post_quant_conv(codes))

@@ -215,9 +215,8 @@ class RefLDMPipeline(DiffusionPipeline):
         with tqdm(total=len(timesteps), desc="DDIM", unit="step", disable=not progress) as bar:
             for index, t in enumerate(timesteps):
                 model_input = torch.cat([latents.to(model_dtype), lq_latents], dim=1)
-                if guided:
-                    model_input = torch.cat([model_input, model_input])
-                eps = denoise(self.unet, model_input, t.to(self.device), context).float()
+                # one copy of the input per guidance branch; the U-Net shares their first layers
+                eps = denoise(self.unet, model_input, t.to(self.device), context, copies=2 if guided else 1).float()
                 if guided:
                     eps_null, eps_ref = eps.chunk(2)
                     eps = eps_null + guidance_scale * (eps_ref - eps_null)

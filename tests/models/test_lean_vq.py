@@ -1,0 +1,103 @@
+"""The memory-lean VQGAN walk computes what the plain modules compute, in every mode it can take."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refface.models import vq as vq_module
+from refface.models.config import VQArchitecture
+from refface.models.lean_vq import LeanPlan, lean_decode, lean_encode
+from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized, nearest_codes
+
+PLANS = {
+    "one strip, stored": LeanPlan(strip_bytes=2**30, store_limit=2**30),
+    "4-row strips, stored": LeanPlan(strip_bytes=1, store_limit=2**30),
+    "5-row strips, recomputed": LeanPlan(strip_bytes=32 * 5 * 48 * 4, store_limit=0),
+    "4-row strips, recomputed": LeanPlan(strip_bytes=1, store_limit=0),
+}
+
+
+def _vq(seed: int):
+    torch.manual_seed(seed)
+    arch = VQArchitecture(
+        resolution=32, in_channels=3, out_ch=3, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, z_channels=4,
+        embed_dim=4, n_embed=32, mid_attention=True,
+    )  # fmt: skip
+    model = build_vqmodel(arch).eval().requires_grad_(False)
+    with torch.no_grad():  # non-trivial norm affines and biases, so folding them in is exercised
+        for module in model.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= 2e-5 * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
+@pytest.mark.parametrize(("batch", "height", "width"), [(1, 16, 16), (2, 24, 16), (1, 16, 48), (3, 40, 24)])
+def test_lean_encode_equals_the_encoder(plan, batch, height, width):
+    vq = _vq(seed=height + width)
+    images = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(batch)) * 2 - 1
+    kept = images.clone()
+    with torch.no_grad():
+        want = vq.quant_conv(vq.encoder(images))
+        got = lean_encode(vq, images, plan)
+    _close(got, want)
+    assert torch.equal(images, kept)  # written in place only into its own activations
+
+
+@pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
+@pytest.mark.parametrize(("batch", "height", "width"), [(1, 4, 4), (2, 6, 4), (1, 4, 12)])
+def test_lean_decode_equals_the_decoder(plan, batch, height, width):
+    vq = _vq(seed=3 * height + width)
+    latents = torch.randn(batch, 4, height, width, generator=torch.Generator().manual_seed(height))
+    with torch.no_grad():
+        codes = nearest_codes(vq, latents)
+        want = vq.decoder(vq.post_quant_conv(codes))
+        got = lean_decode(vq, codes, plan)
+    _close(got, want)
+
+
+def test_large_inputs_take_the_lean_walk_and_training_does_not(monkeypatch):
+    vq = _vq(seed=1)
+    calls = []
+    for name in ("lean_encode", "lean_decode"):
+        original = getattr(vq_module, name)
+        monkeypatch.setattr(vq_module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        encode_unquantized(vq, images)
+        assert calls == []  # small: plain modules
+        monkeypatch.setattr(vq_module, "LEAN_ABOVE_BYTES", 0)
+        latents = encode_unquantized(vq, images)
+        decode_quantized(vq, latents)
+    assert calls == ["lean_encode", "lean_decode"]
+    encode_unquantized(vq.requires_grad_(True), images).sum().backward()  # gradients: plain modules
+    assert calls == ["lean_encode", "lean_decode"]
+
+
+def test_official_case_through_the_lean_walk(slim_pipeline, slim_case, monkeypatch):
+    """The exact-mode fixture, with every VQGAN call forced through small recomputed strips."""
+    inputs, expected = slim_case["inputs"], slim_case["expected"]
+    forced = LeanPlan(strip_bytes=1, store_limit=0)
+    monkeypatch.setattr(vq_module, "LEAN_ABOVE_BYTES", 0)
+    monkeypatch.setattr(vq_module, "lean_encode", lambda vq, images: lean_encode(vq, images, forced))
+    monkeypatch.setattr(vq_module, "lean_decode", lambda vq, codes: lean_decode(vq, codes, forced))
+    wide = torch.cat(list(inputs["refs"]), dim=-1)[None]
+    assert (encode_unquantized(slim_pipeline.vqvae, wide) - expected["ref_latent"]).abs().max() < 1e-4
+    out = slim_pipeline(
+        inputs["lq"],
+        inputs["refs"],
+        num_inference_steps=inputs["steps"],
+        guidance_scale=inputs["cfg_scale"],
+        spacing=inputs["schedule"],
+        seed=7,
+        progress=False,
+    )
+    assert (out.latents - expected["latent"]).abs().max() < 1e-4
+    assert (out.pixels - expected["image"]).abs().max() < 1e-4

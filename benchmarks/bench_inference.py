@@ -16,13 +16,17 @@ same random weights and inputs: refface's exact mode, and the official code's wa
 It ends with one line, ratios over the whole restoration (time official/ours, memory ours/official):
     speedup_vs_official=X.XX peak_mem_ratio=Y.YY max_abs_diff=Z
 
-    python benchmarks/bench_inference.py --compare-official --refs 5 --steps 50
+    python benchmarks/bench_inference.py --compare-official --refs 5 --steps 50 [--fast]
+
+Both refface rows also time album mode: a further photo of the same person with the reference cache
+reused. --fast adds refface's fast mode (DPM-Solver++, 20 steps) and its difference to exact mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -36,9 +40,10 @@ import torch
 from refface import RefLDMPipeline, released_architecture, tiny_architecture
 from refface.models.unet import denoise
 from refface.models.vq import decode_quantized, encode_unquantized
-from refface.pipelines.schedule import sampling_scheduler
+from refface.pipelines.schedule import FAST_STEPS, sampling_scheduler
 
 ARCHES = {"released": released_architecture, "tiny": tiny_architecture}
+FAST_MODE = {"num_inference_steps": FAST_STEPS, "solver": "dpm++"}
 
 
 def _timed(fn):
@@ -118,26 +123,33 @@ def run_restoration(path: str, refs: int, arch_name: str, steps: int, output: st
     if path == "official":
         image = restore_like_official(use_official_attention(pipe), lq, references, noise, steps, 1.5)
     else:
-        image = pipe(lq, references, num_inference_steps=steps, noise=noise, progress=False).pixels
+        sampling = {"num_inference_steps": steps} if path == "ours" else FAST_MODE
+        image = pipe(lq, references, noise=noise, progress=False, **sampling).pixels
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     torch.save(image.float().cpu(), output)
     row = {"path": path, "refs": refs, "seconds": elapsed, "peak_rss_gb": peak}
-    if path == "ours":  # album mode: a further photo of the same person, the reference cache reused
+    if path != "official":  # album mode: a further photo of the same person, the reference cache reused
         person = pipe.encode_references(references)
         another = torch.rand(1, 3, size, size, generator=generator) * 2 - 1
         start = time.perf_counter()
-        pipe(another, person, num_inference_steps=steps, noise=noise, progress=False)
+        pipe(another, person, noise=noise, progress=False, **sampling)
         row["album_seconds"] = time.perf_counter() - start
     return row
 
 
-def compare_official(refs: int, arch: str, steps: int) -> int:
+def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
+    mse = float((image - reference).square().mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def compare_official(refs: int, arch: str, steps: int, fast: bool) -> int:
     import tempfile
 
     rows = {}
+    paths = ("official", "ours", "fast") if fast else ("official", "ours")
     with tempfile.TemporaryDirectory() as folder:
-        for path in ("official", "ours"):
+        for path in paths:
             output = str(Path(folder) / f"{path}.pt")
             command = [sys.executable, __file__, "--restore-child", f"{path}:{refs}:{steps}:{output}",
                        "--arch", arch]  # fmt: skip
@@ -153,14 +165,23 @@ def compare_official(refs: int, arch: str, steps: int) -> int:
     ours, official = rows["ours"], rows["official"]
     difference = float((ours["image"] - official["image"]).abs().max())
     threads = torch.get_num_threads()
-    print(f"\nReF-LDM, {arch} architecture, {refs} reference(s), {steps} steps, fp32, CPU threads={threads}")
-    print("| path | seconds | peak RSS GB |\n|---|---|---|")
-    for name in ("official", "ours"):
-        print(f"| {name} | {rows[name]['seconds']:.1f} | {rows[name]['peak_rss_gb']:.2f} |")
-    print(
-        f"album mode (reference cache reused): {ours['album_seconds']:.1f} s per further photo, "
-        f"{ours['album_seconds'] / official['seconds']:.0%} of the official path's per-photo time"
-    )
+    print(f"\nReF-LDM, {arch} architecture, {refs} reference(s), {steps} DDIM steps, fp32, CPU threads={threads}")
+    print("| path | seconds | peak RSS GB | album: further photo s | difference to exact mode |\n|---|---|---|---|---|")
+    for name in paths:
+        row = rows[name]
+        album = f"{row['album_seconds']:.1f}" if "album_seconds" in row else "-"
+        gap = row["image"] - ours["image"]
+        versus = (
+            f"max {gap.abs().max():.2e}, mean {gap.abs().mean():.2e}, PSNR {psnr(row['image'], ours['image']):.1f} dB"
+        )
+        label = {"ours": "refface exact", "fast": f"refface fast (DPM-Solver++ {FAST_STEPS})"}.get(name, name)
+        print(f"| {label} | {row['seconds']:.1f} | {row['peak_rss_gb']:.2f} | {album} | {versus} |")
+    for name in paths[1:]:
+        row = rows[name]
+        print(
+            f"{name}: album mode {row['album_seconds'] / official['seconds']:.0%} of the official path's per-photo "
+            f"time, {official['seconds'] / row['seconds']:.2f}x faster end to end"
+        )
     print(
         f"speedup_vs_official={official['seconds'] / ours['seconds']:.2f} "
         f"peak_mem_ratio={ours['peak_rss_gb'] / official['peak_rss_gb']:.2f} max_abs_diff={difference:.2e}"
@@ -181,6 +202,7 @@ def main() -> int:
     parser.add_argument("--arch", choices=list(ARCHES), default="released")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--compare-official", action="store_true", help="time refface against the official path")
+    parser.add_argument("--fast", action="store_true", help="with --compare-official: also time the fast mode")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--restore-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,7 +213,7 @@ def main() -> int:
     if args.compare_official:
         if len(args.refs) != 1:
             parser.error("--compare-official takes one --refs count")
-        return compare_official(args.refs[0], args.arch, args.steps)
+        return compare_official(args.refs[0], args.arch, args.steps, args.fast)
     if args.timed_steps < 2:
         parser.error("--timed-steps must be at least 2 (the first step is warm-up)")
 

@@ -50,3 +50,52 @@ def test_bad_steps_and_spacing_are_refused(template):
         sampling_scheduler(template, 0, "uniform")
     with pytest.raises(RefFaceError, match="Unknown timestep spacing"):
         sampling_scheduler(template, 10, "quadratic")
+
+
+def _gaussian_eps(mean: torch.Tensor, spread: float, cumprod: np.ndarray):
+    """The exact noise prediction when the data are N(mean, spread^2 I): the probability-flow ODE is known."""
+
+    def eps(x: torch.Tensor, t: int) -> torch.Tensor:
+        a = float(cumprod[t])
+        return np.sqrt(1 - a) * (x - np.sqrt(a) * mean) / (a * spread**2 + 1 - a)
+
+    return eps
+
+
+def _solve(template, solver: str, steps: int, x: torch.Tensor, eps) -> torch.Tensor:
+    scheduler = sampling_scheduler(template, steps, "uniform_trailing", solver)
+    for t in scheduler.timesteps.tolist():
+        x = scheduler.step(eps(x, int(t)), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("spread", [0.3, 1.0])
+def test_dpm_solver_integrates_the_same_ode(template, spread):
+    """Fast mode samples the probability-flow ODE of the same noise schedule: with more steps it converges
+    to the 1000-step DDIM solution (a wrong schedule or parameterisation would converge elsewhere)."""
+    cumprod = np.cumprod(1 - official_betas(1000, 0.0015, 0.0155))
+    g = torch.Generator().manual_seed(3)
+    mean = torch.randn(2, 4, 6, 6, generator=g)
+    eps = _gaussian_eps(mean, spread, cumprod)
+    start = torch.randn(2, 4, 6, 6, generator=g)
+    exact = _solve(template, "ddim", 1000, start, eps)
+    errors = {steps: (_solve(template, "dpm++", steps, start, eps) - exact).abs().max() for steps in (20, 250)}
+    assert errors[250] < errors[20] / 5
+    assert errors[250] < 0.01 * exact.abs().max()
+    assert sampling_scheduler(template, 20, "uniform_trailing", "dpm++").timesteps.tolist() == list(range(999, 0, -50))
+
+
+def test_dpm_solver_beats_ddim_at_few_steps(template):
+    cumprod = np.cumprod(1 - official_betas(1000, 0.0015, 0.0155))
+    g = torch.Generator().manual_seed(4)
+    mean = torch.randn(3, 4, 6, 6, generator=g)
+    eps = _gaussian_eps(mean, 0.3, cumprod)
+    start = torch.randn(3, 4, 6, 6, generator=g)
+    exact = _solve(template, "ddim", 1000, start, eps)
+    dpm, ddim = (_solve(template, solver, 20, start, eps) for solver in ("dpm++", "ddim"))
+    assert (dpm - exact).abs().max() < 0.7 * (ddim - exact).abs().max()
+
+
+def test_unknown_solver_is_refused(template):
+    with pytest.raises(RefFaceError, match="Unknown solver 'euler'; choose one of ddim, dpm\\+\\+"):
+        sampling_scheduler(template, 10, "uniform_trailing", "euler")

@@ -17,6 +17,7 @@ def sampling_options(
     lq_guidance: float | None = None,
     color_fix: bool = True,
     schedule: str | None = None,
+    solver: str | None = None,
 ) -> dict:
     """Keyword arguments for the method's pipeline call; an option of the other method is one sentence."""
     if method not in METHOD_NAMES:
@@ -25,10 +26,10 @@ def sampling_options(
         raise RefFaceError(f"The number of steps must be at least 1, got {steps}.")
     guidance = DEFAULT_GUIDANCE[method] if guidance is None else guidance
     if method == "composite":
-        if schedule is not None:
+        if schedule is not None or solver is not None:
             raise RefFaceError(
-                "The timestep schedule (--schedule) applies to ReF-LDM; "
-                "the composite model samples on its own schedule."
+                "The timestep schedule and solver (--schedule, --solver, --fast) apply to ReF-LDM; "
+                "the composite model samples with its own scheduler."
             )
         return {
             "num_inference_steps": steps,
@@ -41,4 +42,9 @@ def sampling_options(
             "The LQ guidance (--lq-guidance) and turning the colour fix off (--no-color-fix) "
             "apply to the composite method only."
         )
-    return {"num_inference_steps": steps, "guidance_scale": guidance, "spacing": schedule or "uniform_trailing"}
+    return {
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "spacing": schedule or "uniform_trailing",
+        "solver": solver or "ddim",
+    }

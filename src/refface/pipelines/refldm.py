@@ -182,6 +182,7 @@ class RefLDMPipeline(DiffusionPipeline):
         guidance_scale: float = 1.5,
         seed: int | Sequence[int] = 2024,
         spacing: str = "uniform_trailing",
+        solver: str = "ddim",
         noise: torch.Tensor | None = None,
         progress: bool = True,
         step_callback: Callable[[int, int, torch.Tensor], None] | None = None,
@@ -191,6 +192,8 @@ class RefLDMPipeline(DiffusionPipeline):
         `references` is a ReferenceKV from `encode_references` (reuse it across photos), images,
         or None / empty for no references (plain LQ-conditioned restoration, no guidance).
         Guidance follows the official batch order [null references, references].
+        `solver` "ddim" is the official sampler (exact mode); "dpm++" (DPM-Solver++, e.g. 20 steps)
+        is the fast mode, which changes the output.
         """
         lq_batch = self._prepare(lq)
         batch_size = lq_batch.shape[0]
@@ -201,7 +204,7 @@ class RefLDMPipeline(DiffusionPipeline):
         lq_latents = encode_unquantized(self.vqvae, lq_batch)
 
         latents = (noise if noise is not None else self.initial_noise(batch_size, seed)).to(self.device, torch.float32)
-        scheduler = sampling_scheduler(self.scheduler, num_inference_steps, spacing)
+        scheduler = sampling_scheduler(self.scheduler, num_inference_steps, spacing, solver)
         guided = references.num_references > 0 and guidance_scale != 1.0
         if guided:
             context = ReferenceBatch(

@@ -131,7 +131,9 @@ def test_method_options_that_do_not_belong_together_are_one_line(slim, inputs, c
         assert "(--schedule, --solver, --fast) apply to ReF-LDM" in _error_of(
             _restore_args(slim, inputs, out, *composite, *extra, model=tmp_path), capsys
         )
-    assert "contradicts --solver ddim" in _error_of(_restore_args(slim, inputs, out, "--fast", "--solver", "ddim"), capsys)
+    assert "contradicts --solver ddim" in _error_of(
+        _restore_args(slim, inputs, out, "--fast", "--solver", "ddim"), capsys
+    )
     assert "apply to the composite method only" in _error_of(_restore_args(slim, inputs, out, "--no-color-fix"), capsys)
     assert "no readable model_index.json" in _error_of(
         _restore_args(slim, inputs, out, *composite, model=tmp_path), capsys
@@ -140,7 +142,7 @@ def test_method_options_that_do_not_belong_together_are_one_line(slim, inputs, c
 
 
 def test_fast_mode_is_dpm_solver_with_fewer_steps(slim, inputs, monkeypatch):
-    """--fast samples with DPM-Solver++ in 20 steps unless --steps says otherwise; the output is not the official one."""
+    """--fast is DPM-Solver++ in 20 steps unless --steps says otherwise; its output is not the official one."""
     from refface.pipelines.refldm import RefLDMPipeline
 
     calls = []

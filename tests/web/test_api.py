@@ -117,6 +117,7 @@ def test_bad_requests_are_one_sentence(client, face_photos):
     assert "is not loaded" in error(client.post("/api/jobs", data={**base, "method": "gfpgan"}))
     assert "between 1 and 200" in error(client.post("/api/jobs", data={**base, "steps": "0"}))
     assert "composite method only" in error(client.post("/api/jobs", data={**base, "lq_guidance": "2"}))
+    assert "Unknown solver 'euler'" in error(client.post("/api/jobs", data={**base, "solver": "euler"}))
     assert "'steps' is missing or invalid" in error(client.post("/api/jobs", data={**base, "steps": "many"}))
     assert "expired or is unknown" in error(client.post("/api/jobs", data={**base, "photo_id": "nope"}))
     refs = [("references", (f"r{i}.png", buffer.getvalue(), "image/png")) for i in range(4)]
@@ -208,3 +209,21 @@ def test_references_can_come_from_an_album_zip(client, service, face_photos):
     files = [("album", ("a.zip", archive.getvalue())), ("references", ("r.png", face_photos["ref_a.png"].read_bytes()))]
     both = client.post("/api/jobs", data=form, files=files)
     assert "not both" in both.json()["error"]
+
+
+def test_fast_mode_reaches_the_pipeline(client, service, face_photos, monkeypatch):
+    """The page's "Fast" box sends solver=dpm++; ReF-LDM samples with it, composite refuses it in one sentence."""
+    pipe = service.models["refldm"]
+    calls = []
+    original = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    methods = {m["name"]: m for m in client.get("/api/info").json()["methods"]}
+    assert methods["refldm"]["fast_steps"] == 20 and methods["composite"]["fast_steps"] is None
+    found = _upload(client, face_photos["old photo.jpg"]).json()
+    refs = [("references", ("ref_a.png", face_photos["ref_a.png"].read_bytes(), "image/png"))]
+    form = {"photo_id": found["photo_id"], "method": "refldm", "steps": "4", "solver": "dpm++"}
+    job = client.post("/api/jobs", data=form, files=refs).json()
+    assert _wait(client, job["job_id"])["state"] == "done"
+    assert (calls[-1]["solver"], calls[-1]["num_inference_steps"]) == ("dpm++", 4)
+    refused = client.post("/api/jobs", data={**form, "method": "composite"}, files=refs)
+    assert refused.status_code == 400 and "apply to ReF-LDM" in refused.json()["error"]

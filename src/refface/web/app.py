@@ -136,6 +136,7 @@ def create_app(service: RestorationService) -> FastAPI:
         lq_guidance: Annotated[float | None, Form()] = None,
         seed: Annotated[int, Form()] = 2024,
         num_refs: Annotated[int, Form()] = 5,
+        solver: Annotated[str | None, Form()] = None,
         references: Annotated[list[UploadFile] | None, File()] = None,
         album: Annotated[UploadFile | None, File()] = None,
     ) -> dict:
@@ -146,7 +147,9 @@ def create_app(service: RestorationService) -> FastAPI:
         for number, upload in enumerate(references):
             name = label(upload.filename, f"reference {number + 1}")
             decoded.append((name, decode_upload(upload.file.read(limits.max_file_bytes + 1), name, limits)))
-        request = RestoreRequest(photo_id, face, method, steps, guidance, lq_guidance, seed, decoded, None, num_refs)
+        request = RestoreRequest(
+            photo_id, face, method, steps, guidance, lq_guidance, seed, decoded, None, num_refs, solver=solver
+        )
         service.check_request(request, has_album=album is not None)
         job = service.jobs.new_job(request)
         try:

@@ -22,6 +22,7 @@ from PIL import Image
 from refface.errors import RefFaceError
 from refface.face.alignment import AlignedFace
 from refface.pipelines.options import DEFAULT_GUIDANCE, DEFAULT_LQ_GUIDANCE, sampling_options
+from refface.pipelines.schedule import FAST_STEPS
 from refface.web.jobs import Job, JobQueue
 from refface.web.limits import ServeLimits
 
@@ -53,6 +54,7 @@ class RestoreRequest:
     album: Path | None
     num_refs: int = 5
     photo_label: str = "photo"
+    solver: str | None = None  # "dpm++": ReF-LDM's fast mode
 
 
 @contextlib.contextmanager
@@ -101,6 +103,7 @@ class RestorationService:
                     "name": name,
                     "guidance": DEFAULT_GUIDANCE[name],
                     "lq_guidance": DEFAULT_LQ_GUIDANCE if name == "composite" else None,
+                    "fast_steps": FAST_STEPS if name == "refldm" else None,
                 }
                 for name in self.models
             ],
@@ -151,7 +154,7 @@ class RestorationService:
             raise RefFaceError(
                 f"The number of steps must be between 1 and {self.limits.max_steps}, got {request.steps}."
             )
-        sampling_options(request.method, request.steps, request.guidance, request.lq_guidance)
+        sampling_options(request.method, request.steps, request.guidance, request.lq_guidance, solver=request.solver)
         stored = self.photo(request.photo_id)
         if not 0 <= request.face < len(stored.faces):
             raise RefFaceError(f"The photo has {len(stored.faces)} face(s); face {request.face} does not exist.")
@@ -207,7 +210,9 @@ class RestorationService:
         )
 
         pipe = self.models[request.method]
-        options = sampling_options(request.method, request.steps, request.guidance, request.lq_guidance)
+        options = sampling_options(
+            request.method, request.steps, request.guidance, request.lq_guidance, solver=request.solver
+        )
         update(job, stage="encoding the references", steps=request.steps, step=0)
         references = pipe.encode_references([Image.fromarray(c) for c in crops])
 

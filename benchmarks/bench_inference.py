@@ -16,7 +16,7 @@ same random weights and inputs: refface's exact mode, and the official code's wa
 It ends with one line, ratios over the whole restoration (time official/ours, memory ours/official):
     speedup_vs_official=X.XX peak_mem_ratio=Y.YY max_abs_diff=Z
 
-    python benchmarks/bench_inference.py --compare-official --refs 5 --steps 50 [--fast]
+    python benchmarks/bench_inference.py --compare-official --refs 5 --steps 50 [--fast] [--device cuda --dtype bf16]
 
 Both refface rows also time album mode: a further photo of the same person with the reference cache
 reused. --fast adds refface's fast mode (DPM-Solver++, 20 steps) and its difference to exact mode.
@@ -44,6 +44,7 @@ from refface.pipelines.schedule import FAST_STEPS, sampling_scheduler
 
 ARCHES = {"released": released_architecture, "tiny": tiny_architecture}
 FAST_MODE = {"num_inference_steps": FAST_STEPS, "solver": "dpm++"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _timed(fn):
@@ -108,33 +109,49 @@ def run_child(variant: str, refs: int, arch_name: str, timed_steps: int) -> dict
     return result
 
 
-def run_restoration(path: str, refs: int, arch_name: str, steps: int, output: str) -> dict:
-    """One whole restoration by `path` (ours | official), timed; the image is saved to `output` for the diff."""
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def run_restoration(path: str, refs: int, arch_name: str, steps: int, output: str, device: str, dtype: str) -> dict:
+    """One whole restoration by `path` (official | ours | fast), timed; the image is saved to `output` for the diff.
+
+    The official path always runs in fp32 (the reference implementation); `dtype` applies to refface's paths.
+    Peak memory is the process's resident set on a CPU and PyTorch's peak allocation on CUDA.
+    """
     from official_path import restore_like_official, use_official_attention
 
     torch.manual_seed(0)
+    target = torch.device(device)
     pipe = RefLDMPipeline.from_architecture(ARCHES[arch_name]()).eval_mode()
+    pipe.to(device=target, dtype=torch.float32 if path == "official" else DTYPES[dtype])
     generator = torch.Generator().manual_seed(1)
     size = pipe.image_size
     lq = torch.rand(1, 3, size, size, generator=generator) * 2 - 1
     references = torch.rand(refs, 3, size, size, generator=generator) * 2 - 1
     noise = pipe.initial_noise(1, 2024)
-    start = time.perf_counter()
+    start = _clock(target)
     if path == "official":
-        image = restore_like_official(use_official_attention(pipe), lq, references, noise, steps, 1.5)
+        moved = (t.to(target) for t in (lq, references, noise))
+        image = restore_like_official(use_official_attention(pipe), *moved, steps, 1.5)
     else:
         sampling = {"num_inference_steps": steps} if path == "ours" else FAST_MODE
         image = pipe(lq, references, noise=noise, progress=False, **sampling).pixels
-    elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    elapsed = _clock(target) - start
+    if target.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(target) / 1024**3
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     torch.save(image.float().cpu(), output)
-    row = {"path": path, "refs": refs, "seconds": elapsed, "peak_rss_gb": peak}
+    row = {"path": path, "refs": refs, "seconds": elapsed, "peak_gb": peak}
     if path != "official":  # album mode: a further photo of the same person, the reference cache reused
         person = pipe.encode_references(references)
         another = torch.rand(1, 3, size, size, generator=generator) * 2 - 1
-        start = time.perf_counter()
+        start = _clock(target)
         pipe(another, person, noise=noise, progress=False, **sampling)
-        row["album_seconds"] = time.perf_counter() - start
+        row["album_seconds"] = _clock(target) - start
     return row
 
 
@@ -143,7 +160,7 @@ def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def compare_official(refs: int, arch: str, steps: int, fast: bool) -> int:
+def compare_official(refs: int, arch: str, steps: int, fast: bool, device: str, dtype: str) -> int:
     import tempfile
 
     rows = {}
@@ -152,30 +169,32 @@ def compare_official(refs: int, arch: str, steps: int, fast: bool) -> int:
         for path in paths:
             output = str(Path(folder) / f"{path}.pt")
             command = [sys.executable, __file__, "--restore-child", f"{path}:{refs}:{steps}:{output}",
-                       "--arch", arch]  # fmt: skip
+                       "--arch", arch, "--device", device, "--dtype", dtype]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
             if done.returncode != 0:
                 print(done.stderr, file=sys.stderr)
                 return done.returncode
             rows[path] = json.loads(done.stdout.strip().splitlines()[-1])
             rows[path]["image"] = torch.load(output)
-            print(
-                f"{path}: {rows[path]['seconds']:.1f} s, peak RSS {rows[path]['peak_rss_gb']:.2f} GB", file=sys.stderr
-            )
+            print(f"{path}: {rows[path]['seconds']:.1f} s, peak {rows[path]['peak_gb']:.2f} GB", file=sys.stderr)
     ours, official = rows["ours"], rows["official"]
     difference = float((ours["image"] - official["image"]).abs().max())
     threads = torch.get_num_threads()
-    print(f"\nReF-LDM, {arch} architecture, {refs} reference(s), {steps} DDIM steps, fp32, CPU threads={threads}")
-    print("| path | seconds | peak RSS GB | album: further photo s | difference to exact mode |\n|---|---|---|---|---|")
+    where = f"CPU threads={threads}" if device == "cpu" else torch.cuda.get_device_name(device)
+    memory = "peak RSS GB" if device == "cpu" else "peak allocated GB"
+    print(f"\nReF-LDM, {arch} architecture, {refs} reference(s), {steps} DDIM steps, refface in {dtype}, {where}")
+    print(f"| path | seconds | {memory} | album: further photo s | difference to refface DDIM |\n|---|---|---|---|---|")
     for name in paths:
         row = rows[name]
         album = f"{row['album_seconds']:.1f}" if "album_seconds" in row else "-"
         gap = row["image"] - ours["image"]
-        versus = (
-            f"max {gap.abs().max():.2e}, mean {gap.abs().mean():.2e}, PSNR {psnr(row['image'], ours['image']):.1f} dB"
+        similarity = f"PSNR {psnr(row['image'], ours['image']):.1f} dB"
+        versus = "-" if name == "ours" else f"max {gap.abs().max():.2e}, mean {gap.abs().mean():.2e}, {similarity}"
+        exact = "exact" if dtype == "fp32" else f"DDIM {dtype}"
+        label = {"official": "official path (fp32)", "ours": f"refface {exact}"}.get(
+            name, f"refface fast (DPM-Solver++ {FAST_STEPS}, {dtype})"
         )
-        label = {"ours": "refface exact", "fast": f"refface fast (DPM-Solver++ {FAST_STEPS})"}.get(name, name)
-        print(f"| {label} | {row['seconds']:.1f} | {row['peak_rss_gb']:.2f} | {album} | {versus} |")
+        print(f"| {label} | {row['seconds']:.1f} | {row['peak_gb']:.2f} | {album} | {versus} |")
     for name in paths[1:]:
         row = rows[name]
         print(
@@ -184,7 +203,7 @@ def compare_official(refs: int, arch: str, steps: int, fast: bool) -> int:
         )
     print(
         f"speedup_vs_official={official['seconds'] / ours['seconds']:.2f} "
-        f"peak_mem_ratio={ours['peak_rss_gb'] / official['peak_rss_gb']:.2f} max_abs_diff={difference:.2e}"
+        f"peak_mem_ratio={ours['peak_gb'] / official['peak_gb']:.2f} max_abs_diff={difference:.2e}"
     )
     return 0
 
@@ -203,17 +222,21 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--compare-official", action="store_true", help="time refface against the official path")
     parser.add_argument("--fast", action="store_true", help="with --compare-official: also time the fast mode")
+    parser.add_argument("--device", default="cpu", help="with --compare-official: cpu (default) or cuda")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default="fp32", help="with --compare-official: refface's dtype (default fp32)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--restore-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.restore_child:
         path, refs, steps, output = args.restore_child.split(":", 3)
-        print(json.dumps(run_restoration(path, int(refs), args.arch, int(steps), output)))
+        print(json.dumps(run_restoration(path, int(refs), args.arch, int(steps), output, args.device, args.dtype)))
         return 0
     if args.compare_official:
         if len(args.refs) != 1:
             parser.error("--compare-official takes one --refs count")
-        return compare_official(args.refs[0], args.arch, args.steps, args.fast)
+        return compare_official(args.refs[0], args.arch, args.steps, args.fast, args.device, args.dtype)
     if args.timed_steps < 2:
         parser.error("--timed-steps must be at least 2 (the first step is warm-up)")
 

@@ -73,3 +73,20 @@ def test_the_official_style_path_computes_what_refface_computes():
         got = restore_like_official(official, lq, references, noise, 4, 1.5)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
         assert (got - ours(lq, None, num_inference_steps=4, noise=noise, progress=False).pixels).abs().max() > 1e-3
+
+
+def test_compare_official_prints_the_table_album_fast_mode_and_the_summary_line():
+    import re
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_inference.py"), "--compare-official", "--fast",
+               "--arch", "tiny", "--refs", "2", "--steps", "3"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    summary = re.fullmatch(r"speedup_vs_official=(\d+\.\d\d) peak_mem_ratio=(\d+\.\d\d) max_abs_diff=(\S+)", lines[-1])
+    assert summary and float(summary[3]) < 1e-5  # both paths compute the same image
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert set(rows) >= {"official path (fp32)", "refface exact", "refface fast (DPM-Solver++ 20, fp32)"}
+    assert rows["official path (fp32)"].split(" | ")[3] == "-"  # no album mode for the official path
+    album = float(rows["refface exact"].split(" | ")[3])
+    assert album > 0 and "PSNR" in rows["refface fast (DPM-Solver++ 20, fp32)"]

@@ -306,7 +306,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     restore.add_argument(
         "--fast",
         action="store_true",
-        help="refldm fast mode: DPM-Solver++ in 20 steps, about 2.5x faster; the output differs from the official",
+        help="refldm fast mode: DPM-Solver++ in 20 steps, about half the time per photo; not the official output",
     )
     add_guidance_options(restore)
     restore.add_argument("--seed", type=int, default=2024, help="noise seed (default 2024)")

@@ -32,6 +32,21 @@ def slim_pipeline(slim: Path) -> RefLDMPipeline:
     return RefLDMPipeline.from_official(slim / "refldm.ckpt", slim / "vqgan.ckpt", slim / "config.yaml")
 
 
+def restore_official_case(pipe: RefLDMPipeline, case: dict, **extra):
+    """The official-slim case's restoration with the official script's settings (seed 7)."""
+    inputs = case["inputs"]
+    return pipe(
+        inputs["lq"],
+        inputs["refs"],
+        num_inference_steps=inputs["steps"],
+        guidance_scale=inputs["cfg_scale"],
+        spacing=inputs["schedule"],
+        seed=7,
+        progress=False,
+        **extra,
+    )
+
+
 def make_tiny_pipeline(seed: int = 0) -> RefLDMPipeline:
     torch.manual_seed(seed)
     return RefLDMPipeline.from_architecture(tiny_architecture()).eval_mode()

@@ -9,6 +9,7 @@ from refface.models import vq as vq_module
 from refface.models.config import VQArchitecture
 from refface.models.lean_vq import LeanPlan, lean_decode, lean_encode
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized, nearest_codes
+from tests.conftest import restore_official_case
 
 PLANS = {
     "one strip, stored": LeanPlan(strip_bytes=2**30, store_limit=2**30),
@@ -90,14 +91,6 @@ def test_official_case_through_the_lean_walk(slim_pipeline, slim_case, monkeypat
     monkeypatch.setattr(vq_module, "lean_decode", lambda vq, codes: lean_decode(vq, codes, forced))
     wide = torch.cat(list(inputs["refs"]), dim=-1)[None]
     assert (encode_unquantized(slim_pipeline.vqvae, wide) - expected["ref_latent"]).abs().max() < 1e-4
-    out = slim_pipeline(
-        inputs["lq"],
-        inputs["refs"],
-        num_inference_steps=inputs["steps"],
-        guidance_scale=inputs["cfg_scale"],
-        spacing=inputs["schedule"],
-        seed=7,
-        progress=False,
-    )
+    out = restore_official_case(slim_pipeline, slim_case)
     assert (out.latents - expected["latent"]).abs().max() < 1e-4
     assert (out.pixels - expected["image"]).abs().max() < 1e-4

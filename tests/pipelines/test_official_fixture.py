@@ -8,6 +8,7 @@ from PIL import Image
 
 from refface import RefLDMPipeline, load_image
 from refface.models.vq import encode_unquantized
+from tests.conftest import restore_official_case
 
 TOL = 1e-4
 
@@ -22,16 +23,7 @@ def test_latents_eps_and_image_match_official(slim_pipeline, slim_case):
     assert (encode_unquantized(pipe.vqvae, wide) - expected["ref_latent"]).abs().max() < TOL
 
     seen = []
-    out = pipe(
-        inputs["lq"],
-        inputs["refs"],
-        num_inference_steps=inputs["steps"],
-        guidance_scale=inputs["cfg_scale"],
-        spacing=inputs["schedule"],
-        seed=7,
-        progress=False,
-        step_callback=lambda i, t, eps: seen.append((t, eps.clone())),
-    )
+    out = restore_official_case(pipe, slim_case, step_callback=lambda i, t, eps: seen.append((t, eps.clone())))
     assert [t for t, _ in seen] == expected["timesteps"].tolist()[::-1]
     assert (seen[0][1] - expected["first_eps"]).abs().max() < TOL
     # The final latent reaches |x| ~ 150, so float32 rounding alone is ~1e-5 there.

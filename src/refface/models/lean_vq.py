@@ -36,9 +36,10 @@ class LeanPlan:
     strip_bytes: int = 32 * 2**20  # one strip of a layer's input or output (at least 4 rows)
     store_limit: int = 320 * 2**20  # inner activations larger than this are recomputed instead of stored
 
-    def strip_rows(self, shape: tuple[int, ...], element_size: int = 4) -> int:
+    def strip_rows(self, shape: tuple[int, ...]) -> int:
+        """Rows per strip of a [B, C, H, W] fp32 tensor (half precision makes strips half as large)."""
         batch, channels, _, width = shape
-        return max(4, self.strip_bytes // max(1, batch * channels * width * element_size))
+        return max(4, self.strip_bytes // max(1, batch * channels * width * 4))
 
 
 def _strips(height: int, rows: int) -> list[tuple[int, int]]:
@@ -127,13 +128,13 @@ def lean_resnet(block: nn.Module, x: torch.Tensor, plan: LeanPlan) -> torch.Tens
         second = normalized_rows(_slice(inner), block.norm2, tensor_stats(inner, block.norm2.num_groups))
         recomputing = False
     else:
-        stats = GroupStats(batch, block.norm2.num_groups, x.device)
-        for start, stop in _strips(height, rows):
-            stats.add(conv3x3_rows(block.conv1, first, height, start, stop))
 
         def recomputed(start: int, stop: int) -> torch.Tensor:
             return conv3x3_rows(block.conv1, first, height, start, stop)
 
+        stats = GroupStats(batch, block.norm2.num_groups, x.device)
+        for start, stop in _strips(height, rows):
+            stats.add(recomputed(start, stop))
         second = normalized_rows(recomputed, block.norm2, stats)
         recomputing = True
 

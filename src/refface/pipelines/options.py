@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from refface.errors import RefFaceError
-from refface.pipelines.schedule import SOLVERS
+from refface.pipelines.schedule import check_solver
 
 METHOD_NAMES = ("refldm", "composite")
 # Each method's paper default for the guidance toward the references.
@@ -38,8 +38,8 @@ def sampling_options(
             "reference_guidance": guidance,
             "color_fix": color_fix,
         }
-    if solver is not None and solver not in SOLVERS:
-        raise RefFaceError(f"Unknown solver '{solver}'; choose one of {', '.join(SOLVERS)}.")
+    if solver is not None:
+        check_solver(solver)
     if lq_guidance is not None or not color_fix:
         raise RefFaceError(
             "The LQ guidance (--lq-guidance) and turning the colour fix off (--no-color-fix) "

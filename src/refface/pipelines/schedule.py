@@ -1,8 +1,8 @@
 """The ReF-LDM noise schedule on diffusers' DDIMScheduler, with the official float64 arithmetic.
 
 DDIM is the exact mode (the official sampler). DPM-Solver++ (2nd order, diffusers) on the same
-noise schedule is the opt-in fast mode: about as good an image in far fewer steps, but not the
-official output.
+noise schedule is the opt-in fast mode: it follows the same sampling ODE in fewer steps, but its
+output is not the official one.
 """
 
 from __future__ import annotations
@@ -53,14 +53,18 @@ def use_float64_cumprod(scheduler: DDIMScheduler) -> DDIMScheduler:
     return scheduler
 
 
+def check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise RefFaceError(f"Unknown solver '{solver}'; choose one of {', '.join(SOLVERS)}.")
+
+
 def sampling_scheduler(
     template: DDIMScheduler, steps: int, spacing: str, solver: str = "ddim"
 ) -> DDIMScheduler | DPMSolverMultistepScheduler:
     """A private scheduler set up for one sampling run (schedulers are stateful) on `template`'s noise schedule."""
     if spacing not in SPACINGS:
         raise RefFaceError(f"Unknown timestep spacing '{spacing}'; choose one of {', '.join(SPACINGS)}.")
-    if solver not in SOLVERS:
-        raise RefFaceError(f"Unknown solver '{solver}'; choose one of {', '.join(SOLVERS)}.")
+    check_solver(solver)
     total = template.config.num_train_timesteps
     if not 1 <= steps <= total:
         raise RefFaceError(f"The number of steps must be between 1 and {total}, got {steps}.")

@@ -9,6 +9,8 @@ What differs from refface's exact mode (`RefLDMPipeline`), each as the official 
   with a log N bias);
 - the VQGAN runs as plain modules (refface takes a memory-lean walk over the same modules for wide
   reference images and big batches, `refface.models.lean_vq`);
+- 3x3 convolutions are PyTorch's direct ones (refface computes the large ones on CPU with Winograd
+  F(4x4, 3x3), `refface.models.winograd`);
 - nothing is reused between photos.
 The reference pass stops after the last attention layer here as in refface (the official code runs the
 rest of the U-Net too), so if anything this favours the official path. The numbers it computes are the
@@ -25,6 +27,7 @@ from diffusers.models.attention_processor import Attention
 from refface.models.cache_kv import KVRecorder, ReferenceBatch
 from refface.models.unet import denoise, reference_pass
 from refface.models.vq import nearest_codes
+from refface.models.winograd import plain_convolutions
 from refface.pipelines.refldm import RefLDMPipeline
 from refface.pipelines.schedule import sampling_scheduler
 
@@ -105,6 +108,13 @@ def restore_like_official(
 
     lq [1, 3, S, S] and refs [N, 3, S, S] in [-1, 1]; returns the image [1, 3, S, S] in [0, 1].
     """
+    with plain_convolutions(pipe.unet, pipe.vqvae):
+        return _restore(pipe, lq, refs, noise, steps, guidance)
+
+
+def _restore(
+    pipe: RefLDMPipeline, lq: torch.Tensor, refs: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float
+) -> torch.Tensor:
     size, vq = pipe.latent_size, pipe.vqvae
     wide = vq.quant_conv(vq.encoder(torch.cat(list(refs), dim=-1)[None]))
     ref_latents = torch.cat(wide.split(size, dim=-1), dim=0)

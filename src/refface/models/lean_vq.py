@@ -102,7 +102,7 @@ def conv3x3_rows(conv: nn.Conv2d, source: Rows, height: int, start: int, stop: i
     """Output rows [start, stop) of a stride-1, padding-1 convolution over a tensor given by rows."""
     top, bottom = max(start - 1, 0), min(stop + 1, height)
     # zero padding on all sides; rows computed from the padding row above/below a halo are dropped
-    out = F.conv2d(source(top, bottom), conv.weight, conv.bias, padding=1)
+    out = conv(source(top, bottom))  # the module's forward: refface.models.winograd may take it
     return out[:, :, start - top : start - top + stop - start]
 
 

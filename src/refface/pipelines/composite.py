@@ -33,6 +33,7 @@ from refface.models.composite_context import (
 )
 from refface.models.composite_parts import tiny_reference_encoders, tiny_text_to_image
 from refface.models.kl import decode_latents, encode_latents
+from refface.models.winograd import install as install_winograd
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.refldm import RestorationOutput, batch_noise
@@ -147,6 +148,8 @@ class CompositeContextPipeline(DiffusionPipeline):
         facial_encoder: CLIPVisionModel,
     ) -> None:
         super().__init__()
+        install_winograd(unet)
+        install_winograd(vae)
         self.register_modules(
             unet=unet,
             vae=vae,

@@ -24,6 +24,7 @@ from refface.models.config import RefLDMArchitecture, load_official_config, rele
 from refface.models.convert import apply_rules, unet_rules, vq_rules
 from refface.models.unet import build_unet, denoise, install_cache_kv, reference_pass
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized
+from refface.models.winograd import install as install_winograd
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.schedule import make_scheduler, sampling_scheduler, use_float64_cumprod
 
@@ -62,6 +63,8 @@ class RefLDMPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, vqvae: VQModel, scheduler: DDIMScheduler):
         super().__init__()
         install_cache_kv(unet)
+        install_winograd(unet)
+        install_winograd(vqvae)
         use_float64_cumprod(scheduler)
         self.register_modules(unet=unet, vqvae=vqvae, scheduler=scheduler)
         self._null_cache: dict[tuple, ReferenceKV] = {}

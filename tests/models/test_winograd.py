@@ -1,0 +1,154 @@
+"""Winograd F(4x4, 3x3): the same function as the direct 3x3 convolution, taken only where it should be."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refface.models import winograd
+from refface.models.winograd import (
+    POINTS,
+    WinogradConv2d,
+    cook_toom_matrices,
+    install,
+    plain_convolutions,
+    takes_winograd,
+    winograd_conv3x3,
+)
+from tests.conftest import make_tiny_pipeline, restore_official_case
+
+TOL = 1e-4  # the official fixture's tolerance
+
+
+@pytest.mark.parametrize(
+    ("output_tile", "points"),
+    [(2, (0, 1, -1)), (4, POINTS), (4, (0, 1, -1, 2, -2)), (3, (0, 1, -1, Fraction(1, 2)))],
+)
+def test_matrices_compute_1d_correlation(output_tile, points):
+    points = tuple(Fraction(p) for p in points)
+    output_t, kernel_t, input_t = cook_toom_matrices(output_tile, 3, points)
+    generator = torch.Generator().manual_seed(output_tile)
+    for _ in range(3):
+        kernel = torch.randn(3, dtype=torch.float64, generator=generator)
+        data = torch.randn(output_tile + 2, dtype=torch.float64, generator=generator)
+        want = torch.stack([data[i : i + 3] @ kernel for i in range(output_tile)])
+        got = output_t @ ((kernel_t @ kernel) * (input_t @ data))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_matrices_refuse_wrong_points():
+    with pytest.raises(ValueError, match="5 distinct finite points"):
+        cook_toom_matrices(4, 3, (Fraction(0), Fraction(1), Fraction(1), Fraction(2), Fraction(-2)))
+    with pytest.raises(ValueError, match="needs 5"):
+        cook_toom_matrices(4, 3, (Fraction(0), Fraction(1)))
+
+
+# batch > 1, sizes that are and are not multiples of the tile, chunks down to one tile row
+@pytest.mark.parametrize(
+    ("shape", "out_channels", "chunk_bytes"),
+    [((1, 5, 8, 8), 7, 2**30), ((3, 4, 13, 22), 6, 1), ((2, 6, 17, 9), 5, 20_000), ((2, 3, 4, 31), 8, 2**30)],
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_equals_direct_convolution_in_float64(shape, out_channels, chunk_bytes, with_bias):
+    generator = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, dtype=torch.float64, generator=generator)
+    weight = torch.randn(out_channels, shape[1], 3, 3, dtype=torch.float64, generator=generator)
+    bias = torch.randn(out_channels, dtype=torch.float64, generator=generator) if with_bias else None
+    matrices = cook_toom_matrices(4, 3, POINTS)
+    got = winograd_conv3x3(x, weight, bias, matrices, chunk_bytes=chunk_bytes)
+    assert got.shape == (shape[0], out_channels, shape[2], shape[3]) and got.is_contiguous()
+    torch.testing.assert_close(got, F.conv2d(x, weight, bias, padding=1), rtol=0, atol=1e-11)
+
+
+def test_float32_rounding_is_of_the_direct_convolutions_order():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 128, 36, 40, generator=generator)
+    weight = torch.randn(128, 128, 3, 3, generator=generator) / (3 * 128**0.5)
+    bias = torch.randn(128, generator=generator)
+    exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    direct_error = (F.conv2d(x, weight, bias, padding=1).double() - exact).abs().max()
+    winograd_error = (winograd_conv3x3(x, weight, bias, cook_toom_matrices(4, 3, POINTS)).double() - exact).abs().max()
+    assert winograd_error < 8 * direct_error and winograd_error < 2e-4
+
+
+def _conv(channels: int, **kwargs) -> nn.Conv2d:
+    torch.manual_seed(0)
+    return nn.Conv2d(channels, channels, kwargs.pop("kernel_size", 3), padding=kwargs.pop("padding", 1), **kwargs)
+
+
+def test_install_swaps_only_plain_3x3_convolutions_and_keeps_weights():
+    model = nn.Sequential(
+        _conv(8), _conv(8, stride=2), _conv(8, kernel_size=1, padding=0), _conv(8, groups=2), _conv(8, dilation=2)
+    )
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    assert install(model) == 1
+    assert [type(module) is WinogradConv2d for module in model] == [True, False, False, False, False]
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
+    assert install(model) == 1  # installing twice is harmless
+
+
+def test_takes_winograd_only_for_large_inference_inputs():
+    conv = _conv(128)
+    large, small = torch.randn(1, 128, 32, 32), torch.randn(1, 128, 16, 16)
+    with torch.no_grad():
+        assert takes_winograd(conv, large) and not takes_winograd(conv, small)
+        assert not takes_winograd(_conv(64), torch.randn(1, 64, 64, 64))
+        assert not takes_winograd(conv, large.half())
+    assert not takes_winograd(conv, large)  # the weight needs a gradient: training keeps the direct path
+    conv.requires_grad_(False)
+    assert takes_winograd(conv, large) and not takes_winograd(conv, large.requires_grad_())
+
+
+def test_module_dispatch_matches_direct_and_keeps_gradients(monkeypatch):
+    calls = []
+    real = winograd.winograd_conv3x3
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    conv = _conv(6)
+    install(conv)
+    x = torch.randn(3, 6, 9, 12, requires_grad=True)
+    with torch.no_grad():
+        fast = conv(x)
+        with plain_convolutions(conv):
+            plain = conv(x)
+    assert len(calls) == 1
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
+    conv(x).square().sum().backward()  # with gradients: the direct path, which autograd differentiates
+    assert len(calls) == 1 and x.grad is not None and conv.weight.grad is not None
+
+
+def test_plain_convolutions_restores_winograd_after_an_error():
+    model = nn.Sequential(_conv(4), _conv(4))
+    install(model)
+    with pytest.raises(RuntimeError, match="inside"), plain_convolutions(model):
+        assert all(type(module) is nn.Conv2d for module in model)
+        raise RuntimeError("inside")
+    assert all(type(module) is WinogradConv2d for module in model)
+
+
+def test_pipelines_install_winograd():
+    pipe = make_tiny_pipeline()
+    convs = [m for m in [*pipe.unet.modules(), *pipe.vqvae.modules()] if isinstance(m, nn.Conv2d)]
+    swapped = [m for m in convs if type(m) is WinogradConv2d]
+    assert swapped and all(m.kernel_size == (3, 3) and m.stride == (1, 1) for m in swapped)
+    assert any(m.stride == (2, 2) for m in convs if type(m) is nn.Conv2d)  # downsampling stays direct
+
+
+def test_official_fixture_through_winograd_everywhere(monkeypatch, slim_pipeline, slim_case):
+    """Every eligible convolution of the official-slim restoration (encoders, U-Net, decoder) on Winograd."""
+    calls = []
+    real = winograd.winograd_conv3x3
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    out = restore_official_case(slim_pipeline, slim_case)
+    expected = slim_case["expected"]
+    assert len(calls) > 100 and any(shape[-1] > 64 for shape in calls)  # U-Net steps and the VQGAN's images
+    assert (out.latents - expected["latent"]).abs().max() < TOL
+    assert (out.pixels - expected["image"]).abs().max() < TOL

@@ -11,6 +11,7 @@ from torch import nn
 
 from refface.models import winograd
 from refface.models.winograd import (
+    F4X3,
     POINTS,
     WinogradConv2d,
     cook_toom_matrices,
@@ -58,7 +59,7 @@ def test_equals_direct_convolution_in_float64(shape, out_channels, chunk_bytes, 
     x = torch.randn(shape, dtype=torch.float64, generator=generator)
     weight = torch.randn(out_channels, shape[1], 3, 3, dtype=torch.float64, generator=generator)
     bias = torch.randn(out_channels, dtype=torch.float64, generator=generator) if with_bias else None
-    matrices = cook_toom_matrices(4, 3, POINTS)
+    matrices = F4X3
     got = winograd_conv3x3(x, weight, bias, matrices, chunk_bytes=chunk_bytes)
     assert got.shape == (shape[0], out_channels, shape[2], shape[3]) and got.is_contiguous()
     torch.testing.assert_close(got, F.conv2d(x, weight, bias, padding=1), rtol=0, atol=1e-11)
@@ -71,7 +72,7 @@ def test_float32_rounding_is_of_the_direct_convolutions_order():
     bias = torch.randn(128, generator=generator)
     exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
     direct_error = (F.conv2d(x, weight, bias, padding=1).double() - exact).abs().max()
-    winograd_error = (winograd_conv3x3(x, weight, bias, cook_toom_matrices(4, 3, POINTS)).double() - exact).abs().max()
+    winograd_error = (winograd_conv3x3(x, weight, bias, F4X3).double() - exact).abs().max()
     assert winograd_error < 8 * direct_error and winograd_error < 2e-4
 
 

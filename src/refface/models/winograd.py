@@ -94,6 +94,9 @@ def winograd_conv3x3(
     return out
 
 
+F4X3 = cook_toom_matrices(OUTPUT_TILE, 3, POINTS)  # constants: built once, converted to the input's dtype per call
+
+
 def eligible(conv: nn.Module) -> bool:
     """A plain stride-1 3x3 convolution with zero padding 1: the function Winograd F(4x4, 3x3) computes."""
     return (
@@ -126,8 +129,7 @@ class WinogradConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if takes_winograd(self, x):
-            matrices = cook_toom_matrices(OUTPUT_TILE, 3, POINTS)
-            return winograd_conv3x3(x, self.weight, self.bias, matrices)
+            return winograd_conv3x3(x, self.weight, self.bias, F4X3)
         return super().forward(x)
 
 

@@ -105,12 +105,19 @@ def test_takes_winograd_only_for_large_inference_inputs():
     assert takes_winograd(conv, large) and not takes_winograd(conv, large.requires_grad_())
 
 
-def test_module_dispatch_matches_direct_and_keeps_gradients(monkeypatch):
+@pytest.fixture
+def winograd_everywhere(monkeypatch) -> list[torch.Size]:
+    """Every eligible convolution takes the Winograd path; returns the input shape of each call."""
     calls = []
     real = winograd.winograd_conv3x3
-    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    return calls
+
+
+def test_module_dispatch_matches_direct_and_keeps_gradients(winograd_everywhere):
+    calls = winograd_everywhere
     conv = _conv(6)
     install(conv)
     x = torch.randn(3, 6, 9, 12, requires_grad=True)
@@ -141,13 +148,9 @@ def test_pipelines_install_winograd():
     assert any(m.stride == (2, 2) for m in convs if type(m) is nn.Conv2d)  # downsampling stays direct
 
 
-def test_official_fixture_through_winograd_everywhere(monkeypatch, slim_pipeline, slim_case):
+def test_official_fixture_through_winograd_everywhere(winograd_everywhere, slim_pipeline, slim_case):
     """Every eligible convolution of the official-slim restoration (encoders, U-Net, decoder) on Winograd."""
-    calls = []
-    real = winograd.winograd_conv3x3
-    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    calls = winograd_everywhere
     out = restore_official_case(slim_pipeline, slim_case)
     expected = slim_case["expected"]
     assert len(calls) > 100 and any(shape[-1] > 64 for shape in calls)  # U-Net steps and the VQGAN's images

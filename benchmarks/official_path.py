@@ -79,7 +79,14 @@ class OfficialCacheKVProcessor:
 class OfficialVQAttnProcessor:
     """The VQGAN mid-block attention of latent-diffusion's AttnBlock: one [hw x hw] weight matrix per image."""
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: None = None,
+        attention_mask: None = None,
+        temb: torch.Tensor | None = None,  # named so that diffusers does not warn about passing it
+    ) -> torch.Tensor:
         residual = hidden_states
         batch, channels, height, width = hidden_states.shape
         normed = attn.group_norm(hidden_states.view(batch, channels, height * width)).transpose(1, 2)

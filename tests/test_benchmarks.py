@@ -90,3 +90,37 @@ def test_compare_official_prints_the_table_album_fast_mode_and_the_summary_line(
     assert rows["official path (fp32)"].split(" | ")[3] == "-"  # no album mode for the official path
     album = float(rows["refface exact"].split(" | ")[3])
     assert album > 0 and "PSNR" in rows["refface fast (DPM-Solver++ 20, fp32)"]
+    floor = re.search(r"refface exact takes (\d+\.\d\d)x the floor, .* \(floor_s=(\S+)\)", lines[-2])
+    assert floor and float(floor[1]) > 0 and float(floor[2]) > 0
+
+
+def test_the_flop_floor_counts_the_issues_figures_for_the_released_architecture():
+    """Issue 10 counts 258 GFLOP per guided step with 5 references, 675 per encoded image, 1214 per decode."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from flop_floor import counted_gflop, official_work
+        from official_path import use_official_attention
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from refface import RefLDMPipeline, released_architecture, tiny_architecture
+    from refface.models.cache_kv import ReferenceBatch
+    from refface.models.unet import denoise, reference_pass
+
+    five, one = official_work(released_architecture(), 5), official_work(released_architecture(), 1)
+    assert abs(five.guided_step - 258) < 1 and abs(five.encode_lq - 675) < 1 and abs(five.decode - 1214) < 1
+    assert one.encode_lq == five.encode_lq and one.decode == five.decode
+    assert five.encode_references > 5 * five.encode_lq  # the wide image's mid-block attention over all 5 references
+    assert one.guided_step < five.guided_step and abs(five.reference_passes - 5 * one.reference_passes) < 1e-6
+    assert abs(five.total(50) / 75 - 250) < 15  # "the same work cannot take much less than about 250 s"
+    # counting on shape-only tensors gives what running the same step on real tensors counts
+    arch = tiny_architecture(32)
+    pipe = use_official_attention(RefLDMPipeline.from_architecture(arch).eval_mode())
+    with torch.no_grad():
+        channels, size = pipe.latent_channels, pipe.latent_size
+        latents = torch.randn(2, channels, size, size)
+        context = ReferenceBatch(((1, reference_pass(pipe.unet, latents)), (1, reference_pass(pipe.unet, latents))))
+        step_input = torch.randn(2, 2 * channels, size, size)
+        real = counted_gflop(lambda: denoise(pipe.unet, step_input, torch.tensor(500), context))
+    assert real > 0 and abs(official_work(arch, 2).guided_step - real) < 1e-9

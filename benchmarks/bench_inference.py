@@ -173,10 +173,14 @@ def flop_floor_line(refs: int, arch: str, steps: int, official_s: float, ours_s:
     work = official_work(ARCHES[arch](), refs).total(steps)
     rate = matmul_gflops()
     floor = work / rate
+
+    def figure(value: float) -> str:  # the released model's thousands of GFLOP and the tiny one's hundredths alike
+        return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+
     return (
-        f"FLOP floor: the official work is {work:.4g} GFLOP, {floor:.3g} s at this machine's {rate:.0f} GFLOP/s "
-        f"fp32 matrix multiply; refface exact takes {ours_s / floor:.2f}x the floor, the official path "
-        f"{official_s / floor:.2f}x (floor_s={floor:.3g})"
+        f"FLOP floor: the official work is {figure(work)} GFLOP, {figure(floor)} s at this machine's {rate:.0f} "
+        f"GFLOP/s fp32 matrix multiply; refface exact takes {ours_s / floor:.2f}x the floor, the official path "
+        f"{official_s / floor:.2f}x (floor_s={figure(floor)})"
     )
 
 

@@ -19,6 +19,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
     served: list[str] = []
 
     def do_GET(self):  # noqa: N802
+        # recorded before anything is sent: the client can have read the whole body before this thread runs on
+        type(self).served.append(self.headers.get("Range", "full"))
         start = 0
         if "Range" in self.headers:
             start = int(self.headers["Range"].split("=")[1].rstrip("-"))
@@ -29,7 +31,6 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        type(self).served.append(self.headers.get("Range", "full"))
 
     def log_message(self, *args):
         pass

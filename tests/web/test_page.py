@@ -132,3 +132,20 @@ def test_bad_uploads_show_one_sentence_in_the_page(server, browser, face_photos,
     assert "No face was found in blank.png; use a photo in which the face is upright" in page.text_content("#error")
     assert page.is_enabled("#restore")
     page.close()
+
+
+def test_fast_mode_switches_the_steps_and_gives_back_the_users_own(server, browser):
+    page = browser.new_page()
+    page.goto(server)
+    page.wait_for_selector("#method option[value=composite]", state="attached")
+    page.select_option("#method", "refldm")
+    page.fill("#steps", "37")
+    page.check("#fast")
+    assert page.input_value("#steps") == "20"  # the server's fast step count for ReF-LDM
+    page.uncheck("#fast")
+    assert page.input_value("#steps") == "37"
+    page.check("#fast")
+    page.select_option("#method", "composite")  # no fast mode: Fast is switched off and the steps come back
+    assert not page.is_visible("#fast-box") and not page.is_checked("#fast")
+    assert page.input_value("#steps") == "37"
+    page.close()

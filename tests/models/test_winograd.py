@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from fractions import Fraction
 
 import pytest
@@ -9,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refface.models import winograd
+from refface.models import nnpack_conv, winograd
 from refface.models.winograd import (
     F4X3,
     POINTS,
     WinogradConv2d,
     cook_toom_matrices,
     install,
+    kept_transformed_weights,
     plain_convolutions,
     takes_winograd,
     winograd_conv3x3,
@@ -106,18 +108,23 @@ def test_takes_winograd_only_for_large_inference_inputs():
 
 
 @pytest.fixture
-def winograd_everywhere(monkeypatch) -> list[torch.Size]:
-    """Every eligible convolution takes the Winograd path; returns the input shape of each call."""
-    calls = []
-    real = winograd.winograd_conv3x3
-    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+def winograd_everywhere(monkeypatch) -> dict[str, list[torch.Size]]:
+    """Every eligible convolution takes a Winograd path; returns the input shape of each call per path
+    ("f4x3": refface's F(4x4, 3x3), "nnpack": NNPACK's F(6x6, 3x3) on large float32 maps)."""
+    calls: dict[str, list[torch.Size]] = {"f4x3": [], "nnpack": []}
+
+    def recording(real, seen: list[torch.Size]):
+        return lambda *args, **kwargs: seen.append(args[0].shape) or real(*args, **kwargs)
+
+    monkeypatch.setattr(winograd, "winograd_conv3x3", recording(winograd.winograd_conv3x3, calls["f4x3"]))
+    monkeypatch.setattr(nnpack_conv, "conv3x3", recording(nnpack_conv.conv3x3, calls["nnpack"]))
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
     return calls
 
 
 def test_module_dispatch_matches_direct_and_keeps_gradients(winograd_everywhere):
-    calls = winograd_everywhere
+    calls = winograd_everywhere["f4x3"]
     conv = _conv(6)
     install(conv)
     x = torch.randn(3, 6, 9, 12, requires_grad=True)
@@ -129,6 +136,65 @@ def test_module_dispatch_matches_direct_and_keeps_gradients(winograd_everywhere)
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
     conv(x).square().sum().backward()  # with gradients: the direct path, which autograd differentiates
     assert len(calls) == 1 and x.grad is not None and conv.weight.grad is not None
+
+
+def test_large_float32_maps_take_nnpack_and_the_rest_f4x3(winograd_everywhere, monkeypatch):
+    calls, has_nnpack = winograd_everywhere, nnpack_conv.available()
+    conv = _conv(4).requires_grad_(False)
+    install(conv)
+    large, small = torch.randn(2, 4, 64, 70), torch.randn(3, 4, 63, 64)
+    with torch.no_grad():
+        outputs = [conv(large), conv(small), conv.double()(large.double())]
+        with plain_convolutions(conv):
+            wanted = [conv(large.double()), conv(small.double()), conv(large.double())]
+        monkeypatch.setattr(nnpack_conv, "available", lambda: False)
+        outputs.append(conv.float()(large))
+    wanted.append(wanted[0])
+    if has_nnpack:
+        assert calls == {"nnpack": [large.shape], "f4x3": [small.shape, large.shape, large.shape]}
+    else:
+        assert calls["f4x3"] == [large.shape, small.shape, large.shape, large.shape] and not calls["nnpack"]
+    for got, want in zip(outputs, wanted, strict=True):
+        torch.testing.assert_close(got.double(), want.double(), rtol=0, atol=1e-4)
+
+
+def test_kept_transformed_weights_are_made_once_and_follow_weight_changes(monkeypatch):
+    transforms = []
+    real = winograd.transform_weight
+    monkeypatch.setattr(winograd, "transform_weight", lambda w, m: transforms.append(w.shape) or real(w, m))
+    torch.manual_seed(1)
+    conv = nn.Conv2d(128, 128, 3, padding=1).requires_grad_(False)
+    install(conv)
+    x, small = torch.randn(2, 128, 32, 36), torch.randn(3, 128, 16, 20)
+    with torch.no_grad():
+        with plain_convolutions(conv):
+            plain, plain_small = conv(x), conv(small)
+        conv(small)
+        assert transforms == []  # 16 x 16 maps stay direct when every call would transform the weight
+        unkept = conv(x)
+        with kept_transformed_weights():
+            kept = [conv(x), conv(x), conv(small)]
+            conv.weight.mul_(2)  # changed in place: transformed again
+            doubled = conv(x)
+        assert transforms == [conv.weight.shape] * 3
+        conv(x)
+        assert len(transforms) == 4  # the kept transforms are gone after the block
+    for got in [unkept, *kept[:2]]:
+        torch.testing.assert_close(got, plain, rtol=0, atol=2e-4)
+    torch.testing.assert_close(kept[2], plain_small, rtol=0, atol=2e-4)
+    torch.testing.assert_close(
+        doubled - conv.bias.view(1, -1, 1, 1), 2 * (plain - conv.bias.view(1, -1, 1, 1)), rtol=0, atol=4e-4
+    )
+
+
+def test_kept_transformed_weights_belong_to_their_thread():
+    seen = []
+    with kept_transformed_weights():
+        inside = winograd._KEPT.get()
+        worker = threading.Thread(target=lambda: seen.append(winograd._KEPT.get()))
+        worker.start()
+        worker.join()
+    assert inside == {} and seen == [None] and winograd._KEPT.get() is None
 
 
 def test_plain_convolutions_restores_winograd_after_an_error():
@@ -153,6 +219,10 @@ def test_official_fixture_through_winograd_everywhere(winograd_everywhere, slim_
     calls = winograd_everywhere
     out = restore_official_case(slim_pipeline, slim_case)
     expected = slim_case["expected"]
-    assert len(calls) > 100 and any(shape[-1] > 64 for shape in calls)  # U-Net steps and the VQGAN's images
+    assert len(calls["f4x3"]) > 100  # the U-Net's steps
+    if nnpack_conv.available():
+        assert any(shape[-1] >= 64 for shape in calls["nnpack"])  # the VQGAN's images
+    else:
+        assert any(shape[-1] >= 64 for shape in calls["f4x3"]) and not calls["nnpack"]
     assert (out.latents - expected["latent"]).abs().max() < TOL
     assert (out.pixels - expected["image"]).abs().max() < TOL

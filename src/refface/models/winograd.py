@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from refface.models import nnpack_conv
 
 OUTPUT_TILE = 4
 # Interpolation points of the Cook-Toom construction (plus the point at infinity). With 0, +-1, +-1/2 the
@@ -29,7 +32,11 @@ OUTPUT_TILE = 4
 POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2))
 MIN_CHANNELS = 128  # below this (and below MIN_PIXELS) the transforms cost more than they save
 MIN_PIXELS = 32 * 32
+KEPT_MIN_PIXELS = 16 * 16  # with the transformed weight kept, F(4x4, 3x3) also wins on 16 x 16 maps
 CHUNK_BYTES = 8 * 2**20  # transformed input per chunk of tile rows: bounds the extra memory
+# From this map size on, NNPACK's F(6x6, 3x3) (`refface.models.nnpack_conv`) beats F(4x4, 3x3) on float32
+# even with its kernel transformed on every call; on the U-Net's 32 x 32 maps it does not.
+NNPACK_MIN_PIXELS = 64 * 64
 
 
 def cook_toom_matrices(output_tile: int, kernel: int, points: tuple[Fraction, ...]) -> tuple[torch.Tensor, ...]:
@@ -52,22 +59,33 @@ def cook_toom_matrices(output_tile: int, kernel: int, points: tuple[Fraction, ..
     return evaluation(output_tile).T.contiguous(), evaluation(kernel) * scale, (input_transform / scale).contiguous()
 
 
+def transform_weight(weight: torch.Tensor, matrices: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """U = G w G^T for every (out, in) channel pair of a [K, C, 3, 3] weight: [n*n, K, C]."""
+    kernel_t = matrices[1].to(weight.dtype)
+    n = kernel_t.shape[0]
+    out_channels, channels = weight.shape[:2]
+    half = torch.mm(kernel_t, weight.permute(2, 3, 0, 1).reshape(3, -1)).view(n, 3, -1)
+    return torch.matmul(kernel_t, half).view(n * n, out_channels, channels)
+
+
 def winograd_conv3x3(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     matrices: tuple[torch.Tensor, ...],
     chunk_bytes: int = CHUNK_BYTES,
+    transformed_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`F.conv2d(x, weight, bias, padding=1)` for a [K, C, 3, 3] weight, over chunks of tile rows."""
-    output_t, kernel_t, input_t = (matrix.to(x.dtype) for matrix in matrices)
+    """`F.conv2d(x, weight, bias, padding=1)` for a [K, C, 3, 3] weight, over chunks of tile rows.
+
+    `transformed_weight` is `transform_weight(weight, matrices)` when the caller kept it from an earlier call."""
+    output_t, _, input_t = (matrix.to(x.dtype) for matrix in matrices)
     m, n = output_t.shape
     batch, channels, height, width = x.shape
     out_channels = weight.shape[0]
     tile_rows, tile_cols = -(-height // m), -(-width // m)
-    # U[i, j] = G w G^T for every (out, in) channel pair: [n*n, K, C]
-    half = torch.mm(kernel_t, weight.permute(2, 3, 0, 1).reshape(3, -1)).view(n, 3, -1)
-    transformed_weight = torch.matmul(kernel_t, half).view(n * n, out_channels, channels)
+    if transformed_weight is None:
+        transformed_weight = transform_weight(weight, matrices)
     out = x.new_empty(batch, out_channels, tile_rows * m, tile_cols * m)
     per_tile_row = n * n * channels * batch * tile_cols * x.element_size()
     rows_per_chunk = max(1, chunk_bytes // per_tile_row)
@@ -110,27 +128,69 @@ def eligible(conv: nn.Module) -> bool:
     )
 
 
-def takes_winograd(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Inference on CPU in float32/float64 for shapes where it was measured faster than the direct path."""
+def takes_winograd(conv: nn.Conv2d, x: torch.Tensor, weights_kept: bool = False) -> bool:
+    """Inference on CPU in float32/float64 for shapes where it was measured faster than the direct path
+    (down to smaller maps when the transformed weights are kept, see `kept_transformed_weights`)."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
         return False
     return (
         min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
-        and x.shape[2] * x.shape[3] >= MIN_PIXELS
+        and x.shape[2] * x.shape[3] >= (KEPT_MIN_PIXELS if weights_kept else MIN_PIXELS)
         and min(x.shape[2], x.shape[3]) >= OUTPUT_TILE
     )
 
 
+def takes_nnpack(x: torch.Tensor) -> bool:
+    """For an input `takes_winograd` accepts: float32 maps large enough for NNPACK, when this build has it."""
+    return x.dtype == torch.float32 and x.shape[2] * x.shape[3] >= NNPACK_MIN_PIXELS and nnpack_conv.available()
+
+
+# The transformed weights kept by the innermost `kept_transformed_weights` block of this thread or task
+# (None outside one). A context variable, so concurrent restorations on one model keep their own.
+_KEPT: ContextVar[dict[nn.Module, tuple[tuple, torch.Tensor]] | None] = ContextVar(
+    "refface_winograd_kept", default=None
+)
+
+
+@contextmanager
+def kept_transformed_weights() -> Iterator[None]:
+    """Within the block, each F(4x4, 3x3) convolution transforms its weight once and keeps it.
+
+    For a sampling loop, which runs the same U-Net at every step: the transform is a memory-bound pass
+    over 4x the weight, a few ms per convolution and about 6% of a step. The kept weights cost 4x the
+    weights of the convolutions that take this path (about 0.45 GB for the released U-Net) until the
+    block ends. A weight changed in place (its version moves) is transformed again.
+    """
+    token = _KEPT.set({})
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
+
+
 class WinogradConv2d(nn.Conv2d):
-    """An `nn.Conv2d` (same parameters and state dict) that computes with Winograd F(4x4, 3x3) when
-    `takes_winograd` says so, and as a plain convolution otherwise."""
+    """An `nn.Conv2d` (same parameters and state dict) that computes with Winograd when `takes_winograd`
+    says so (NNPACK's F(6x6, 3x3) on large float32 maps, F(4x4, 3x3) otherwise), and as a plain
+    convolution otherwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if takes_winograd(self, x):
-            return winograd_conv3x3(x, self.weight, self.bias, F4X3)
-        return super().forward(x)
+        kept = _KEPT.get()
+        if not takes_winograd(self, x, kept is not None):
+            return super().forward(x)
+        if takes_nnpack(x):
+            return nnpack_conv.conv3x3(x, self.weight, self.bias)
+        return winograd_conv3x3(x, self.weight, self.bias, F4X3, transformed_weight=self._kept_transform(kept))
+
+    def _kept_transform(self, kept: dict | None) -> torch.Tensor | None:
+        if kept is None:
+            return None
+        stamp = (self.weight._version, self.weight.data_ptr())
+        entry = kept.get(self)
+        if entry is None or entry[0] != stamp:
+            entry = kept[self] = (stamp, transform_weight(self.weight, F4X3))
+        return entry[1]
 
 
 def install(model: nn.Module) -> int:

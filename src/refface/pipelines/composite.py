@@ -34,6 +34,7 @@ from refface.models.composite_context import (
 from refface.models.composite_parts import tiny_reference_encoders, tiny_text_to_image
 from refface.models.kl import decode_latents, encode_latents
 from refface.models.winograd import install as install_winograd
+from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.refldm import RestorationOutput, batch_noise
@@ -118,7 +119,7 @@ def sample_composite(
     scheduler = copy.deepcopy(scheduler)
     scheduler.set_timesteps(steps)
     latents = noise.to(lq_latents.device, torch.float32) * scheduler.init_noise_sigma
-    with tqdm(total=steps, desc="DDIM", unit="step", disable=not progress) as bar:
+    with tqdm(total=steps, desc="DDIM", unit="step", disable=not progress) as bar, kept_transformed_weights():
         for index, t in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(latents, t)
             prediction = guided_prediction(denoiser, model_input, lq_latents, features, t, guidance)

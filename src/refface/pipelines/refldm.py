@@ -25,6 +25,7 @@ from refface.models.convert import apply_rules, unet_rules, vq_rules
 from refface.models.unet import build_unet, denoise, install_cache_kv, reference_pass
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized
 from refface.models.winograd import install as install_winograd
+from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.schedule import make_scheduler, sampling_scheduler, use_float64_cumprod
 
@@ -218,7 +219,11 @@ class RefLDMPipeline(DiffusionPipeline):
         model_dtype = self.unet.dtype
 
         timesteps = scheduler.timesteps
-        with tqdm(total=len(timesteps), desc="DDIM", unit="step", disable=not progress) as bar:
+        # every step runs the same U-Net: its convolutions transform their weights once for the whole loop
+        with (
+            tqdm(total=len(timesteps), desc="DDIM", unit="step", disable=not progress) as bar,
+            kept_transformed_weights(),
+        ):
             for index, t in enumerate(timesteps):
                 model_input = torch.cat([latents.to(model_dtype), lq_latents], dim=1)
                 # one copy of the input per guidance branch; the U-Net shares their first layers

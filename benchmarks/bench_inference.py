@@ -44,6 +44,7 @@ import torch
 from refface import RefLDMPipeline, released_architecture, tiny_architecture
 from refface.models.unet import denoise
 from refface.models.vq import decode_quantized, encode_unquantized
+from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.schedule import FAST_STEPS, sampling_scheduler
 
 ARCHES = {"released": released_architecture, "tiny": tiny_architecture}
@@ -98,14 +99,15 @@ def run_child(variant: str, refs: int, arch_name: str, timed_steps: int) -> dict
         else:
             result["reference_pass_s"] = 0.0
             scheduler = sampling_scheduler(pipe.scheduler, timed_steps, "uniform_trailing")
-            for t in scheduler.timesteps:
-                start = time.perf_counter()
-                x_in = torch.cat([x, lq_latent], dim=1)
-                refs_batch = torch.stack([torch.zeros_like(per_ref), per_ref])  # [null, references]
-                eps_null, eps_ref = spatial_concat_eps(pipe, torch.cat([x_in, x_in]), refs_batch, t).chunk(2)
-                eps = eps_null + 1.5 * (eps_ref - eps_null)
-                x = scheduler.step(eps, t, x).prev_sample
-                step_times.append(time.perf_counter() - start)
+            with kept_transformed_weights():  # as the pipeline's own sampling loop
+                for t in scheduler.timesteps:
+                    start = time.perf_counter()
+                    x_in = torch.cat([x, lq_latent], dim=1)
+                    refs_batch = torch.stack([torch.zeros_like(per_ref), per_ref])  # [null, references]
+                    eps_null, eps_ref = spatial_concat_eps(pipe, torch.cat([x_in, x_in]), refs_batch, t).chunk(2)
+                    eps = eps_null + 1.5 * (eps_ref - eps_null)
+                    x = scheduler.step(eps, t, x).prev_sample
+                    step_times.append(time.perf_counter() - start)
             step_times = step_times[1:] or step_times
         _, result["decode_s"] = _timed(lambda: decode_quantized(pipe.vqvae, x))
     result["step_s"] = statistics.median(step_times)

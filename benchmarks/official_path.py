@@ -9,8 +9,8 @@ What differs from refface's exact mode (`RefLDMPipeline`), each as the official 
   with a log N bias);
 - the VQGAN runs as plain modules (refface takes a memory-lean walk over the same modules for wide
   reference images and big batches, `refface.models.lean_vq`);
-- 3x3 convolutions are PyTorch's direct ones (refface computes the large ones on CPU with Winograd
-  F(4x4, 3x3), `refface.models.winograd`);
+- 3x3 convolutions are PyTorch's direct ones (refface computes the large ones on CPU with Winograd:
+  NNPACK's F(6x6, 3x3) on maps from 64 x 64, its own F(4x4, 3x3) on smaller ones, `refface.models.winograd`);
 - nothing is reused between photos.
 The reference pass stops after the last attention layer here as in refface (the official code runs the
 rest of the U-Net too), so if anything this favours the official path. The numbers it computes are the

@@ -120,6 +120,7 @@ def winograd_everywhere(monkeypatch) -> dict[str, list[torch.Size]]:
     monkeypatch.setattr(nnpack_conv, "conv3x3", recording(nnpack_conv.conv3x3, calls["nnpack"]))
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
+    monkeypatch.setattr(winograd, "KEPT_MIN_SIDE", 1)
     return calls
 
 
@@ -159,9 +160,12 @@ def test_large_float32_maps_take_nnpack_and_the_rest_f4x3(winograd_everywhere, m
 
 
 def test_kept_transformed_weights_are_made_once_and_follow_weight_changes(monkeypatch):
-    transforms = []
-    real = winograd.transform_weight
+    transforms, computed = [], []
+    real, real_conv = winograd.transform_weight, winograd.winograd_conv3x3
     monkeypatch.setattr(winograd, "transform_weight", lambda w, m: transforms.append(w.shape) or real(w, m))
+    monkeypatch.setattr(
+        winograd, "winograd_conv3x3", lambda x, *a, **k: computed.append(x.shape) or real_conv(x, *a, **k)
+    )
     torch.manual_seed(1)
     conv = nn.Conv2d(128, 128, 3, padding=1).requires_grad_(False)
     install(conv)
@@ -174,6 +178,7 @@ def test_kept_transformed_weights_are_made_once_and_follow_weight_changes(monkey
         unkept = conv(x)
         with kept_transformed_weights():
             kept = [conv(x), conv(x), conv(small)]
+            thin = conv(torch.randn(1, 128, 8, 64))  # 8 rows: direct even with the weight kept
             conv.weight.mul_(2)  # changed in place: transformed again
             doubled = conv(x)
         assert transforms == [conv.weight.shape] * 3
@@ -182,6 +187,7 @@ def test_kept_transformed_weights_are_made_once_and_follow_weight_changes(monkey
     for got in [unkept, *kept[:2]]:
         torch.testing.assert_close(got, plain, rtol=0, atol=2e-4)
     torch.testing.assert_close(kept[2], plain_small, rtol=0, atol=2e-4)
+    assert thin.shape == (1, 128, 8, 64) and thin.shape not in computed and small.shape in computed
     torch.testing.assert_close(
         doubled - conv.bias.view(1, -1, 1, 1), 2 * (plain - conv.bias.view(1, -1, 1, 1)), rtol=0, atol=4e-4
     )

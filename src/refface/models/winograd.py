@@ -8,9 +8,11 @@ PyTorch's CPU convolution has no Winograd path, and most of ReF-LDM's time on CP
 floating-point work can shrink without changing what is computed.
 
 `install` swaps a model's eligible `nn.Conv2d` modules to `WinogradConv2d`, which keeps their
-parameters and state dict; it takes the Winograd path only without gradients, on CPU, in float32 or
-float64, and for shapes where it was measured faster (`takes_winograd`). `plain_convolutions`
-restores the direct path for a block of code (the official-path benchmark).
+parameters and state dict; it takes a Winograd path only without gradients, on CPU, in float32 or
+float64, and for shapes where it was measured faster (`takes_winograd`): NNPACK's F(6x6, 3x3) for
+float32 maps from 64 x 64 (`refface.models.nnpack_conv`), this module's F(4x4, 3x3) otherwise.
+`kept_transformed_weights` keeps each F(4x4, 3x3) weight transform for a block of code (a sampling
+loop). `plain_convolutions` restores the direct path for a block of code (the official-path benchmark).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ OUTPUT_TILE = 4
 POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-1, 2))
 MIN_CHANNELS = 128  # below this (and below MIN_PIXELS) the transforms cost more than they save
 MIN_PIXELS = 32 * 32
-KEPT_MIN_PIXELS = 16 * 16  # with the transformed weight kept, F(4x4, 3x3) also wins on 16 x 16 maps
+KEPT_MIN_SIDE = 16  # with the transformed weight kept, F(4x4, 3x3) also wins on 16 x 16 maps (not on 8 x 8)
 CHUNK_BYTES = 8 * 2**20  # transformed input per chunk of tile rows: bounds the extra memory
 # From this map size on, NNPACK's F(6x6, 3x3) (`refface.models.nnpack_conv`) beats F(4x4, 3x3) on float32
 # even with its kernel transformed on every call; on the U-Net's 32 x 32 maps it does not.
@@ -135,11 +137,11 @@ def takes_winograd(conv: nn.Conv2d, x: torch.Tensor, weights_kept: bool = False)
         return False
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
         return False
-    return (
-        min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
-        and x.shape[2] * x.shape[3] >= (KEPT_MIN_PIXELS if weights_kept else MIN_PIXELS)
-        and min(x.shape[2], x.shape[3]) >= OUTPUT_TILE
-    )
+    if min(conv.in_channels, conv.out_channels) < MIN_CHANNELS:
+        return False
+    if weights_kept:
+        return min(x.shape[2], x.shape[3]) >= KEPT_MIN_SIDE
+    return x.shape[2] * x.shape[3] >= MIN_PIXELS and min(x.shape[2], x.shape[3]) >= OUTPUT_TILE
 
 
 def takes_nnpack(x: torch.Tensor) -> bool:

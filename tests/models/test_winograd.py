@@ -107,17 +107,18 @@ def test_takes_winograd_only_for_large_inference_inputs():
     assert takes_winograd(conv, large) and not takes_winograd(conv, large.requires_grad_())
 
 
+def _recording(real, seen: list[torch.Size]):
+    """`real`, noting the shape of its first argument in `seen` at every call."""
+    return lambda *args, **kwargs: seen.append(args[0].shape) or real(*args, **kwargs)
+
+
 @pytest.fixture
 def winograd_everywhere(monkeypatch) -> dict[str, list[torch.Size]]:
     """Every eligible convolution takes a Winograd path; returns the input shape of each call per path
     ("f4x3": refface's F(4x4, 3x3), "nnpack": NNPACK's F(6x6, 3x3) on large float32 maps)."""
     calls: dict[str, list[torch.Size]] = {"f4x3": [], "nnpack": []}
-
-    def recording(real, seen: list[torch.Size]):
-        return lambda *args, **kwargs: seen.append(args[0].shape) or real(*args, **kwargs)
-
-    monkeypatch.setattr(winograd, "winograd_conv3x3", recording(winograd.winograd_conv3x3, calls["f4x3"]))
-    monkeypatch.setattr(nnpack_conv, "conv3x3", recording(nnpack_conv.conv3x3, calls["nnpack"]))
+    monkeypatch.setattr(winograd, "winograd_conv3x3", _recording(winograd.winograd_conv3x3, calls["f4x3"]))
+    monkeypatch.setattr(nnpack_conv, "conv3x3", _recording(nnpack_conv.conv3x3, calls["nnpack"]))
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     monkeypatch.setattr(winograd, "MIN_PIXELS", 1)
     monkeypatch.setattr(winograd, "KEPT_MIN_SIDE", 1)
@@ -161,11 +162,8 @@ def test_large_float32_maps_take_nnpack_and_the_rest_f4x3(winograd_everywhere, m
 
 def test_kept_transformed_weights_are_made_once_and_follow_weight_changes(monkeypatch):
     transforms, computed = [], []
-    real, real_conv = winograd.transform_weight, winograd.winograd_conv3x3
-    monkeypatch.setattr(winograd, "transform_weight", lambda w, m: transforms.append(w.shape) or real(w, m))
-    monkeypatch.setattr(
-        winograd, "winograd_conv3x3", lambda x, *a, **k: computed.append(x.shape) or real_conv(x, *a, **k)
-    )
+    monkeypatch.setattr(winograd, "transform_weight", _recording(winograd.transform_weight, transforms))
+    monkeypatch.setattr(winograd, "winograd_conv3x3", _recording(winograd.winograd_conv3x3, computed))
     torch.manual_seed(1)
     conv = nn.Conv2d(128, 128, 3, padding=1).requires_grad_(False)
     install(conv)

@@ -40,8 +40,8 @@ def build_vqmodel(arch: VQArchitecture) -> VQModel:
 
 
 def _goes_lean(vq: VQModel, batch: int, height: int, width: int, dtype: torch.dtype) -> bool:
-    """Large inference inputs (a 512 x 512 image, wide reference images, big batches) take the lean walk; small ones and
-    training (gradients) the plain modules, which are a little faster."""
+    """Large inference inputs (a 512 x 512 image, wide reference images, big batches) take the lean walk;
+    small ones and training (gradients) the plain modules, which are a little faster."""
     if torch.is_grad_enabled() or vq.config.act_fn != "silu" or vq.config.norm_type != "group":
         return False
     activation = batch * vq.config.block_out_channels[0] * height * width * torch.finfo(dtype).bits // 8

@@ -52,10 +52,17 @@ FAST_MODE = {"num_inference_steps": FAST_STEPS, "solver": "dpm++"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _timed(fn):
-    start = time.perf_counter()
+def _timed(fn, device: torch.device):
+    start = _clock(device)
     result = fn()
-    return result, time.perf_counter() - start
+    return result, _clock(device) - start
+
+
+def _clock(device: torch.device) -> float:
+    """A host clock reading after the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def spatial_concat_eps(pipe: RefLDMPipeline, x_in: torch.Tensor, refs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -69,63 +76,77 @@ def spatial_concat_eps(pipe: RefLDMPipeline, x_in: torch.Tensor, refs: torch.Ten
     return out[..., : x_in.shape[-1]]
 
 
-def run_child(variant: str, refs: int, arch_name: str, timed_steps: int) -> dict:
+def run_child(
+    variant: str, refs: int, arch_name: str, timed_steps: int, device: str = "cpu", dtype: str = "fp32"
+) -> dict:
+    """Each phase of one restoration timed apart. On CUDA the phases run once untimed first (warm-up)."""
     torch.manual_seed(0)
-    pipe = RefLDMPipeline.from_architecture(ARCHES[arch_name]()).eval_mode()
+    target = torch.device(device)
+    pipe = RefLDMPipeline.from_architecture(ARCHES[arch_name]()).eval_mode().to(device=target, dtype=DTYPES[dtype])
     size = pipe.image_size
-    lq = torch.rand(1, 3, size, size) * 2 - 1
-    ref_images = torch.rand(refs, 3, size, size) * 2 - 1
-    result: dict = {"variant": variant, "refs": refs, "threads": torch.get_num_threads()}
-    with torch.no_grad():
+    lq = (torch.rand(1, 3, size, size) * 2 - 1).to(target, pipe.unet.dtype)
+    ref_images = (torch.rand(refs, 3, size, size) * 2 - 1).to(target, pipe.unet.dtype)
+    noise = torch.randn(1, pipe.latent_channels, pipe.latent_size, pipe.latent_size)
+
+    def phases() -> dict:
+        result: dict = {"variant": variant, "refs": refs, "threads": torch.get_num_threads()}
         wide = torch.cat(list(ref_images), dim=-1)[None]
-        ref_latent, result["encode_refs_s"] = _timed(lambda: encode_unquantized(pipe.vqvae, wide))
+        ref_latent, result["encode_refs_s"] = _timed(lambda: encode_unquantized(pipe.vqvae, wide), target)
         per_ref = torch.cat(ref_latent.split(pipe.latent_size, dim=-1), dim=0)
-        lq_latent, result["encode_lq_s"] = _timed(lambda: encode_unquantized(pipe.vqvae, lq))
-        x = torch.randn(1, pipe.latent_channels, pipe.latent_size, pipe.latent_size)
+        lq_latent, result["encode_lq_s"] = _timed(lambda: encode_unquantized(pipe.vqvae, lq), target)
+        x = noise.to(target)
         step_times = []
         if variant == "cachekv":
-            cache, result["reference_pass_s"] = _timed(lambda: pipe._reference_pass(per_ref))
-            _, result["null_cache_once_per_model_s"] = _timed(lambda: pipe.null_references(refs))
+            cache, result["reference_pass_s"] = _timed(lambda: pipe._reference_pass(per_ref), target)
+            _, result["null_cache_once_per_model_s"] = _timed(lambda: pipe.null_references(refs), target)
             stamps = []
-            pipe(
+            x = pipe(
                 lq,
                 cache,
                 num_inference_steps=timed_steps,
                 progress=False,
-                noise=x,
-                step_callback=lambda *_: stamps.append(time.perf_counter()),
-            )
+                noise=noise,
+                step_callback=lambda *_: stamps.append(_clock(target)),
+            ).latents
             step_times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
         else:
             result["reference_pass_s"] = 0.0
             scheduler = sampling_scheduler(pipe.scheduler, timed_steps, "uniform_trailing")
             with kept_transformed_weights():  # as the pipeline's own sampling loop
                 for t in scheduler.timesteps:
-                    start = time.perf_counter()
-                    x_in = torch.cat([x, lq_latent], dim=1)
+                    start = _clock(target)
+                    x_in = torch.cat([x.to(lq_latent.dtype), lq_latent], dim=1)
                     refs_batch = torch.stack([torch.zeros_like(per_ref), per_ref])  # [null, references]
-                    eps_null, eps_ref = spatial_concat_eps(pipe, torch.cat([x_in, x_in]), refs_batch, t).chunk(2)
+                    eps = spatial_concat_eps(pipe, torch.cat([x_in, x_in]), refs_batch, t.to(target)).float()
+                    eps_null, eps_ref = eps.chunk(2)
                     eps = eps_null + 1.5 * (eps_ref - eps_null)
                     x = scheduler.step(eps, t, x).prev_sample
-                    step_times.append(time.perf_counter() - start)
+                    step_times.append(_clock(target) - start)
             step_times = step_times[1:] or step_times
-        _, result["decode_s"] = _timed(lambda: decode_quantized(pipe.vqvae, x))
-    result["step_s"] = statistics.median(step_times)
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        _, result["decode_s"] = _timed(lambda: decode_quantized(pipe.vqvae, x.to(pipe.unet.dtype)), target)
+        result["step_s"] = statistics.median(step_times)
+        return result
+
+    with torch.no_grad():
+        if target.type == "cuda":
+            phases()
+        result = phases()
+    if target.type == "cuda":
+        result["peak_rss_gb"] = torch.cuda.max_memory_allocated(target) / 1024**3
+    else:
+        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     return result
 
 
-def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def run_restoration(path: str, refs: int, arch_name: str, steps: int, output: str, device: str, dtype: str) -> dict:
+def run_restoration(
+    path: str, refs: int, arch_name: str, steps: int, output: str, device: str, dtype: str, repeats: int = 1
+) -> dict:
     """One whole restoration by `path` (official | ours | fast), timed; the image is saved to `output` for the diff.
 
     The official path always runs in fp32 (the reference implementation); `dtype` applies to refface's paths.
-    Peak memory is the process's resident set on a CPU and PyTorch's peak allocation on CUDA.
+    Peak memory is the process's resident set on a CPU and PyTorch's peak allocation on CUDA. On CUDA the
+    first restoration (kernel loading, cuBLAS/cuDNN set-up, the allocator's growth) is reported apart as
+    `first_seconds` and `seconds` is the median of `repeats` restorations after it, as a server sees them.
     """
     from official_path import restore_like_official, use_official_attention
 
@@ -140,26 +161,37 @@ def run_restoration(path: str, refs: int, arch_name: str, steps: int, output: st
     noise = pipe.initial_noise(1, 2024)
     if path != "official":  # per-model setup, like loading the weights: refface makes the null cache once per model
         pipe.null_references(refs)
-    start = _clock(target)
-    if path == "official":
-        moved = (t.to(target) for t in (lq, references, noise))
-        image = restore_like_official(use_official_attention(pipe), *moved, steps, 1.5)
+    sampling = {"num_inference_steps": steps} if path == "ours" else FAST_MODE
+
+    def restore() -> torch.Tensor:
+        if path == "official":
+            moved = (t.to(target) for t in (lq, references, noise))
+            return restore_like_official(use_official_attention(pipe), *moved, steps, 1.5)
+        return pipe(lq, references, noise=noise, progress=False, **sampling).pixels
+
+    on_gpu = target.type == "cuda"
+    runs = 1 + repeats if on_gpu else 1  # a CPU restoration takes minutes: one, with no warm-up to set apart
+    row: dict = {"path": path, "refs": refs}
+    times = []
+    for _ in range(runs):
+        start = _clock(target)
+        image = restore()
+        times.append(_clock(target) - start)
+    row["first_seconds"], row["seconds"] = times[0], statistics.median(times[1:] if on_gpu else times)
+    if on_gpu:
+        row["peak_gb"] = torch.cuda.max_memory_allocated(target) / 1024**3
     else:
-        sampling = {"num_inference_steps": steps} if path == "ours" else FAST_MODE
-        image = pipe(lq, references, noise=noise, progress=False, **sampling).pixels
-    elapsed = _clock(target) - start
-    if target.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(target) / 1024**3
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        row["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     torch.save(image.float().cpu(), output)
-    row = {"path": path, "refs": refs, "seconds": elapsed, "peak_gb": peak}
     if path != "official":  # album mode: a further photo of the same person, the reference cache reused
         person = pipe.encode_references(references)
         another = torch.rand(1, 3, size, size, generator=generator) * 2 - 1
-        start = _clock(target)
-        pipe(another, person, noise=noise, progress=False, **sampling)
-        row["album_seconds"] = _clock(target) - start
+        album = []
+        for _ in range(runs - 1 if on_gpu else 1):
+            start = _clock(target)
+            pipe(another, person, noise=noise, progress=False, **sampling)
+            album.append(_clock(target) - start)
+        row["album_seconds"] = statistics.median(album)
     return row
 
 
@@ -186,7 +218,7 @@ def flop_floor_line(refs: int, arch: str, steps: int, official_s: float, ours_s:
     )
 
 
-def compare_official(refs: int, arch: str, steps: int, fast: bool, device: str, dtype: str) -> int:
+def compare_official(refs: int, arch: str, steps: int, fast: bool, device: str, dtype: str, repeats: int) -> int:
     import tempfile
 
     rows = {}
@@ -195,25 +227,34 @@ def compare_official(refs: int, arch: str, steps: int, fast: bool, device: str, 
         for path in paths:
             output = str(Path(folder) / f"{path}.pt")
             command = [sys.executable, __file__, "--restore-child", f"{path}:{refs}:{steps}:{output}",
-                       "--arch", arch, "--device", device, "--dtype", dtype]  # fmt: skip
+                       "--arch", arch, "--device", device, "--dtype", dtype, "--repeats", str(repeats)]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
             if done.returncode != 0:
                 print(done.stderr, file=sys.stderr)
                 return done.returncode
             rows[path] = json.loads(done.stdout.strip().splitlines()[-1])
             rows[path]["image"] = torch.load(output)
-            print(f"{path}: {rows[path]['seconds']:.1f} s, peak {rows[path]['peak_gb']:.2f} GB", file=sys.stderr)
+            print(f"{path}: {rows[path]['seconds']:.3f} s, peak {rows[path]['peak_gb']:.2f} GB", file=sys.stderr)
     ours, official = rows["ours"], rows["official"]
     difference = float((ours["image"] - official["image"]).abs().max())
     floor = flop_floor_line(refs, arch, steps, official["seconds"], ours["seconds"]) if device == "cpu" else None
-    threads = torch.get_num_threads()
-    where = f"CPU threads={threads}" if device == "cpu" else torch.cuda.get_device_name(device)
-    memory = "peak RSS GB" if device == "cpu" else "peak allocated GB"
+    on_gpu = device != "cpu"
+    if on_gpu:
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        where = f"{torch.cuda.get_device_name(device)} (fp32 TF32: matmul {tf32[0]}, convolutions {tf32[1]})"
+        timing = f"median of {repeats} after one warm-up restoration"
+    else:
+        where, timing = f"CPU threads={torch.get_num_threads()}", "one restoration"
+    memory = "peak allocated GB" if on_gpu else "peak RSS GB"
+    digits = 3 if on_gpu else 1
     print(f"\nReF-LDM, {arch} architecture, {refs} reference(s), {steps} DDIM steps, refface in {dtype}, {where}")
-    print(f"| path | seconds | {memory} | album: further photo s | difference to refface DDIM |\n|---|---|---|---|---|")
+    print(f"Seconds: {timing}" + ("; first: the warm-up restoration itself" if on_gpu else ""))
+    first = " first s |" if on_gpu else ""
+    print(f"| path | seconds |{first} {memory} | album: further photo s | difference to refface DDIM |")
+    print("|---" * (5 + on_gpu) + "|")
     for name in paths:
         row = rows[name]
-        album = f"{row['album_seconds']:.1f}" if "album_seconds" in row else "-"
+        album = f"{row['album_seconds']:.{digits}f}" if "album_seconds" in row else "-"
         gap = row["image"] - ours["image"]
         similarity = f"PSNR {psnr(row['image'], ours['image']):.1f} dB"
         versus = "-" if name == "ours" else f"max {gap.abs().max():.2e}, mean {gap.abs().mean():.2e}, {similarity}"
@@ -221,7 +262,8 @@ def compare_official(refs: int, arch: str, steps: int, fast: bool, device: str, 
         label = {"official": "official path (fp32)", "ours": f"refface {exact}"}.get(
             name, f"refface fast (DPM-Solver++ {FAST_STEPS}, {dtype})"
         )
-        print(f"| {label} | {row['seconds']:.1f} | {row['peak_gb']:.2f} | {album} | {versus} |")
+        cold = f" {row['first_seconds']:.{digits}f} |" if on_gpu else ""
+        print(f"| {label} | {row['seconds']:.{digits}f} |{cold} {row['peak_gb']:.2f} | {album} | {versus} |")
     for name in paths[1:]:
         row = rows[name]
         print(
@@ -251,27 +293,36 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--compare-official", action="store_true", help="time refface against the official path")
     parser.add_argument("--fast", action="store_true", help="with --compare-official: also time the fast mode")
-    parser.add_argument("--device", default="cpu", help="with --compare-official: cpu (default) or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
-        "--dtype", choices=list(DTYPES), default="fp32", help="with --compare-official: refface's dtype (default fp32)"
+        "--dtype", choices=list(DTYPES), default="fp32", help="refface's dtype (default fp32; the official path: fp32)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="with --device cuda: timed restorations after one warm-up (default 5)"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--restore-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.restore_child:
         path, refs, steps, output = args.restore_child.split(":", 3)
-        print(json.dumps(run_restoration(path, int(refs), args.arch, int(steps), output, args.device, args.dtype)))
+        print(
+            json.dumps(
+                run_restoration(path, int(refs), args.arch, int(steps), output, args.device, args.dtype, args.repeats)
+            )
+        )
         return 0
     if args.compare_official:
         if len(args.refs) != 1:
             parser.error("--compare-official takes one --refs count")
-        return compare_official(args.refs[0], args.arch, args.steps, args.fast, args.device, args.dtype)
+        return compare_official(args.refs[0], args.arch, args.steps, args.fast, args.device, args.dtype, args.repeats)
     if args.timed_steps < 2:
         parser.error("--timed-steps must be at least 2 (the first step is warm-up)")
 
     if args.child:
         variant, refs = args.child.split(":")
-        print(json.dumps(run_child(variant, int(refs), args.arch, args.timed_steps)))
+        print(json.dumps(run_child(variant, int(refs), args.arch, args.timed_steps, args.device, args.dtype)))
         return 0
 
     rows = []
@@ -286,6 +337,10 @@ def main() -> int:
                 args.arch,
                 "--timed-steps",
                 str(args.timed_steps),
+                "--device",
+                args.device,
+                "--dtype",
+                args.dtype,
             ]
             done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
             if done.returncode != 0:
@@ -297,10 +352,12 @@ def main() -> int:
             print(f"done {variant} refs={refs}: step {row['step_s']:.2f}s total {row['total_s']:.1f}s", file=sys.stderr)
 
     print(
-        f"\nReF-LDM inference, {args.arch} architecture, fp32, CPU threads={rows[0]['threads']}, "
-        f"{args.steps} steps (per-step = median of {args.timed_steps - 1} timed guided steps)\n"
+        f"\nReF-LDM inference, {args.arch} architecture, {args.dtype}, "
+        + (f"CPU threads={rows[0]['threads']}, " if args.device == "cpu" else f"{args.device}, ")
+        + f"{args.steps} steps (per-step = median of {args.timed_steps - 1} timed guided steps)\n"
     )
-    header = "| variant | refs | encode refs s | ref pass s | encode LQ s | step s | decode s | total s | peak RSS GB |"
+    memory = "peak RSS GB" if args.device == "cpu" else "peak allocated GB"
+    header = f"| variant | refs | encode refs s | ref pass s | encode LQ s | step s | decode s | total s | {memory} |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for r in rows:

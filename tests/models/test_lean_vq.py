@@ -82,6 +82,16 @@ def test_large_inputs_take_the_lean_walk_and_training_does_not(monkeypatch):
     assert calls == ["lean_encode", "lean_decode"]
 
 
+def test_only_cpu_inputs_take_the_lean_walk():
+    """On a GPU the strips' many small launches cost more than the memory they save: plain modules there."""
+    vq = _vq(seed=1)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            assert vq_module._goes_lean(vq, 5, 512, 512, torch.empty(0, dtype=dtype))
+            assert not vq_module._goes_lean(vq, 5, 512, 512, torch.empty(0, dtype=dtype, device="meta"))
+        assert not vq_module._goes_lean(vq, 1, 32, 32, torch.empty(0))  # small: plain modules on a CPU too
+
+
 def test_official_case_through_the_lean_walk(slim_pipeline, slim_case, monkeypatch):
     """The exact-mode fixture, with every VQGAN call forced through small recomputed strips."""
     inputs, expected = slim_case["inputs"], slim_case["expected"]

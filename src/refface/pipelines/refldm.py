@@ -28,6 +28,7 @@ from refface.models.winograd import install as install_winograd
 from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.schedule import make_scheduler, sampling_scheduler, use_float64_cumprod
+from refface.pipelines.step_replay import StepReplay
 
 
 @dataclass
@@ -69,6 +70,9 @@ class RefLDMPipeline(DiffusionPipeline):
         use_float64_cumprod(scheduler)
         self.register_modules(unet=unet, vqvae=vqvae, scheduler=scheduler)
         self._null_cache: dict[tuple, ReferenceKV] = {}
+        # On a GPU each sampling step after the first replays a CUDA graph of the U-Net call (same kernels,
+        # same numbers; `step_replay`); False runs every step eagerly, e.g. to profile the kernels apart.
+        self.cuda_graphs = True
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
@@ -219,6 +223,10 @@ class RefLDMPipeline(DiffusionPipeline):
         model_dtype = self.unet.dtype
 
         timesteps = scheduler.timesteps
+        # one copy of the input per guidance branch; the U-Net shares their first layers
+        predict = StepReplay(
+            lambda x, t: denoise(self.unet, x, t, context, copies=2 if guided else 1), enabled=self.cuda_graphs
+        )
         # every step runs the same U-Net: its convolutions transform their weights once for the whole loop
         with (
             tqdm(total=len(timesteps), desc="DDIM", unit="step", disable=not progress) as bar,
@@ -226,8 +234,7 @@ class RefLDMPipeline(DiffusionPipeline):
         ):
             for index, t in enumerate(timesteps):
                 model_input = torch.cat([latents.to(model_dtype), lq_latents], dim=1)
-                # one copy of the input per guidance branch; the U-Net shares their first layers
-                eps = denoise(self.unet, model_input, t.to(self.device), context, copies=2 if guided else 1).float()
+                eps = predict(model_input, t.to(self.device)).float()
                 if guided:
                     eps_null, eps_ref = eps.chunk(2)
                     eps = eps_null + guidance_scale * (eps_ref - eps_null)

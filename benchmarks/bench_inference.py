@@ -24,6 +24,8 @@ multiple of it. It ends with one line, ratios over the whole restoration (time o
 
 Both refface rows also time album mode: a further photo of the same person with the reference cache
 reused. --fast adds refface's fast mode (DPM-Solver++, 20 steps) and its difference to exact mode.
+With --device cuda every path first restores one photo untimed (its time is printed as "first s") and
+the seconds are the median of --repeats further restorations; memory is PyTorch's peak allocation.
 """
 
 from __future__ import annotations

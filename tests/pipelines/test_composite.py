@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from PIL import Image
@@ -9,7 +11,7 @@ from PIL import Image
 from refface.errors import RefFaceError
 from refface.models.composite_context import ReferenceFeatures
 from refface.pipelines.color_fix import adain_color_fix
-from refface.pipelines.composite import CompositeContextPipeline, DualGuidance, guided_prediction
+from refface.pipelines.composite import CompositeContextPipeline, DualGuidance, guided_prediction, sample_composite
 from refface.pipelines.loading import load_composite, load_saved
 
 
@@ -83,6 +85,23 @@ def test_n_identical_references_equal_one(pipe):
         )
     torch.testing.assert_close(four, one, rtol=1e-4, atol=1e-5)
     assert (other - one).abs().max() > 1e-4
+
+
+def test_a_sampling_loop_plans_its_branches_once_and_matches_per_step_guidance(pipe):
+    _, lq = _inputs(pipe, 2, seed=14)
+    noise = torch.randn(lq.shape, generator=torch.Generator().manual_seed(15))
+    features, guidance = pipe.encode_references(_images(2, seed=16)), DualGuidance(1.5, 1.1)
+    counting = CountingDenoiser(pipe.denoiser)
+    with torch.no_grad():
+        got = sample_composite(counting, pipe.scheduler, lq, features, noise, 3, guidance)
+        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler.set_timesteps(3)
+        latents = noise * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            eps = guided_prediction(pipe.denoiser, latents, lq, features, t, guidance)
+            latents = scheduler.step(eps, t, latents).prev_sample
+    assert torch.equal(got, latents)
+    assert counting.calls == [2 * 4] * 3  # null, LQ-only and 2 reference branches for 2 photos, once per step
 
 
 def test_guidance_weights_sum_to_one():

@@ -91,3 +91,16 @@ def test_graphed_sampling_equals_eager_sampling(refs):
     pipe.cuda_graphs = False
     eager = pipe(lq, references, **kwargs)
     assert torch.equal(graphed.latents, eager.latents), (graphed.latents - eager.latents).abs().max()
+
+
+def test_graphed_composite_sampling_equals_eager_sampling():
+    from refface.pipelines.composite import CompositeContextPipeline
+
+    torch.manual_seed(47)
+    pipe = CompositeContextPipeline.tiny(32).to(device="cuda")
+    lq, references = random_images(2, 32, seed=48), random_images(2, 32, seed=49)
+    kwargs = dict(num_inference_steps=4, seed=[1, 2], progress=False)
+    graphed = pipe(lq, references, **kwargs)
+    pipe.cuda_graphs = False
+    eager = pipe(lq, references, **kwargs)
+    assert torch.equal(graphed.latents, eager.latents), (graphed.latents - eager.latents).abs().max()

@@ -38,6 +38,7 @@ from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.refldm import RestorationOutput, batch_noise
+from refface.pipelines.step_replay import StepReplay
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,61 @@ def empty_features(context: CompositeContext, count: int, device: torch.device) 
     )
 
 
+@dataclass(frozen=True)
+class GuidanceBranches:
+    """What one step's batched U-Net call takes that is the same at every step of a sampling loop: each
+    branch's weight and the conditions it keeps, the branches' reference features and the LQ latents
+    repeated once per branch. Planned once per loop, so a step is only the U-Net call and the weighted sum.
+    """
+
+    weights: tuple[float, ...]
+    lq_latents: torch.Tensor
+    features: ReferenceFeatures
+    keep_lq: torch.Tensor
+    keep_context: torch.Tensor
+
+    @classmethod
+    def plan(
+        cls,
+        denoiser: CompositeDenoiser,
+        lq_latents: torch.Tensor,
+        features: ReferenceFeatures | None,
+        guidance: DualGuidance,
+    ) -> GuidanceBranches:
+        batch, device = lq_latents.shape[0], lq_latents.device
+        count = 0 if features is None else len(features)
+        w_null, w_lq, w_ref = guidance.weights(count)
+        # (weight, LQ kept, context kept, reference index or None) per branch; zero-weight branches are skipped
+        branches = [(w_null, False, False, None), (w_lq, True, False, None)]
+        branches += [(w_ref, True, True, index) for index in range(count)]
+        branches = [branch for branch in branches if branch[0] != 0.0]
+        blank = empty_features(denoiser.context, batch, device)
+        parts = [blank if index is None else features.take([index] * batch) for _, _, _, index in branches]
+        keep_lq = torch.tensor([kept for _, kept, _, _ in branches], device=device).repeat_interleave(batch)
+        keep_context = torch.tensor([kept for _, _, kept, _ in branches], device=device).repeat_interleave(batch)
+        return cls(
+            weights=tuple(weight for weight, *_ in branches),
+            lq_latents=lq_latents.repeat(len(branches), 1, 1, 1),
+            features=ReferenceFeatures.cat(parts),
+            keep_lq=keep_lq,
+            keep_context=keep_context,
+        )
+
+    def predict(self, denoiser: CompositeDenoiser, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Eq. 5/6 for `latents` ([B, ...], float32 out) at `timestep` (a scalar tensor)."""
+        size = len(self.weights)
+        output = denoiser(
+            latents.repeat(size, 1, 1, 1),
+            self.lq_latents,
+            self.features,
+            timestep.expand(size * latents.shape[0]).to(latents.device),
+            keep_lq=self.keep_lq,
+            keep_identity=self.keep_context,
+            keep_facial=self.keep_context,
+        ).float()
+        return sum(weight * term for weight, term in zip(self.weights, output.chunk(size), strict=True))
+
+
 def guided_prediction(
     denoiser: CompositeDenoiser,
     latents: torch.Tensor,
@@ -75,30 +131,7 @@ def guided_prediction(
     guidance: DualGuidance,
 ) -> torch.Tensor:
     """Eq. 5/6 for a batch of B latents of one person with N references, as one batched U-Net call (float32 out)."""
-    batch, device = latents.shape[0], latents.device
-    count = 0 if features is None else len(features)
-    w_null, w_lq, w_ref = guidance.weights(count)
-    # (weight, LQ kept, context kept, reference index or None) per branch; zero-weight branches are skipped
-    branches = [(w_null, False, False, None), (w_lq, True, False, None)]
-    branches += [(w_ref, True, True, index) for index in range(count)]
-    branches = [branch for branch in branches if branch[0] != 0.0]
-
-    blank = empty_features(denoiser.context, batch, device)
-    parts = [blank if index is None else features.take([index] * batch) for _, _, _, index in branches]
-    keep_lq = torch.tensor([kept for _, kept, _, _ in branches], device=device).repeat_interleave(batch)
-    keep_context = torch.tensor([kept for _, _, kept, _ in branches], device=device).repeat_interleave(batch)
-    size = len(branches)
-    output = denoiser(
-        latents.repeat(size, 1, 1, 1),
-        lq_latents.repeat(size, 1, 1, 1),
-        ReferenceFeatures.cat(parts),
-        timestep.expand(size * batch).to(device),
-        keep_lq=keep_lq,
-        keep_identity=keep_context,
-        keep_facial=keep_context,
-    ).float()
-    terms = output.chunk(size)
-    return sum(weight * term for (weight, *_), term in zip(branches, terms, strict=True))
+    return GuidanceBranches.plan(denoiser, lq_latents, features, guidance).predict(denoiser, latents, timestep)
 
 
 def sample_composite(
@@ -111,18 +144,25 @@ def sample_composite(
     guidance: DualGuidance,
     progress: bool = False,
     step_callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    cuda_graphs: bool = True,
 ) -> torch.Tensor:
-    """DDIM from `noise` to the final latents with dual guidance (a private copy of `scheduler` is stepped)."""
+    """DDIM from `noise` to the final latents with dual guidance (a private copy of `scheduler` is stepped).
+
+    On a GPU the steps after the first replay a CUDA graph of the U-Net call (`StepReplay`) unless
+    `cuda_graphs` is False.
+    """
     total = int(scheduler.config.num_train_timesteps)
     if not 1 <= steps <= total:
         raise RefFaceError(f"The number of steps must be between 1 and {total}, got {steps}.")
     scheduler = copy.deepcopy(scheduler)
     scheduler.set_timesteps(steps)
     latents = noise.to(lq_latents.device, torch.float32) * scheduler.init_noise_sigma
+    branches = GuidanceBranches.plan(denoiser, lq_latents, features, guidance)
+    predict = StepReplay(lambda x, t: branches.predict(denoiser, x, t), enabled=cuda_graphs)
     with tqdm(total=steps, desc="DDIM", unit="step", disable=not progress) as bar, kept_transformed_weights():
         for index, t in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(latents, t)
-            prediction = guided_prediction(denoiser, model_input, lq_latents, features, t, guidance)
+            prediction = predict(model_input, t.to(latents.device))
             if step_callback is not None:
                 step_callback(index, int(t), prediction)
             latents = scheduler.step(prediction, t, latents).prev_sample
@@ -159,6 +199,8 @@ class CompositeContextPipeline(DiffusionPipeline):
             identity_encoder=identity_encoder,
             facial_encoder=facial_encoder,
         )
+        # on a GPU each sampling step after the first replays a CUDA graph (same numbers); False: eagerly
+        self.cuda_graphs = True
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
@@ -250,6 +292,7 @@ class CompositeContextPipeline(DiffusionPipeline):
             DualGuidance(lq_guidance, reference_guidance),
             progress,
             step_callback,
+            self.cuda_graphs,
         )
         pixels = ((decode_latents(self.vae, latents).float() + 1.0) / 2.0).clamp(0.0, 1.0)
         if color_fix:

@@ -30,8 +30,10 @@ class StepReplay:
         self._output: torch.Tensor | None = None
 
     def replays(self, tensors: tuple[torch.Tensor, ...]) -> bool:
-        """Whether a call with these inputs goes through a CUDA graph (the first call never does)."""
-        return self._enabled and all(t.device.type == "cuda" for t in tensors) and self._calls > 0
+        """Whether a call with these inputs goes through a CUDA graph: not the first call, and not while
+        gradients are recorded (a graph replays the forward kernels only)."""
+        on_gpu = all(t.device.type == "cuda" for t in tensors)
+        return self._enabled and on_gpu and self._calls > 0 and not torch.is_grad_enabled()
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
         replay = self.replays(tensors)

@@ -119,8 +119,16 @@ class CompositeStage(SingleDenoiserStage):
         for index in range(lq_latents.shape[0]):
             features = encode_reference_features(self.identity_encoder, self.facial_encoder, batch["refs"][index])
             noise = item_noise(tuple(lq_latents.shape[1:]), [seed + index])
+            # eager steps: a CUDA graph's private memory pool would sit on top of the training run's memory
             latents = sample_composite(
-                denoiser, self.scheduler, lq_latents[index : index + 1], features, noise, steps, self.guidance
+                denoiser,
+                self.scheduler,
+                lq_latents[index : index + 1],
+                features,
+                noise,
+                steps,
+                self.guidance,
+                cuda_graphs=False,
             )
             outputs.append(decode_latents(self.vae, latents).float())
         pixels = ((torch.cat(outputs) + 1.0) / 2.0).clamp(0.0, 1.0)

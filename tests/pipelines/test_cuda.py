@@ -106,3 +106,19 @@ def test_graphed_composite_sampling_equals_eager_sampling():
     pipe.cuda_graphs = False
     eager = pipe(lq, references, **kwargs)
     assert torch.equal(graphed.latents, eager.latents), (graphed.latents - eager.latents).abs().max()
+
+
+def test_concurrent_restorations_on_a_gpu_run_eagerly_when_graphs_are_off():
+    """A CUDA graph's capture cannot overlap other GPU work (this failed with graphs on), hence the switch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = make_tiny_pipeline(seed=50).to(device="cuda")
+    pipe.cuda_graphs = False
+    people = [random_images(refs, 16, seed=51 + refs) for refs in (1, 2, 3, 2)]
+    lq = random_images(2, 16, seed=60)
+    kwargs = dict(num_inference_steps=6, seed=[3, 4], progress=False)
+    alone = [pipe(lq, refs, **kwargs).latents for refs in people]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda refs: pipe(lq, refs, **kwargs).latents, people))
+    for one, other in zip(alone, together, strict=True):
+        assert torch.equal(one, other)

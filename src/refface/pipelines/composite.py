@@ -174,7 +174,8 @@ class CompositeContextPipeline(DiffusionPipeline):
     """Composite-Context restoration on diffusers modules; saves and loads with save_pretrained/from_pretrained.
 
     Thread-safe for concurrent calls: each call samples with its own copy of the scheduler, and the
-    reference features are passed per call (`encode_references` once, restore many photos).
+    reference features are passed per call (`encode_references` once, restore many photos). On a GPU
+    that holds with `cuda_graphs = False` only (see `RefLDMPipeline`).
     """
 
     model_cpu_offload_seq = "identity_encoder->facial_encoder->vae->unet->vae"

@@ -57,7 +57,9 @@ class RefLDMPipeline(DiffusionPipeline):
     """ReF-LDM restoration on diffusers modules; saves and loads with save_pretrained/from_pretrained.
 
     Thread-safe for concurrent calls: the CacheKV state is passed per call, and each call samples
-    with its own copy of the scheduler.
+    with its own copy of the scheduler. On a GPU that holds with `cuda_graphs = False` only: a CUDA
+    graph's capture cannot overlap other GPU work, so with graphs (the default) a GPU pipeline serves
+    one restoration at a time, as `refface serve` does.
     """
 
     model_cpu_offload_seq = "vqvae->unet->vqvae"

@@ -1,8 +1,8 @@
 """Replaying a sampling loop's denoiser call as a CUDA graph.
 
-On a GPU a guided U-Net step is a thousand-odd small kernels whose work takes about a millisecond, while
-PyTorch spends some 30 ms launching them one by one from Python: a 50-step restoration then waits on
-the CPU, not the GPU. A CUDA graph records the launches of one call and replays them with one launch,
+On a GPU a guided U-Net step is a thousand-odd small kernels whose work takes a few milliseconds on an
+H100, while PyTorch spends some 30 ms launching them one by one from Python: a 50-step restoration then
+waits on the CPU, not the GPU. A CUDA graph records the launches of one call and replays them with one launch,
 so each further step costs its kernels' time. The kernels are the same, so the numbers are too.
 """
 
@@ -18,7 +18,9 @@ class StepReplay:
     further call with the same shapes. On a CPU, or when `enabled` is False, every call runs eagerly.
 
     Made per sampling loop: the graph reads the tensors `step` closes over (the reference cache, the LQ
-    latents) at the addresses they had when it was captured, so it must not outlive them.
+    latents) at the addresses they had when it was captured, so it must not outlive them. A capture cannot
+    overlap other GPU work of the process (with four restorations in four threads it failed, also with
+    a stream per capture and thread-local capture mode), so graphs are for one restoration at a time.
     """
 
     def __init__(self, step: Callable[..., torch.Tensor], enabled: bool = True) -> None:

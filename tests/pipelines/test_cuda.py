@@ -84,15 +84,18 @@ def test_step_replay_matches_eager_calls_on_cuda():
     assert not replay.replays((x, t))  # gradients recorded: eager calls
 
 
-@pytest.mark.parametrize("refs", [1, 3])
-def test_graphed_sampling_equals_eager_sampling(refs):
-    pipe = make_tiny_pipeline(seed=44).to(device="cuda")
-    lq, references = random_images(2, 16, seed=45), random_images(refs, 16, seed=46)
+def _graphed_equals_eager(pipe, lq: torch.Tensor, references: torch.Tensor) -> None:
     kwargs = dict(num_inference_steps=4, seed=[1, 2], progress=False)
     graphed = pipe(lq, references, **kwargs)
     pipe.cuda_graphs = False
     eager = pipe(lq, references, **kwargs)
     assert torch.equal(graphed.latents, eager.latents), (graphed.latents - eager.latents).abs().max()
+
+
+@pytest.mark.parametrize("refs", [1, 3])
+def test_graphed_sampling_equals_eager_sampling(refs):
+    pipe = make_tiny_pipeline(seed=44).to(device="cuda")
+    _graphed_equals_eager(pipe, random_images(2, 16, seed=45), random_images(refs, 16, seed=46))
 
 
 def test_graphed_composite_sampling_equals_eager_sampling():
@@ -100,12 +103,7 @@ def test_graphed_composite_sampling_equals_eager_sampling():
 
     torch.manual_seed(47)
     pipe = CompositeContextPipeline.tiny(32).to(device="cuda")
-    lq, references = random_images(2, 32, seed=48), random_images(2, 32, seed=49)
-    kwargs = dict(num_inference_steps=4, seed=[1, 2], progress=False)
-    graphed = pipe(lq, references, **kwargs)
-    pipe.cuda_graphs = False
-    eager = pipe(lq, references, **kwargs)
-    assert torch.equal(graphed.latents, eager.latents), (graphed.latents - eager.latents).abs().max()
+    _graphed_equals_eager(pipe, random_images(2, 32, seed=48), random_images(2, 32, seed=49))
 
 
 def test_concurrent_restorations_on_a_gpu_run_eagerly_when_graphs_are_off():

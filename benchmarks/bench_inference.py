@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from refface.models.unet import denoise
 from refface.models.vq import decode_quantized, encode_unquantized
 from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.schedule import FAST_STEPS, sampling_scheduler
+from timing import peak_memory_gb
 
 ARCHES = {"released": released_architecture, "tiny": tiny_architecture}
 FAST_MODE = {"num_inference_steps": FAST_STEPS, "solver": "dpm++"}
@@ -133,10 +133,7 @@ def run_child(
         if target.type == "cuda":
             phases()
         result = phases()
-    if target.type == "cuda":
-        result["peak_rss_gb"] = torch.cuda.max_memory_allocated(target) / 1024**3
-    else:
-        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    result["peak_rss_gb"] = peak_memory_gb(target)
     return result
 
 
@@ -180,10 +177,7 @@ def run_restoration(
         image = restore()
         times.append(_clock(target) - start)
     row["first_seconds"], row["seconds"] = times[0], statistics.median(times[1:] if on_gpu else times)
-    if on_gpu:
-        row["peak_gb"] = torch.cuda.max_memory_allocated(target) / 1024**3
-    else:
-        row["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    row["peak_gb"] = peak_memory_gb(target)
     torch.save(image.float().cpu(), output)
     if path != "official":  # album mode: a further photo of the same person, the reference cache reused
         person = pipe.encode_references(references)

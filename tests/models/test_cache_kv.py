@@ -176,3 +176,22 @@ def test_copies_equal_the_repeated_batch(batch, copies, with_refs):
     assert got.shape == want.shape
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     assert (got[:batch] - got[batch : 2 * batch]).abs().max() > 1e-4 or not with_refs
+
+
+def test_no_channels_last_map_reaches_a_convolution(tiny_pipeline):
+    """Attention hands back a transposed view; left so, its channels-last strides would follow the residual
+    additions into every later convolution, which on a CPU then copies its weight on every call."""
+    pipe = tiny_pipeline
+    seen = []
+    hooks = [
+        module.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+        for model in (pipe.unet, pipe.vqvae.decoder)
+        for module in model.modules()
+        if isinstance(module, torch.nn.Conv2d)
+    ]
+    try:
+        pipe(random_images(2, pipe.image_size, seed=5), random_images(2, pipe.image_size, seed=6), 2, progress=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(seen) > 20 and all(seen)

@@ -7,7 +7,7 @@ import torch
 
 from refface.models import vq as vq_module
 from refface.models.config import VQArchitecture
-from refface.models.lean_vq import LeanPlan, lean_decode, lean_encode
+from refface.models.lean_vq import GroupStats, LeanPlan, lean_decode, lean_encode
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized, nearest_codes
 from tests.conftest import restore_official_case
 
@@ -37,6 +37,24 @@ def _vq(seed: int):
 def _close(got: torch.Tensor, want: torch.Tensor) -> None:
     assert got.shape == want.shape
     assert (got - want).abs().max() <= 2e-5 * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [(torch.float32, 1e-6), (torch.float64, 1e-12), (torch.bfloat16, 1e-6)]
+)
+# one strip in 3 passes of squared deviations; uneven small strips; 2 passes, then a short strip
+@pytest.mark.parametrize(("shape", "strip_rows"), [((2, 64, 40, 520), 40), ((3, 96, 9, 12), 4), ((1, 32, 70, 300), 64)])
+def test_group_statistics_over_strips_match_float64(shape, strip_rows, dtype, tolerance):
+    """Strips of uneven height, strips larger than one pass over their deviations, a mean far from zero."""
+    values = torch.randn(shape, generator=torch.Generator().manual_seed(shape[1])) * 3 + 5
+    values = values.to(dtype)
+    stats = GroupStats(shape[0], 32, values.device)
+    for start in range(0, shape[2], strip_rows):
+        stats.add(values[:, :, start : start + strip_rows])
+    variance, mean = torch.var_mean(values.double().view(shape[0], 32, -1), dim=2, correction=0)
+    assert stats.count == values[0, 0].numel() * shape[1] // 32
+    assert (stats.mean - mean).abs().max() <= tolerance * 10
+    assert ((stats.squares / stats.count - variance) / variance).abs().max() <= tolerance
 
 
 @pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())

@@ -130,7 +130,9 @@ class CacheKVAttnProcessor:
 
         out = out.transpose(1, 2).reshape(batch, height * width, channels)
         out = attn.to_out[0](out)
-        out = out.transpose(1, 2).reshape(batch, channels, height, width)
+        # contiguous: the transposed view has channels-last strides, which the residual additions would carry
+        # through the rest of the U-Net, where every direct convolution then copies its weight on every call
+        out = out.transpose(1, 2).reshape(batch, channels, height, width).contiguous()
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor

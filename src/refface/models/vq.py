@@ -64,7 +64,8 @@ def nearest_codes(vq: VQModel, latents: torch.Tensor) -> torch.Tensor:
     flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
     distances = flat.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1)[None, :] - 2 * flat @ codebook.t()
     codes = codebook[distances.argmin(dim=1)]
-    return codes.view(latents.shape[0], latents.shape[2], latents.shape[3], -1).permute(0, 3, 1, 2)
+    # contiguous, not a channels-last view: that layout would follow into the decoder and slow its convolutions
+    return codes.view(latents.shape[0], latents.shape[2], latents.shape[3], -1).permute(0, 3, 1, 2).contiguous()
 
 
 def decode_quantized(vq: VQModel, latents: torch.Tensor) -> torch.Tensor:

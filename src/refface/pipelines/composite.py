@@ -23,6 +23,7 @@ from transformers import CLIPVisionModel
 
 from refface.errors import RefFaceError
 from refface.imaging import to_pil
+from refface.models.attention_layout import contiguous_attention_outputs
 from refface.models.composite_context import (
     CompositeContext,
     CompositeDenoiser,
@@ -192,6 +193,7 @@ class CompositeContextPipeline(DiffusionPipeline):
         super().__init__()
         install_winograd(unet)
         install_winograd(vae)
+        contiguous_attention_outputs(vae)
         self.register_modules(
             unet=unet,
             vae=vae,

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
 from refface.imaging import to_pil
+from refface.models.attention_layout import contiguous_attention_outputs
 from refface.models.cache_kv import ReferenceBatch, ReferenceKV
 from refface.models.checkpoints import load_converted, read_state_dict, select_unet_weights, select_vq_weights
 from refface.models.config import RefLDMArchitecture, load_official_config, released_architecture
@@ -69,6 +70,7 @@ class RefLDMPipeline(DiffusionPipeline):
         install_cache_kv(unet)
         install_winograd(unet)
         install_winograd(vqvae)
+        contiguous_attention_outputs(vqvae)
         use_float64_cumprod(scheduler)
         self.register_modules(unet=unet, vqvae=vqvae, scheduler=scheduler)
         self._null_cache: dict[tuple, ReferenceKV] = {}

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from diffusers import VQModel
 from torch import nn
 
+from refface.models.upsample import doubled
+
 Rows = Callable[[int, int], torch.Tensor]  # rows [a, b) of a layer's input, ready for the convolution
 DEVIATION_CHUNK = 16384  # values per group and pass when summing squared deviations (they stay in cache)
 
@@ -190,9 +192,8 @@ def lean_upsample(up: nn.Module, x: torch.Tensor, plan: LeanPlan) -> torch.Tenso
 
     def upsampled(start: int, stop: int) -> torch.Tensor:
         low = x[:, :, start // 2 : (stop + 1) // 2]
-        doubled = low.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
         offset = start - 2 * (start // 2)
-        return doubled[:, :, offset : offset + stop - start]
+        return doubled(low)[:, :, offset : offset + stop - start]
 
     return conv3x3(up.conv, upsampled, (batch, x.shape[1], out_height, 2 * width), plan)
 

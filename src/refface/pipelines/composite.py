@@ -23,7 +23,6 @@ from transformers import CLIPVisionModel
 
 from refface.errors import RefFaceError
 from refface.imaging import to_pil
-from refface.models.attention_layout import contiguous_attention_outputs
 from refface.models.composite_context import (
     CompositeContext,
     CompositeDenoiser,
@@ -34,7 +33,7 @@ from refface.models.composite_context import (
 )
 from refface.models.composite_parts import tiny_reference_encoders, tiny_text_to_image
 from refface.models.kl import decode_latents, encode_latents
-from refface.models.winograd import install as install_winograd
+from refface.models.speedups import install_speedups
 from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.inputs import ImageInput, prepare_images
@@ -191,9 +190,7 @@ class CompositeContextPipeline(DiffusionPipeline):
         facial_encoder: CLIPVisionModel,
     ) -> None:
         super().__init__()
-        install_winograd(unet)
-        install_winograd(vae)
-        contiguous_attention_outputs(vae)
+        install_speedups(unet, vae)
         self.register_modules(
             unet=unet,
             vae=vae,

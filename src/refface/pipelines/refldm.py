@@ -18,14 +18,13 @@ from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
 from refface.imaging import to_pil
-from refface.models.attention_layout import contiguous_attention_outputs
 from refface.models.cache_kv import ReferenceBatch, ReferenceKV
 from refface.models.checkpoints import load_converted, read_state_dict, select_unet_weights, select_vq_weights
 from refface.models.config import RefLDMArchitecture, load_official_config, released_architecture
 from refface.models.convert import apply_rules, unet_rules, vq_rules
+from refface.models.speedups import install_speedups
 from refface.models.unet import build_unet, denoise, install_cache_kv, reference_pass
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized
-from refface.models.winograd import install as install_winograd
 from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.schedule import make_scheduler, sampling_scheduler, use_float64_cumprod
@@ -68,9 +67,7 @@ class RefLDMPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, vqvae: VQModel, scheduler: DDIMScheduler):
         super().__init__()
         install_cache_kv(unet)
-        install_winograd(unet)
-        install_winograd(vqvae)
-        contiguous_attention_outputs(vqvae)
+        install_speedups(unet, vqvae)
         use_float64_cumprod(scheduler)
         self.register_modules(unet=unet, vqvae=vqvae, scheduler=scheduler)
         self._null_cache: dict[tuple, ReferenceKV] = {}

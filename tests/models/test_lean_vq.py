@@ -82,6 +82,22 @@ def test_lean_decode_equals_the_decoder(plan, batch, height, width):
     _close(got, want)
 
 
+@pytest.mark.parametrize(
+    "plan", [PLANS["4-row strips, stored"], PLANS["4-row strips, recomputed"]], ids=["stored", "recomputed"]
+)
+def test_lean_walk_divides_by_a_residual_scale_other_than_one(plan):
+    vq = _vq(seed=11)
+    for module in vq.modules():
+        if hasattr(module, "output_scale_factor"):
+            module.output_scale_factor = 2.0
+    latents = torch.randn(2, 4, 6, 4, generator=torch.Generator().manual_seed(11))
+    images = torch.rand(2, 3, 24, 16, generator=torch.Generator().manual_seed(12)) * 2 - 1
+    with torch.no_grad():
+        codes = nearest_codes(vq, latents)
+        _close(lean_decode(vq, codes, plan), vq.decoder(vq.post_quant_conv(codes)))
+        _close(lean_encode(vq, images, plan), vq.quant_conv(vq.encoder(images)))
+
+
 def test_large_inputs_take_the_lean_walk_and_training_does_not(monkeypatch):
     vq = _vq(seed=1)
     calls = []

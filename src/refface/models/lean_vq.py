@@ -158,7 +158,9 @@ def lean_resnet(block: nn.Module, x: torch.Tensor, plan: LeanPlan) -> torch.Tens
         residual = x[:, :, start:stop]
         if block.conv_shortcut is not None:
             residual = block.conv_shortcut(residual)
-        result = (residual + conv3x3_rows(block.conv2, second, height, start, stop)) / block.output_scale_factor
+        result = conv3x3_rows(block.conv2, second, height, start, stop).add_(residual)  # a fresh tensor's rows
+        if block.output_scale_factor != 1:  # 1 in the VQGAN: a division by it would be one more pass for nothing
+            result /= block.output_scale_factor
         if recomputing and in_place:
             # the next strip's recomputation still reads the last input rows of this one: write one strip late
             if pending is not None:

@@ -67,15 +67,19 @@ def test_equals_direct_convolution_in_float64(shape, out_channels, chunk_bytes, 
     torch.testing.assert_close(got, F.conv2d(x, weight, bias, padding=1), rtol=0, atol=1e-11)
 
 
-def test_float32_rounding_is_of_the_direct_convolutions_order():
-    generator = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 128, 36, 40, generator=generator)
-    weight = torch.randn(128, 128, 3, 3, generator=generator) / (3 * 128**0.5)
-    bias = torch.randn(128, generator=generator)
+@pytest.mark.parametrize("shape", [(2, 128, 36, 40), (1, 256, 24, 30), (3, 160, 17, 9)])
+def test_float32_rounding_stays_within_a_few_dozen_unit_roundoffs(shape):
+    # The bound has the textbook form of a dot product's error, c * eps * sum(|x| |w|), and does not lean
+    # on how accurately this CPU's direct convolution rounds (AVX-512 oneDNN kernels stay under 1 eps of
+    # that sum). refface's points measure 15-40 eps; badly conditioned ones, (0, +-1, +-3), about 90.
+    generator = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=generator)
+    weight = torch.randn(shape[1], shape[1], 3, 3, generator=generator) / (3 * shape[1] ** 0.5)
+    bias = torch.randn(shape[1], generator=generator)
     exact = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
-    direct_error = (F.conv2d(x, weight, bias, padding=1).double() - exact).abs().max()
-    winograd_error = (winograd_conv3x3(x, weight, bias, F4X3).double() - exact).abs().max()
-    assert winograd_error < 8 * direct_error and winograd_error < 2e-4
+    magnitude = F.conv2d(x.double().abs(), weight.double().abs(), bias.double().abs(), padding=1)
+    error = (winograd_conv3x3(x, weight, bias, F4X3).double() - exact).abs() / magnitude
+    assert error.max() < 64 * torch.finfo(torch.float32).eps
 
 
 def _conv(channels: int, **kwargs) -> nn.Conv2d:

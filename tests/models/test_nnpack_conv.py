@@ -62,3 +62,12 @@ def test_strip_rows_are_whole_tiles_within_the_budget():
 def test_available_is_false_without_the_probe(monkeypatch):
     monkeypatch.delattr(torch, "_nnpack_available")
     assert not nnpack_conv.available()
+
+
+@pytest.mark.parametrize(("capability", "wanted"), [("AVX2", True), ("AVX512", False), ("DEFAULT", True)])
+def test_preferred_only_where_pytorchs_own_kernels_are_no_wider_than_avx2(monkeypatch, capability, wanted):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(nnpack_conv, "available", lambda: True)
+    assert nnpack_conv.preferred() is wanted
+    monkeypatch.setattr(nnpack_conv, "available", lambda: False)
+    assert not nnpack_conv.preferred()

@@ -31,6 +31,18 @@ def available() -> bool:
     return probe is not None and bool(probe())
 
 
+def preferred() -> bool:
+    """Whether refface should route large float32 maps here: NNPACK is available and PyTorch's own kernels
+    on this CPU are no wider than NNPACK's AVX2 ones.
+
+    On an AVX2 CPU NNPACK beat refface's F(4x4, 3x3) by 1.3-1.8x on the VQGAN's maps; on an AVX-512 CPU
+    (where MKL's matrix products, and so F(4x4, 3x3), use the wider vectors) it lost on every map of the
+    released models, by 1.1-1.6x (`takes_nnpack` in `refface.models.winograd` then sends those maps to
+    F(4x4, 3x3)).
+    """
+    return available() and torch.backends.cpu.get_cpu_capability() != "AVX512"
+
+
 def strip_rows(channels: int, out_channels: int, width: int, io_bytes: int = IO_BYTES) -> int:
     """Output rows per NNPACK call: whole tiles whose transformed input and output fit in `io_bytes`."""
     tile_row_bytes = 4 * TILE_POINTS * (channels + out_channels) * -(-width // OUTPUT_TILE)

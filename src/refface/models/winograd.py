@@ -2,7 +2,8 @@
 
 A stride-1, padding-1 3x3 convolution computed over 6x6 input tiles as 36 matrix products: 2.25
 multiplications per output instead of 9. It is the same function as the direct convolution; the
-rounding differs (measured max error about 3x the direct fp32 convolution's, both against float64).
+rounding differs (against float64: about 3x the direct fp32 convolution's error on an AVX2 CPU; AVX-512
+direct kernels round some 50x finer, and F(4x4, 3x3) stays within 40 unit roundoffs of sum |x||w|).
 PyTorch's CPU convolution has no Winograd path, and most of ReF-LDM's time on CPU is spent in large
 3x3 convolutions (the U-Net at 64x64 and 32x32, the VQGAN at up to 512x512), so this is where the
 floating-point work can shrink without changing what is computed.
@@ -10,7 +11,7 @@ floating-point work can shrink without changing what is computed.
 `install` swaps a model's eligible `nn.Conv2d` modules to `WinogradConv2d`, which keeps their
 parameters and state dict; it takes a Winograd path only without gradients, on CPU, in float32 or
 float64, and for shapes where it was measured faster (`takes_winograd`): NNPACK's F(6x6, 3x3) for
-float32 maps from 64 x 64 (`refface.models.nnpack_conv`), this module's F(4x4, 3x3) otherwise.
+float32 maps from 64 x 64 on AVX2 CPUs (`refface.models.nnpack_conv`), this module's F(4x4, 3x3) otherwise.
 `kept_transformed_weights` keeps each F(4x4, 3x3) weight transform for a block of code (a sampling
 loop). `plain_convolutions` restores the direct path for a block of code (the official-path benchmark).
 """
@@ -36,8 +37,8 @@ MIN_CHANNELS = 128  # below this (and below MIN_PIXELS) the transforms cost more
 MIN_PIXELS = 32 * 32
 KEPT_MIN_SIDE = 16  # with the transformed weight kept, F(4x4, 3x3) also wins on 16 x 16 maps (not on 8 x 8)
 CHUNK_BYTES = 8 * 2**20  # transformed input per chunk of tile rows: bounds the extra memory
-# From this map size on, NNPACK's F(6x6, 3x3) (`refface.models.nnpack_conv`) beats F(4x4, 3x3) on float32
-# even with its kernel transformed on every call; on the U-Net's 32 x 32 maps it does not.
+# From this map size on, NNPACK's F(6x6, 3x3) (`refface.models.nnpack_conv`) beats F(4x4, 3x3) on float32 on
+# AVX2 CPUs even with its kernel transformed on every call; on the U-Net's 32 x 32 maps it does not.
 NNPACK_MIN_PIXELS = 64 * 64
 
 
@@ -145,8 +146,9 @@ def takes_winograd(conv: nn.Conv2d, x: torch.Tensor, weights_kept: bool = False)
 
 
 def takes_nnpack(x: torch.Tensor) -> bool:
-    """For an input `takes_winograd` accepts: float32 maps large enough for NNPACK, when this build has it."""
-    return x.dtype == torch.float32 and x.shape[2] * x.shape[3] >= NNPACK_MIN_PIXELS and nnpack_conv.available()
+    """For an input `takes_winograd` accepts: float32 maps large enough for NNPACK, where NNPACK is available
+    and faster than F(4x4, 3x3) on this CPU (`nnpack_conv.preferred`)."""
+    return x.dtype == torch.float32 and x.shape[2] * x.shape[3] >= NNPACK_MIN_PIXELS and nnpack_conv.preferred()
 
 
 # The transformed weights kept by the innermost `kept_transformed_weights` block of this thread or task
@@ -175,7 +177,7 @@ def kept_transformed_weights() -> Iterator[None]:
 
 class WinogradConv2d(nn.Conv2d):
     """An `nn.Conv2d` (same parameters and state dict) that computes with Winograd when `takes_winograd`
-    says so (NNPACK's F(6x6, 3x3) on large float32 maps, F(4x4, 3x3) otherwise), and as a plain
+    says so (NNPACK's F(6x6, 3x3) on large float32 maps of AVX2 CPUs, F(4x4, 3x3) otherwise), and as a plain
     convolution otherwise."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

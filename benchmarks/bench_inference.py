@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from refface import RefLDMPipeline, released_architecture, tiny_architecture
+from refface.cli.common import DTYPES, checked_dtype
 from refface.models.unet import denoise
 from refface.models.vq import decode_quantized, encode_unquantized
 from refface.models.winograd import kept_transformed_weights
@@ -51,7 +52,6 @@ from timing import peak_memory_gb
 
 ARCHES = {"released": released_architecture, "tiny": tiny_architecture}
 FAST_MODE = {"num_inference_steps": FAST_STEPS, "solver": "dpm++"}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _timed(fn, device: torch.device):
@@ -302,6 +302,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if not (args.child or args.restore_child):
+        checked_dtype(torch.device(args.device), args.dtype)  # warns where this CPU lacks native half precision
     if args.restore_child:
         path, refs, steps, output = args.restore_child.split(":", 3)
         print(

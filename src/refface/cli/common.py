@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from refface.errors import RefFaceError
+from refface.precision import precision_warning
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -26,6 +28,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RefFaceError("--device mps was requested but Apple MPS is not available on this machine.")
     return torch.device(name)
+
+
+def checked_dtype(device: torch.device, dtype_name: str) -> torch.dtype:
+    """The --dtype a command runs with; one this CPU lacks native support for is warned about on stderr."""
+    warning = precision_warning(device, DTYPES[dtype_name])
+    if warning:
+        print(f"refface: warning: {warning}", file=sys.stderr)
+    return DTYPES[dtype_name]
 
 
 def unique_stems(paths: Sequence[str]) -> list[str]:

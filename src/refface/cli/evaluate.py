@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from refface.cli.common import DTYPES, add_guidance_options, resolve_device, say
+from refface.cli.common import DTYPES, add_guidance_options, checked_dtype, resolve_device, say
 from refface.errors import RefFaceError
 
 
@@ -74,7 +74,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         args.method,
         settings,
         device,
-        DTYPES[args.dtype],
+        checked_dtype(device, args.dtype),
         args.model,
         args.checkpoint,
         args.vqgan,

@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from refface.cli.common import DTYPES, add_guidance_options, face_selection, resolve_device, say, unique_stems
+from refface.cli.common import (
+    DTYPES,
+    add_guidance_options,
+    checked_dtype,
+    face_selection,
+    resolve_device,
+    say,
+    unique_stems,
+)
 from refface.errors import RefFaceError
 
 
@@ -142,6 +150,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         ]
 
     device = resolve_device(args.device)
+    dtype = checked_dtype(device, args.dtype)
     detector = None if args.aligned and (args.ref or args.no_refs) else DlibDetector(args.detector)
     shared = detector.shape_predictor if detector is not None else None
     embedder = make_embedder(args.identity, device, args.arcface_weights, shared) if has_refs else None
@@ -173,7 +182,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         for warning in report.warnings:
             print(f"refface: warning: {warning}", file=sys.stderr)
 
-    pipe = _load_pipeline(args).to(device=device, dtype=DTYPES[args.dtype])
+    pipe = _load_pipeline(args).to(device=device, dtype=dtype)
     references = pipe.encode_references([Image.fromarray(c) for c in ref_crops])
 
     def restore(crops):
@@ -321,7 +330,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="a folder written by `refface convert` / `refface train` / save_pretrained (composite: required)",
     )
     restore.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    restore.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="fp32 reproduces the official output")
+    restore.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="fp32",
+        help="fp32 reproduces the official output; bf16 is faster on GPUs and on CPUs with AMX (changes the output)",
+    )
     restore.add_argument("--batch-size", type=int, default=4, help="face crops per denoising batch")
     restore.add_argument("--overwrite", action="store_true", help="replace existing output files")
     restore.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from refface.cli.common import DTYPES, resolve_device, say
+from refface.cli.common import DTYPES, checked_dtype, resolve_device, say
 from refface.errors import RefFaceError
 
 
@@ -54,7 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_bytes=int(args.max_upload_mb * 2**20) * 8,
         max_pending=args.max_pending,
     )
-    models = load_models(args.model, resolve_device(args.device), DTYPES[args.dtype])
+    device = resolve_device(args.device)
+    models = load_models(args.model, device, checked_dtype(device, args.dtype))
     detector = DlibDetector(args.detector)
     embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
     root = Path(tempfile.mkdtemp(prefix="refface-serve-"))  # private (0700), outside anything served

@@ -196,7 +196,7 @@ def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def flop_floor_line(refs: int, arch: str, steps: int, official_s: float, ours_s: float) -> str:
+def flop_floor_line(refs: int, arch: str, steps: int, official_s: float, ours_s: float, ours: str = "exact") -> str:
     """Issue 10's CPU yardstick: the official work's counted FLOPs at this machine's matrix-multiply rate."""
     from flop_floor import matmul_gflops, official_work
 
@@ -209,7 +209,7 @@ def flop_floor_line(refs: int, arch: str, steps: int, official_s: float, ours_s:
 
     return (
         f"FLOP floor: the official work is {figure(work)} GFLOP, {figure(floor)} s at this machine's {rate:.0f} "
-        f"GFLOP/s fp32 matrix multiply; refface exact takes {ours_s / floor:.2f}x the floor, the official path "
+        f"GFLOP/s fp32 matrix multiply; refface {ours} takes {ours_s / floor:.2f}x the floor, the official path "
         f"{official_s / floor:.2f}x (floor_s={figure(floor)})"
     )
 
@@ -233,7 +233,8 @@ def compare_official(refs: int, arch: str, steps: int, fast: bool, device: str, 
             print(f"{path}: {rows[path]['seconds']:.3f} s, peak {rows[path]['peak_gb']:.2f} GB", file=sys.stderr)
     ours, official = rows["ours"], rows["official"]
     difference = float((ours["image"] - official["image"]).abs().max())
-    floor = flop_floor_line(refs, arch, steps, official["seconds"], ours["seconds"]) if device == "cpu" else None
+    exact = "exact" if dtype == "fp32" else f"DDIM {dtype}"
+    floor = flop_floor_line(refs, arch, steps, official["seconds"], ours["seconds"], exact) if device == "cpu" else None
     on_gpu = device != "cpu"
     if on_gpu:
         tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -255,7 +256,6 @@ def compare_official(refs: int, arch: str, steps: int, fast: bool, device: str, 
         gap = row["image"] - ours["image"]
         similarity = f"PSNR {psnr(row['image'], ours['image']):.1f} dB"
         versus = "-" if name == "ours" else f"max {gap.abs().max():.2e}, mean {gap.abs().mean():.2e}, {similarity}"
-        exact = "exact" if dtype == "fp32" else f"DDIM {dtype}"
         label = {"official": "official path (fp32)", "ours": f"refface {exact}"}.get(
             name, f"refface fast (DPM-Solver++ {FAST_STEPS}, {dtype})"
         )

@@ -18,13 +18,16 @@ def test_full_precision_is_always_native(dtype, monkeypatch):
     assert precision.precision_warning(torch.device("cpu"), dtype) is None
 
 
-@pytest.mark.parametrize(("dtype", "name"), [(torch.bfloat16, "bf16"), (torch.float16, "fp16")])
-def test_half_precision_follows_the_cpus_own_support(dtype, name, monkeypatch):
+@pytest.mark.parametrize(
+    ("dtype", "name", "needs"), [(torch.bfloat16, "bf16", "AVX-512 or AMX"), (torch.float16, "fp16", "AVX512-FP16")]
+)
+def test_half_precision_follows_the_cpus_own_support(dtype, name, needs, monkeypatch):
     asked = []
     monkeypatch.setattr(precision, "_onednn_supports", lambda d: asked.append(d) or False)
     warning = precision.precision_warning(torch.device("cpu"), dtype)
     assert asked == [dtype]
     assert warning.startswith(f"{name} has no native support on this CPU") and "--dtype fp32" in warning
+    assert f"PyTorch needs {needs}" in warning
     assert precision.precision_warning(torch.device("cuda"), dtype) is None  # a GPU's half precision is native
     monkeypatch.setattr(precision, "_onednn_supports", lambda d: True)
     assert precision.precision_warning(torch.device("cpu"), dtype) is None

@@ -2,7 +2,7 @@
 
 Half precision on a CPU without native instructions is not a little slower, it is unusable: one
 released-size U-Net call in bf16 did not finish in 10 minutes on an AVX2 CPU (3.3 s in fp32), while
-on a CPU with AMX the whole restoration ran 2.3x faster in bf16 than in fp32. PyTorch's oneDNN
+on a CPU with AMX the whole restoration ran about 2x faster in bf16 than in fp32. PyTorch's oneDNN
 kernels know which case a machine is; refface asks them.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 HALF_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+NEEDS = {torch.bfloat16: "AVX-512 or AMX", torch.float16: "AVX512-FP16 or AMX-FP16"}  # on x86, as oneDNN checks
 
 
 def _onednn_supports(dtype: torch.dtype) -> bool:
@@ -39,6 +40,6 @@ def precision_warning(device: torch.device, dtype: torch.dtype) -> str | None:
         return None
     name = HALF_NAMES[dtype]
     return (
-        f"{name} has no native support on this CPU (PyTorch needs AVX-512 or AMX for it), so it will run many "
+        f"{name} has no native support on this CPU (PyTorch needs {NEEDS[dtype]} for it), so it will run many "
         f"times slower than fp32; use --dtype fp32 here, and {name} on a GPU or a CPU with AMX."
     )

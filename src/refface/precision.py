@@ -8,28 +8,34 @@ kernels know which case a machine is; refface asks them.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-HALF_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-NEEDS = {torch.bfloat16: "AVX-512 or AMX", torch.float16: "AVX512-FP16 or AMX-FP16"}  # on x86, as oneDNN checks
+
+class HalfPrecision(NamedTuple):
+    name: str  # as --dtype spells it
+    needs: str  # the x86 instructions oneDNN looks for
+    onednn_check: str  # the torch.ops.mkldnn function that looks
+
+
+HALF = {
+    torch.bfloat16: HalfPrecision("bf16", "AVX-512 or AMX", "_is_mkldnn_bf16_supported"),
+    torch.float16: HalfPrecision("fp16", "AVX512-FP16 or AMX-FP16", "_is_mkldnn_fp16_supported"),
+}
 
 
 def _onednn_supports(dtype: torch.dtype) -> bool:
-    """oneDNN's own check: bf16 needs AVX-512 (BW/VL/DQ), AMX or Arm's BF16; fp16 needs AVX512-FP16 or AMX-FP16."""
-    check = (
-        torch.ops.mkldnn._is_mkldnn_bf16_supported
-        if dtype == torch.bfloat16
-        else torch.ops.mkldnn._is_mkldnn_fp16_supported
-    )
+    """oneDNN's own check (on Arm: its BF16/FP16 extensions)."""
     try:
-        return bool(check())
+        return bool(getattr(torch.ops.mkldnn, HALF[dtype].onednn_check)())
     except (AttributeError, RuntimeError):  # a PyTorch build without oneDNN: nothing known, nothing claimed
         return True
 
 
 def native_on_cpu(dtype: torch.dtype) -> bool:
     """Whether this CPU runs `dtype`'s matrix products and convolutions with its own instructions."""
-    if dtype not in HALF_NAMES:
+    if dtype not in HALF:
         return True
     return _onednn_supports(dtype)
 
@@ -38,8 +44,8 @@ def precision_warning(device: torch.device, dtype: torch.dtype) -> str | None:
     """One sentence when `dtype` on `device` will be far slower than float32, else None."""
     if device.type != "cpu" or native_on_cpu(dtype):
         return None
-    name = HALF_NAMES[dtype]
+    name, needs, _ = HALF[dtype]
     return (
-        f"{name} has no native support on this CPU (PyTorch needs {NEEDS[dtype]} for it), so it will run many "
+        f"{name} has no native support on this CPU (PyTorch needs {needs} for it), so it will run many "
         f"times slower than fp32; use --dtype fp32 here, and {name} on a GPU or a CPU with AMX."
     )

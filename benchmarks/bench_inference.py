@@ -214,12 +214,19 @@ def flop_floor_line(refs: int, arch: str, steps: int, official_s: float, ours_s:
     )
 
 
-def compare_official(refs: int, arch: str, steps: int, fast: bool, device: str, dtype: str, repeats: int) -> int:
+def compare_official(
+    refs: int, arch: str, steps: int, fast: bool, device: str, dtype: str, repeats: int, images: str | None = None
+) -> int:
+    """`images`: a folder to keep each path's restored image in (`official.pt`, `ours.pt`, `fast.pt`), so two
+    runs (before and after a change) can be compared bit for bit."""
+    import contextlib
     import tempfile
 
     rows = {}
     paths = ("official", "ours", "fast") if fast else ("official", "ours")
-    with tempfile.TemporaryDirectory() as folder:
+    kept = contextlib.nullcontext(images) if images else tempfile.TemporaryDirectory()
+    with kept as folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
         for path in paths:
             output = str(Path(folder) / f"{path}.pt")
             command = [sys.executable, __file__, "--restore-child", f"{path}:{refs}:{steps}:{output}",
@@ -297,6 +304,7 @@ def main() -> int:
     parser.add_argument(
         "--repeats", type=int, default=5, help="with --device cuda: timed restorations after one warm-up (default 5)"
     )
+    parser.add_argument("--images", help="with --compare-official: keep the restored images (.pt) in this folder")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--restore-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -315,7 +323,9 @@ def main() -> int:
     if args.compare_official:
         if len(args.refs) != 1:
             parser.error("--compare-official takes one --refs count")
-        return compare_official(args.refs[0], args.arch, args.steps, args.fast, args.device, args.dtype, args.repeats)
+        return compare_official(
+            args.refs[0], args.arch, args.steps, args.fast, args.device, args.dtype, args.repeats, args.images
+        )
     if args.timed_steps < 2:
         parser.error("--timed-steps must be at least 2 (the first step is warm-up)")
 

@@ -46,8 +46,8 @@ from refface import RefLDMPipeline, released_architecture, tiny_architecture
 from refface.cli.common import DTYPES, checked_dtype
 from refface.models.unet import denoise
 from refface.models.vq import decode_quantized, encode_unquantized
-from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.schedule import FAST_STEPS, sampling_scheduler
+from refface.speedups.winograd import kept_transformed_weights
 from timing import peak_memory_gb
 
 ARCHES = {"released": released_architecture, "tiny": tiny_architecture}

@@ -8,9 +8,10 @@ What differs from refface's exact mode (`RefLDMPipeline`), each as the official 
   its N identical copies are all attended to (refface computes it once per model and attends one copy
   with a log N bias);
 - the VQGAN runs as plain modules (refface takes a memory-lean walk over the same modules for wide
-  reference images and big batches, `refface.models.lean_vq`);
+  reference images and big batches, `refface.speedups.lean_vq`);
 - 3x3 convolutions are PyTorch's direct ones (refface computes the large ones on CPU with Winograd:
-  NNPACK's F(6x6, 3x3) on maps from 64 x 64, its own F(4x4, 3x3) on smaller ones, `refface.models.winograd`);
+  NNPACK's F(6x6, 3x3) on maps from 64 x 64, its own F(4x4, 3x3) on smaller ones, `refface.speedups.winograd`),
+  and every other speed-up of `refface.speedups` is off too (`speedups.disabled()`);
 - nothing is reused between photos.
 The reference pass stops after the last attention layer here as in refface (the official code runs the
 rest of the U-Net too), so if anything this favours the official path. The numbers it computes are the
@@ -24,10 +25,10 @@ import math
 import torch
 from diffusers.models.attention_processor import Attention
 
+from refface import speedups
 from refface.models.cache_kv import KVRecorder, ReferenceBatch
 from refface.models.unet import denoise, reference_pass
 from refface.models.vq import nearest_codes
-from refface.models.winograd import plain_convolutions
 from refface.pipelines.refldm import RefLDMPipeline
 from refface.pipelines.schedule import sampling_scheduler
 
@@ -115,7 +116,7 @@ def restore_like_official(
 
     lq [1, 3, S, S] and refs [N, 3, S, S] in [-1, 1]; returns the image [1, 3, S, S] in [0, 1].
     """
-    with plain_convolutions(pipe.unet, pipe.vqvae):
+    with speedups.disabled():  # every module's plain computation, as the official code runs
         return _restore(pipe, lq, refs, noise, steps, guidance)
 
 

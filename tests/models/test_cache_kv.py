@@ -159,7 +159,7 @@ def test_concurrent_restorations_do_not_interfere():
 @pytest.mark.parametrize(("batch", "copies", "with_refs"), [(1, 2, True), (2, 2, True), (2, 3, True), (3, 2, False)])
 def test_copies_equal_the_repeated_batch(batch, copies, with_refs):
     """Guidance branches share the layers before the first attention; the result is the repeated batch's."""
-    from refface.models.unet import denoise
+    from refface.models.unet import denoise, denoise_copies
 
     pipe = make_tiny_pipeline(seed=20 + batch)
     size, channels = pipe.latent_size, pipe.latent_channels
@@ -172,7 +172,7 @@ def test_copies_equal_the_repeated_batch(batch, copies, with_refs):
     else:
         context = None
     want = denoise(pipe.unet, torch.cat([x] * copies), t.repeat(copies), context)
-    got = denoise(pipe.unet, x, t, context, copies=copies)
+    got = denoise_copies(pipe.unet, x, t, context, copies)
     assert got.shape == want.shape
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     assert (got[:batch] - got[batch : 2 * batch]).abs().max() > 1e-4 or not with_refs

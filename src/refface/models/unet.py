@@ -3,10 +3,16 @@
 diffusers' UNet2DModel has exactly the block layout of CompVis' openaimodel UNet without
 cross-attention (ResBlocks, legacy attention blocks, conv down/up-sampling), so the official
 weights map onto it one to one. Its own forward does not hand per-call arguments to attention
-layers, so `denoise()` walks the same modules and passes the CacheKV context explicitly.
+layers, so one walk over the same modules (`_walk`) passes the CacheKV context explicitly, in three
+variants: `denoise` (the plain prediction), `denoise_copies` (guidance's branches sharing the layers
+before the first attention) and `reference_pass` (recording keys/values, stopping after the last
+attention layer).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.utils.checkpoint
@@ -51,11 +57,6 @@ def install_cache_kv(unet: UNet2DModel) -> None:
             module.set_processor(CacheKVAttnProcessor(name))
 
 
-def _attend(attn: torch.nn.Module, hidden: torch.Tensor, context: CacheKVContext) -> torch.Tensor:
-    # Call the processor directly: Attention.forward would inspect its signature on every call.
-    return attn.processor(attn, hidden, context=context)
-
-
 def _run_resnet(resnet: torch.nn.Module, hidden: torch.Tensor, emb: torch.Tensor, checkpoint: bool) -> torch.Tensor:
     # Residual blocks hold most activations; recomputing them in the backward pass trades time for memory.
     # Attention layers are never recomputed: a recording reference pass must record each layer once.
@@ -75,40 +76,32 @@ def _batch_of(emb: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     return emb if emb.shape[0] == hidden.shape[0] else emb.repeat(hidden.shape[0] // emb.shape[0], 1)
 
 
-def denoise(
-    unet: UNet2DModel,
-    sample: torch.Tensor,
-    timestep: torch.Tensor,
-    context: CacheKVContext = None,
-    copies: int = 1,
-) -> torch.Tensor | None:
-    """Run the U-Net on `sample` at `timestep` ([B] or scalar) with a CacheKV context.
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
-    With `copies` = k the prediction is that for `sample` repeated k times along the batch
-    (`torch.cat([sample] * k)`, e.g. one copy per branch of guidance), but the layers before the
-    first attention run once. With a KVRecorder (reference pass) only the keys/values matter, so
-    the walk stops after the last attention layer and returns None; otherwise it returns the
-    predicted noise.
-    """
-    recording = isinstance(context, KVRecorder)
-    if copies < 1 or (recording and copies != 1):
-        raise ValueError("copies must be at least 1, and exactly 1 for a reference pass.")
-    batch = sample.shape[0]
 
-    def widen(tensor: torch.Tensor) -> torch.Tensor:
-        # guidance runs the same input under several contexts: the layers before the first attention
-        # are the same for every copy, so the batch is repeated only where the copies start to differ
-        return tensor if tensor.shape[0] == batch * copies else tensor.repeat(copies, 1, 1, 1)
+@dataclass(frozen=True)
+class _Walk:
+    """What differs between the passes through the U-Net's modules: the CacheKV context every attention layer
+    gets, where guidance's copies of the batch start (`widen`, applied to each attention layer's input and to
+    the skips and the walk from the first up block on) and the up block after which a recording pass stops."""
 
+    context: CacheKVContext = None
+    widen: Callable[[torch.Tensor], torch.Tensor] = _same
+    stop_after: int | None = None
+
+    def attend(self, attn: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        # Call the processor directly: Attention.forward would inspect its signature on every call.
+        return attn.processor(attn, self.widen(hidden), context=self.context)
+
+
+def _walk(unet: UNet2DModel, sample: torch.Tensor, timestep: torch.Tensor, walk: _Walk) -> torch.Tensor | None:
+    """`UNet2DModel.forward`'s module order, with `walk`'s attention context, widening and early stop."""
     timesteps = torch.as_tensor(timestep, device=sample.device)
     if timesteps.ndim == 0:
         timesteps = timesteps[None]
-    timesteps = timesteps.expand(batch)
-    emb = unet.time_embedding(unet.time_proj(timesteps).to(sample.dtype))
+    emb = unet.time_embedding(unet.time_proj(timesteps.expand(sample.shape[0])).to(sample.dtype))
     checkpoint = unet.is_gradient_checkpointing and torch.is_grad_enabled()
-
-    def attend(attn: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        return _attend(attn, widen(hidden), context)
 
     hidden = unet.conv_in(sample)
     skips = [hidden]
@@ -117,7 +110,7 @@ def denoise(
         for resnet, attn in zip(block.resnets, attentions, strict=True):
             hidden = _run_resnet(resnet, hidden, _batch_of(emb, hidden), checkpoint)
             if attn is not None:
-                hidden = attend(attn, hidden)
+                hidden = walk.attend(attn, hidden)
             skips.append(hidden)
         for downsampler in block.downsamplers or []:
             hidden = downsampler(hidden)
@@ -127,29 +120,52 @@ def denoise(
     hidden = _run_resnet(mid.resnets[0], hidden, _batch_of(emb, hidden), checkpoint)
     for attn, resnet in zip(mid.attentions, mid.resnets[1:], strict=True):
         if attn is not None:
-            hidden = attend(attn, hidden)
+            hidden = walk.attend(attn, hidden)
         hidden = _run_resnet(resnet, hidden, _batch_of(emb, hidden), checkpoint)
 
-    # from here on every copy has its own values (or the walk widens at the first up block)
-    hidden = widen(hidden)
+    hidden = walk.widen(hidden)  # from here on every copy has its own values
     emb = _batch_of(emb, hidden)
-    stop_after = last_attention_block(unet) if recording else None
     for index, block in enumerate(unet.up_blocks):
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
         for resnet, attn in zip(block.resnets, attentions, strict=True):
-            skip = widen(skips.pop())
-            hidden = _run_resnet(resnet, torch.cat([hidden, skip], dim=1), emb, checkpoint)
+            hidden = _run_resnet(resnet, torch.cat([hidden, walk.widen(skips.pop())], dim=1), emb, checkpoint)
             if attn is not None:
-                hidden = attend(attn, hidden)
-        if index == stop_after:
+                hidden = walk.attend(attn, hidden)
+        if index == walk.stop_after:
             return None
         for upsampler in block.upsamplers or []:
             hidden = upsampler(hidden)
-
-    if recording:
+    if walk.stop_after is not None:
         return None
-    hidden = unet.conv_act(unet.conv_norm_out(hidden))
-    return unet.conv_out(hidden)
+    return unet.conv_out(unet.conv_act(unet.conv_norm_out(hidden)))
+
+
+def denoise(
+    unet: UNet2DModel, sample: torch.Tensor, timestep: torch.Tensor, context: CacheKVContext = None
+) -> torch.Tensor:
+    """The U-Net's noise prediction for `sample` at `timestep` ([B] or scalar), with `context` handed to every
+    CacheKV layer; without one it is `unet(sample, timestep).sample`."""
+    if isinstance(context, KVRecorder):
+        raise ValueError("A reference pass records keys and values: use reference_pass, not denoise.")
+    return _walk(unet, sample, timestep, _Walk(context))
+
+
+def denoise_copies(
+    unet: UNet2DModel, sample: torch.Tensor, timestep: torch.Tensor, context: CacheKVContext, copies: int
+) -> torch.Tensor:
+    """`denoise(unet, torch.cat([sample] * copies), timestep, context)`, for guidance's branches: the same input
+    under several contexts, so the layers before the first attention run once and the batch is repeated only
+    where the copies start to differ."""
+    if copies < 1:
+        raise ValueError("copies must be at least 1.")
+    if copies == 1:
+        return denoise(unet, sample, timestep, context)
+    batch = sample.shape[0]
+
+    def widen(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if tensor.shape[0] == batch * copies else tensor.repeat(copies, 1, 1, 1)
+
+    return _walk(unet, sample, timestep, _Walk(context, widen))
 
 
 def reference_pass(unet: UNet2DModel, ref_latents: torch.Tensor) -> ReferenceKV:
@@ -157,5 +173,6 @@ def reference_pass(unet: UNet2DModel, ref_latents: torch.Tensor) -> ReferenceKV:
     through the U-Net once at t = 0, keeping every self-attention layer's keys and values."""
     recorder = KVRecorder()
     padded = torch.cat([ref_latents, torch.zeros_like(ref_latents)], dim=1)
-    denoise(unet, padded, torch.zeros((), dtype=torch.long, device=ref_latents.device), recorder)
+    timestep = torch.zeros((), dtype=torch.long, device=ref_latents.device)
+    _walk(unet, padded, timestep, _Walk(recorder, stop_after=last_attention_block(unet)))  # only keys/values matter
     return recorder.finish(num_references=ref_latents.shape[0])

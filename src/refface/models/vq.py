@@ -10,11 +10,6 @@ import torch
 from diffusers import VQModel
 
 from refface.models.config import VQArchitecture
-from refface.models.lean_vq import lean_decode, lean_encode
-
-# Full-resolution activations larger than this take the memory-lean walk. One 512 x 512 image (128 MB
-# at 128 channels) takes it too: its decode then peaked 0.33 GB lower for about 2 s more.
-LEAN_ABOVE_BYTES = 64 * 2**20
 
 
 def build_vqmodel(arch: VQArchitecture) -> VQModel:
@@ -39,22 +34,8 @@ def build_vqmodel(arch: VQArchitecture) -> VQModel:
     )
 
 
-def _goes_lean(vq: VQModel, batch: int, height: int, width: int, like: torch.Tensor) -> bool:
-    """Large inference inputs on a CPU (a 512 x 512 image, wide reference images, big batches) take the lean
-    walk; small ones, training (gradients) and GPUs the plain modules, which are faster: on a GPU the strips'
-    many small launches cost more than the memory they save."""
-    if torch.is_grad_enabled() or like.device.type != "cpu":
-        return False
-    if vq.config.act_fn != "silu" or vq.config.norm_type != "group":
-        return False
-    activation = batch * vq.config.block_out_channels[0] * height * width * torch.finfo(like.dtype).bits // 8
-    return activation > LEAN_ABOVE_BYTES
-
-
 def encode_unquantized(vq: VQModel, images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1], [B, 3, H, W] -> latents [B, embed_dim, H/f, W/f] (encoder + quant_conv)."""
-    if _goes_lean(vq, images.shape[0], images.shape[2], images.shape[3], images):
-        return lean_encode(vq, images)
     return vq.quant_conv(vq.encoder(images))
 
 
@@ -70,8 +51,4 @@ def nearest_codes(vq: VQModel, latents: torch.Tensor) -> torch.Tensor:
 
 def decode_quantized(vq: VQModel, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> images in about [-1, 1]: quantize, post_quant_conv, decoder (as the official code)."""
-    codes = nearest_codes(vq, latents)
-    factor = 2 ** (len(vq.config.block_out_channels) - 1)
-    if _goes_lean(vq, latents.shape[0], latents.shape[2] * factor, latents.shape[3] * factor, latents):
-        return lean_decode(vq, codes)
-    return vq.decoder(vq.post_quant_conv(codes))
+    return vq.decoder(vq.post_quant_conv(nearest_codes(vq, latents)))

@@ -13,14 +13,14 @@ toward the LQ input with AdaIN.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
-from tqdm.auto import tqdm
 from transformers import CLIPVisionModel
 
+from refface import speedups
 from refface.errors import RefFaceError
 from refface.imaging import to_pil
 from refface.models.composite_context import (
@@ -33,12 +33,10 @@ from refface.models.composite_context import (
 )
 from refface.models.composite_parts import tiny_reference_encoders, tiny_text_to_image
 from refface.models.kl import decode_latents, encode_latents
-from refface.models.speedups import install_speedups
-from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.refldm import RestorationOutput, batch_noise
-from refface.pipelines.step_replay import StepReplay
+from refface.pipelines.sampler import StepCallback, sample
 
 
 @dataclass(frozen=True)
@@ -143,7 +141,7 @@ def sample_composite(
     steps: int,
     guidance: DualGuidance,
     progress: bool = False,
-    step_callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    step_callback: StepCallback | None = None,
     cuda_graphs: bool = True,
 ) -> torch.Tensor:
     """DDIM from `noise` to the final latents with dual guidance (a private copy of `scheduler` is stepped).
@@ -158,16 +156,9 @@ def sample_composite(
     scheduler.set_timesteps(steps)
     latents = noise.to(lq_latents.device, torch.float32) * scheduler.init_noise_sigma
     branches = GuidanceBranches.plan(denoiser, lq_latents, features, guidance)
-    predict = StepReplay(lambda x, t: branches.predict(denoiser, x, t), enabled=cuda_graphs)
-    with tqdm(total=steps, desc="DDIM", unit="step", disable=not progress) as bar, kept_transformed_weights():
-        for index, t in enumerate(scheduler.timesteps):
-            model_input = scheduler.scale_model_input(latents, t)
-            prediction = predict(model_input, t.to(latents.device))
-            if step_callback is not None:
-                step_callback(index, int(t), prediction)
-            latents = scheduler.step(prediction, t, latents).prev_sample
-            bar.update()
-    return latents
+    return sample(
+        lambda x, t: branches.predict(denoiser, x, t), scheduler, latents, progress, step_callback, cuda_graphs
+    )
 
 
 class CompositeContextPipeline(DiffusionPipeline):
@@ -188,9 +179,9 @@ class CompositeContextPipeline(DiffusionPipeline):
         context: CompositeContext,
         identity_encoder: IdentityEncoder,
         facial_encoder: CLIPVisionModel,
+        speedups: bool = True,
     ) -> None:
         super().__init__()
-        install_speedups(unet, vae)
         self.register_modules(
             unet=unet,
             vae=vae,
@@ -201,6 +192,8 @@ class CompositeContextPipeline(DiffusionPipeline):
         )
         # on a GPU each sampling step after the first replays a CUDA graph (same numbers); False: eagerly
         self.cuda_graphs = True
+        self._speedups = False
+        self.enable_speedups(speedups)
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
@@ -211,8 +204,10 @@ class CompositeContextPipeline(DiffusionPipeline):
         scheduler: DDIMScheduler,
         identity_encoder: IdentityEncoder,
         facial_encoder: CLIPVisionModel,
+        speedups: bool = True,
     ) -> CompositeContextPipeline:
-        """A new model from a text-to-image U-Net: input widened for the LQ latent, fresh W_H / W_G."""
+        """A new model from a text-to-image U-Net: input widened for the LQ latent, fresh W_H / W_G
+        (`speedups` False for a model to be trained)."""
         vision = facial_encoder.config
         context = CompositeContext(
             identity_dim=identity_encoder.embedder.backbone.fc.out_features,
@@ -222,13 +217,20 @@ class CompositeContextPipeline(DiffusionPipeline):
         )
         if unet.config.in_channels == vae.config.latent_channels:
             unet = widen_input(unet, vae.config.latent_channels)
-        return cls(unet, vae, scheduler, context, identity_encoder, facial_encoder)
+        return cls(unet, vae, scheduler, context, identity_encoder, facial_encoder, speedups)
 
     @classmethod
     def tiny(cls, image_size: int = 32) -> CompositeContextPipeline:
         """A randomly initialised miniature model (tests, CPU smoke runs of the web page and CLI)."""
         unet, vae, scheduler = tiny_text_to_image(image_size)
         return cls.assemble(unet, vae, scheduler, *tiny_reference_encoders()).eval_mode()
+
+    def enable_speedups(self, on: bool = True) -> CompositeContextPipeline:
+        """Turn this pipeline's CPU speed-ups on or off for its later calls (see `RefLDMPipeline.enable_speedups`)."""
+        if on:
+            speedups.install(self.unet, self.vae)
+        self._speedups = on
+        return self
 
     def eval_mode(self) -> CompositeContextPipeline:
         for module in (self.unet, self.vae, self.context, self.identity_encoder, self.facial_encoder):
@@ -257,7 +259,8 @@ class CompositeContextPipeline(DiffusionPipeline):
         """ArcFace and FaRL features of the reference photos: compute once, reuse for every photo of the person."""
         if len(references) == 0:
             return None
-        return encode_reference_features(self.identity_encoder, self.facial_encoder, self._prepare(references))
+        with speedups.allowed(self._speedups):
+            return encode_reference_features(self.identity_encoder, self.facial_encoder, self._prepare(references))
 
     # ----------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -272,9 +275,26 @@ class CompositeContextPipeline(DiffusionPipeline):
         color_fix: bool = True,
         noise: torch.Tensor | None = None,
         progress: bool = True,
-        step_callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        step_callback: StepCallback | None = None,
     ) -> RestorationOutput:
         """Restore a batch of LQ face crops of one person with any number of references (None / empty: none)."""
+        with speedups.allowed(self._speedups):
+            guidance = DualGuidance(lq_guidance, reference_guidance)
+            return self._restore(lq, references, num_inference_steps, guidance, seed, color_fix, noise, progress,
+                                 step_callback)  # fmt: skip
+
+    def _restore(
+        self,
+        lq: Sequence[ImageInput] | torch.Tensor,
+        references: ReferenceFeatures | Sequence[ImageInput] | torch.Tensor | None,
+        num_inference_steps: int,
+        guidance: DualGuidance,
+        seed: int | Sequence[int],
+        color_fix: bool,
+        noise: torch.Tensor | None,
+        progress: bool,
+        step_callback: StepCallback | None,
+    ) -> RestorationOutput:
         lq_batch = self._prepare(lq)
         batch_size = lq_batch.shape[0]
         if references is not None and not isinstance(references, ReferenceFeatures):
@@ -289,7 +309,7 @@ class CompositeContextPipeline(DiffusionPipeline):
             references,
             noise,
             num_inference_steps,
-            DualGuidance(lq_guidance, reference_guidance),
+            guidance,
             progress,
             step_callback,
             self.cuda_graphs,

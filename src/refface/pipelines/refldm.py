@@ -7,28 +7,26 @@ toward the references, quantize and decode.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel, VQModel
 from PIL import Image
-from tqdm.auto import tqdm
 
+from refface import speedups
 from refface.errors import RefFaceError
 from refface.imaging import to_pil
 from refface.models.cache_kv import ReferenceBatch, ReferenceKV
 from refface.models.checkpoints import load_converted, read_state_dict, select_unet_weights, select_vq_weights
 from refface.models.config import RefLDMArchitecture, load_official_config, released_architecture
 from refface.models.convert import apply_rules, unet_rules, vq_rules
-from refface.models.speedups import install_speedups
-from refface.models.unet import build_unet, denoise, install_cache_kv, reference_pass
+from refface.models.unet import build_unet, denoise_copies, install_cache_kv, reference_pass
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized
-from refface.models.winograd import kept_transformed_weights
 from refface.pipelines.inputs import ImageInput, prepare_images
+from refface.pipelines.sampler import StepCallback, sample
 from refface.pipelines.schedule import make_scheduler, sampling_scheduler, use_float64_cumprod
-from refface.pipelines.step_replay import StepReplay
 
 
 @dataclass
@@ -38,6 +36,11 @@ class RestorationOutput:
     images: list[Image.Image]
     pixels: torch.Tensor  # [B, 3, H, W] in [0, 1]
     latents: torch.Tensor  # final (unquantized) latents [B, C, h, w]
+
+
+def weight_stamp(module: torch.nn.Module) -> tuple:
+    """Changes whenever any of `module`'s parameters does: replaced (a load, a move) or written in place."""
+    return tuple((p.data_ptr(), p._version) for p in module.parameters())
 
 
 def item_noise(shape: tuple[int, ...], seeds: Sequence[int]) -> torch.Tensor:
@@ -60,17 +63,23 @@ class RefLDMPipeline(DiffusionPipeline):
     with its own copy of the scheduler. On a GPU that holds with `cuda_graphs = False` only: a CUDA
     graph's capture cannot overlap other GPU work, so with graphs (the default) a GPU pipeline serves
     one restoration at a time, as `refface serve` does.
+
+    `speedups` (default True) gives the models refface's CPU speed-ups (`refface.speedups`: same function,
+    other rounding); a pipeline wrapping modules that are being trained is built with False.
     """
 
     model_cpu_offload_seq = "vqvae->unet->vqvae"
 
-    def __init__(self, unet: UNet2DModel, vqvae: VQModel, scheduler: DDIMScheduler):
+    def __init__(self, unet: UNet2DModel, vqvae: VQModel, scheduler: DDIMScheduler, speedups: bool = True):
         super().__init__()
         install_cache_kv(unet)
-        install_speedups(unet, vqvae)
         use_float64_cumprod(scheduler)
         self.register_modules(unet=unet, vqvae=vqvae, scheduler=scheduler)
+        # (device, dtype, latent size) -> the null condition, and the U-Net's `weight_stamp` it was made with
         self._null_cache: dict[tuple, ReferenceKV] = {}
+        self._null_stamps: dict[tuple, tuple] = {}
+        self._speedups = False
+        self.enable_speedups(speedups)
         # On a GPU each sampling step after the first replays a CUDA graph of the U-Net call (same kernels,
         # same numbers; `step_replay`); False runs every step eagerly, e.g. to profile the kernels apart.
         self.cuda_graphs = True
@@ -112,6 +121,18 @@ class RefLDMPipeline(DiffusionPipeline):
             load_converted(module, weights, source, assign=True)
         return pipe.eval_mode()
 
+    def enable_speedups(self, on: bool = True) -> RefLDMPipeline:
+        """Turn this pipeline's CPU speed-ups on or off for its later calls (the output changes by rounding only).
+
+        Off is a setting of the pipeline that its calls read, thread-safe; on installs the faster modules the
+        first time (`refface.speedups.install`), so turn them on before the pipeline is shared between threads.
+        For one block of code in one thread, `with refface.speedups.disabled():` does the same.
+        """
+        if on:
+            speedups.install(self.unet, self.vqvae)
+        self._speedups = on
+        return self
+
     def eval_mode(self) -> RefLDMPipeline:
         self.unet.eval().requires_grad_(False)
         self.vqvae.eval().requires_grad_(False)
@@ -152,26 +173,29 @@ class RefLDMPipeline(DiffusionPipeline):
             return ReferenceKV({}, {}, num_references=0)
         batch = self._prepare(references)
         wide = torch.cat(list(batch), dim=-1)[None]
-        latent = encode_unquantized(self.vqvae, wide)
-        per_reference = torch.cat(latent.split(self.latent_size, dim=-1), dim=0)
-        return self._reference_pass(per_reference)
+        with speedups.allowed(self._speedups):
+            latent = encode_unquantized(self.vqvae, wide)
+            per_reference = torch.cat(latent.split(self.latent_size, dim=-1), dim=0)
+            return self._reference_pass(per_reference)
 
     def null_references(self, count: int) -> ReferenceKV:
         """The CFG null condition for `count` references: zero latents through the reference pass.
 
         The pass over a zero latent does not depend on the input, so it is computed once per
-        device/dtype and `count` identical copies are represented by one copy plus a log(count)
-        attention bias.
+        device/dtype and U-Net weights, and `count` identical copies are represented by one copy plus a
+        log(count) attention bias. Any change of the U-Net's weights (fine-tuning, `load_state_dict`, a move
+        to another device or dtype) makes it anew.
         """
         key = (str(self.device), self.unet.dtype, self.latent_size)
+        stamp = weight_stamp(self.unet)
         cache = self._null_cache.get(key)
-        if cache is None:
+        if cache is None or self._null_stamps.get(key) != stamp:
             zero = torch.zeros(
                 1, self.latent_channels, self.latent_size, self.latent_size, device=self.device, dtype=self.unet.dtype
             )
-            with torch.no_grad():
+            with torch.no_grad(), speedups.allowed(self._speedups):
                 cache = self._reference_pass(zero)
-            self._null_cache[key] = cache
+            self._null_cache[key], self._null_stamps[key] = cache, stamp
         return cache.repeated(count)
 
     # ----------------------------------------------------------------------------- sampling
@@ -194,7 +218,7 @@ class RefLDMPipeline(DiffusionPipeline):
         solver: str = "ddim",
         noise: torch.Tensor | None = None,
         progress: bool = True,
-        step_callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        step_callback: StepCallback | None = None,
     ) -> RestorationOutput:
         """Restore a batch of LQ face crops of one person.
 
@@ -204,6 +228,23 @@ class RefLDMPipeline(DiffusionPipeline):
         `solver` "ddim" is the official sampler (exact mode); "dpm++" (DPM-Solver++, e.g. 20 steps)
         is the fast mode, which changes the output.
         """
+        with speedups.allowed(self._speedups):
+            return self._restore(lq, references, num_inference_steps, guidance_scale, seed, spacing, solver, noise,
+                                 progress, step_callback)  # fmt: skip
+
+    def _restore(
+        self,
+        lq: Sequence[ImageInput] | torch.Tensor,
+        references: ReferenceKV | Sequence[ImageInput] | torch.Tensor | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        seed: int | Sequence[int],
+        spacing: str,
+        solver: str,
+        noise: torch.Tensor | None,
+        progress: bool,
+        step_callback: StepCallback | None,
+    ) -> RestorationOutput:
         lq_batch = self._prepare(lq)
         batch_size = lq_batch.shape[0]
         if references is None:
@@ -223,26 +264,15 @@ class RefLDMPipeline(DiffusionPipeline):
             context = ReferenceBatch(((batch_size, references),))
         model_dtype = self.unet.dtype
 
-        timesteps = scheduler.timesteps
-        # one copy of the input per guidance branch; the U-Net shares their first layers
-        predict = StepReplay(
-            lambda x, t: denoise(self.unet, x, t, context, copies=2 if guided else 1), enabled=self.cuda_graphs
-        )
-        # every step runs the same U-Net: its convolutions transform their weights once for the whole loop
-        with (
-            tqdm(total=len(timesteps), desc="DDIM", unit="step", disable=not progress) as bar,
-            kept_transformed_weights(),
-        ):
-            for index, t in enumerate(timesteps):
-                model_input = torch.cat([latents.to(model_dtype), lq_latents], dim=1)
-                eps = predict(model_input, t.to(self.device)).float()
-                if guided:
-                    eps_null, eps_ref = eps.chunk(2)
-                    eps = eps_null + guidance_scale * (eps_ref - eps_null)
-                if step_callback is not None:
-                    step_callback(index, int(t), eps)
-                latents = scheduler.step(eps, t, latents).prev_sample
-                bar.update()
+        def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            # one copy of the input per guidance branch, in the official order [null references, references]
+            model_input = torch.cat([x.to(model_dtype), lq_latents], dim=1)
+            eps = denoise_copies(self.unet, model_input, t, context, copies=2 if guided else 1).float()
+            if not guided:
+                return eps
+            eps_null, eps_ref = eps.chunk(2)
+            return eps_null + guidance_scale * (eps_ref - eps_null)
 
+        latents = sample(predict, scheduler, latents, progress, step_callback, self.cuda_graphs)
         pixels = ((decode_quantized(self.vqvae, latents.to(model_dtype)).float() + 1.0) / 2.0).clamp(0.0, 1.0)
         return RestorationOutput(images=to_pil(pixels), pixels=pixels, latents=latents)

@@ -31,7 +31,7 @@ def initial_pipeline(config: TrainConfig) -> CompositeContextPipeline:
         encoders = tiny_reference_encoders()
     else:
         encoders = pretrained_reference_encoders(config.loss.arcface_weights, model.farl_weights)
-    return CompositeContextPipeline.assemble(*parts, *encoders)
+    return CompositeContextPipeline.assemble(*parts, *encoders, speedups=False)  # modules to be trained
 
 
 def build_composite_stage(config: TrainConfig) -> CompositeStage:

@@ -145,4 +145,5 @@ class CompositeStage(SingleDenoiserStage):
             context=denoiser.context,
             identity_encoder=self.identity_encoder,
             facial_encoder=self.facial_encoder,
+            speedups=False,  # the modules are still being trained
         ).save_pretrained(folder)

@@ -84,7 +84,8 @@ class DiffusionStage(SingleDenoiserStage):
         if isinstance(denoiser, CacheKVDenoiser):
             from refface.pipelines.refldm import RefLDMPipeline
 
-            RefLDMPipeline(unet=denoiser.unet, vqvae=self.vq, scheduler=self.scheduler).save_pretrained(folder)
+            pipe = RefLDMPipeline(unet=denoiser.unet, vqvae=self.vq, scheduler=self.scheduler, speedups=False)
+            pipe.save_pretrained(folder)
             return
         from safetensors.torch import save_file
 

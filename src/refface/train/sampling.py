@@ -2,7 +2,8 @@
 
 The product pipeline (`RefLDMPipeline`) is CacheKV-only and optimised for reuse of a reference
 cache; training also validates the ablation denoisers, so this loop goes through the generic
-`encode_references` / `predict` pair. For CacheKV it gives the pipeline's result (tested).
+`encode_references` / `predict` pair, in the pipelines' sampling loop (`refface.pipelines.sampler`).
+For CacheKV it gives the pipeline's result (tested).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from diffusers import DDIMScheduler, VQModel
 from refface.models.reference_integration import ReferenceDenoiser
 from refface.models.vq import decode_quantized, encode_unquantized
 from refface.pipelines.refldm import item_noise
+from refface.pipelines.sampler import sample
 from refface.pipelines.schedule import sampling_scheduler
 from refface.train.diffusion_step import encode_references_wide
 
@@ -42,13 +44,15 @@ def restore_batch(
     guided = ref_latents.shape[1] > 0 and guidance_scale != 1.0
     null = denoiser.encode_references(torch.zeros_like(ref_latents)) if guided else None
 
-    latents = item_noise((channels, height, width), [seed + i for i in range(batch)]).to(lq_latent)
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x, step_t = x.to(lq_latent.dtype), t.expand(batch)
+        eps = denoiser.predict(x, lq_latent, context, step_t).float()
+        if not guided:
+            return eps
+        eps_null = denoiser.predict(x, lq_latent, null, step_t).float()
+        return eps_null + guidance_scale * (eps - eps_null)
+
+    noise = item_noise((channels, height, width), [seed + i for i in range(batch)]).to(lq_latent)
     ddim = sampling_scheduler(scheduler, steps, "uniform_trailing")
-    for t in ddim.timesteps:
-        step_t = t.to(lq_latent.device).expand(batch)
-        eps = denoiser.predict(latents, lq_latent, context, step_t).float()
-        if guided:
-            eps_null = denoiser.predict(latents, lq_latent, null, step_t).float()
-            eps = eps_null + guidance_scale * (eps - eps_null)
-        latents = ddim.step(eps, t, latents.float()).prev_sample.to(lq_latent)
-    return decode_quantized(vq, latents)
+    latents = sample(predict, ddim, noise.float())  # no CUDA graphs: the models are being trained
+    return decode_quantized(vq, latents.to(lq_latent.dtype))

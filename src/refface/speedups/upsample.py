@@ -11,6 +11,8 @@ import torch
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
+from refface.speedups import switch
+
 
 def doubled(x: torch.Tensor) -> torch.Tensor:
     """Every pixel of a [B, C, H, W] map repeated 2 x 2: [B, C, 2H, 2W], as nearest-neighbour x2."""
@@ -24,7 +26,8 @@ class BroadcastUpsample2D(Upsample2D):
 
     def forward(self, hidden_states: torch.Tensor, output_size: int | None = None, *args, **kwargs) -> torch.Tensor:
         plain = self.interpolate and self.norm is None and not self.use_conv_transpose
-        if hidden_states.device.type != "cpu" or output_size is not None or args or kwargs or not plain:
+        cpu = hidden_states.device.type == "cpu"
+        if not (cpu and plain and switch.active()) or output_size is not None or args or kwargs:
             return super().forward(hidden_states, output_size, *args, **kwargs)
         hidden_states = doubled(hidden_states)
         if self.use_conv:

@@ -7,7 +7,7 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from refface.models.attention_layout import ContiguousOutputAttnProcessor, contiguous_attention_outputs
+from refface.speedups.attention_layout import ContiguousOutputAttnProcessor, contiguous_attention_outputs
 from refface.models.cache_kv import CacheKVAttnProcessor
 from tests.conftest import make_tiny_pipeline
 

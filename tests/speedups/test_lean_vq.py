@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refface.models import vq as vq_module
+from refface import speedups
 from refface.models.config import VQArchitecture
-from refface.models.lean_vq import GroupStats, LeanPlan, lean_decode, lean_encode
+from refface.speedups import lean_vq
+from refface.speedups.lean_vq import GroupStats, LeanDecoder, LeanEncoder, LeanPlan, lean_decode, lean_encode
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized, nearest_codes
 from tests.conftest import restore_official_case
 
@@ -65,7 +66,7 @@ def test_lean_encode_equals_the_encoder(plan, batch, height, width):
     kept = images.clone()
     with torch.no_grad():
         want = vq.quant_conv(vq.encoder(images))
-        got = lean_encode(vq, images, plan)
+        got = vq.quant_conv(lean_encode(vq.encoder, images, plan))
     _close(got, want)
     assert torch.equal(images, kept)  # written in place only into its own activations
 
@@ -78,7 +79,7 @@ def test_lean_decode_equals_the_decoder(plan, batch, height, width):
     with torch.no_grad():
         codes = nearest_codes(vq, latents)
         want = vq.decoder(vq.post_quant_conv(codes))
-        got = lean_decode(vq, codes, plan)
+        got = lean_decode(vq.decoder, vq.post_quant_conv(codes), plan)
     _close(got, want)
 
 
@@ -94,23 +95,28 @@ def test_lean_walk_divides_by_a_residual_scale_other_than_one(plan):
     images = torch.rand(2, 3, 24, 16, generator=torch.Generator().manual_seed(12)) * 2 - 1
     with torch.no_grad():
         codes = nearest_codes(vq, latents)
-        _close(lean_decode(vq, codes, plan), vq.decoder(vq.post_quant_conv(codes)))
-        _close(lean_encode(vq, images, plan), vq.quant_conv(vq.encoder(images)))
+        _close(lean_decode(vq.decoder, vq.post_quant_conv(codes), plan), vq.decoder(vq.post_quant_conv(codes)))
+        _close(lean_encode(vq.encoder, images, plan), vq.encoder(images))
 
 
 def test_large_inputs_take_the_lean_walk_and_training_does_not(monkeypatch):
     vq = _vq(seed=1)
+    assert lean_vq.install(vq) == 2
+    assert type(vq.encoder) is LeanEncoder and type(vq.decoder) is LeanDecoder
     calls = []
     for name in ("lean_encode", "lean_decode"):
-        original = getattr(vq_module, name)
-        monkeypatch.setattr(vq_module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        original = getattr(lean_vq, name)
+        monkeypatch.setattr(lean_vq, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         encode_unquantized(vq, images)
         assert calls == []  # small: plain modules
-        monkeypatch.setattr(vq_module, "LEAN_ABOVE_BYTES", 0)
+        lean_vq.install(vq, above_bytes=0)
         latents = encode_unquantized(vq, images)
         decode_quantized(vq, latents)
+        assert calls == ["lean_encode", "lean_decode"]
+        with speedups.disabled():  # the switch: plain modules
+            decode_quantized(vq, encode_unquantized(vq, images))
     assert calls == ["lean_encode", "lean_decode"]
     encode_unquantized(vq.requires_grad_(True), images).sum().backward()  # gradients: plain modules
     assert calls == ["lean_encode", "lean_decode"]
@@ -119,22 +125,31 @@ def test_large_inputs_take_the_lean_walk_and_training_does_not(monkeypatch):
 def test_only_cpu_inputs_take_the_lean_walk():
     """On a GPU the strips' many small launches cost more than the memory they save: plain modules there."""
     vq = _vq(seed=1)
+    channels = vq.config.block_out_channels[0]
     with torch.no_grad():
         for dtype in (torch.float32, torch.bfloat16):
-            assert vq_module._goes_lean(vq, 5, 512, 512, torch.empty(0, dtype=dtype))
-            assert not vq_module._goes_lean(vq, 5, 512, 512, torch.empty(0, dtype=dtype, device="meta"))
-        assert not vq_module._goes_lean(vq, 1, 32, 32, torch.empty(0))  # small: plain modules on a CPU too
+            assert lean_vq.takes_lean_walk(channels, 5, 512, 512, torch.empty(0, dtype=dtype))
+            assert not lean_vq.takes_lean_walk(channels, 5, 512, 512, torch.empty(0, dtype=dtype, device="meta"))
+        assert not lean_vq.takes_lean_walk(channels, 1, 32, 32, torch.empty(0))  # small: plain modules on a CPU too
 
 
-def test_official_case_through_the_lean_walk(slim_pipeline, slim_case, monkeypatch):
+def test_only_vqgans_get_the_lean_walk():
+    from refface.models.composite_parts import tiny_text_to_image
+
+    _, vae, _ = tiny_text_to_image(32)
+    assert lean_vq.install(vae) == 0 and type(vae.encoder).__name__ == "Encoder"
+
+
+def test_official_case_through_the_lean_walk(slim_pipeline, slim_case):
     """The exact-mode fixture, with every VQGAN call forced through small recomputed strips."""
     inputs, expected = slim_case["inputs"], slim_case["expected"]
-    forced = LeanPlan(strip_bytes=1, store_limit=0)
-    monkeypatch.setattr(vq_module, "LEAN_ABOVE_BYTES", 0)
-    monkeypatch.setattr(vq_module, "lean_encode", lambda vq, images: lean_encode(vq, images, forced))
-    monkeypatch.setattr(vq_module, "lean_decode", lambda vq, codes: lean_decode(vq, codes, forced))
-    wide = torch.cat(list(inputs["refs"]), dim=-1)[None]
-    assert (encode_unquantized(slim_pipeline.vqvae, wide) - expected["ref_latent"]).abs().max() < 1e-4
-    out = restore_official_case(slim_pipeline, slim_case)
+    vq = slim_pipeline.vqvae
+    lean_vq.install(vq, plan=LeanPlan(strip_bytes=1, store_limit=0), above_bytes=0)
+    try:
+        wide = torch.cat(list(inputs["refs"]), dim=-1)[None]
+        assert (encode_unquantized(vq, wide) - expected["ref_latent"]).abs().max() < 1e-4
+        out = restore_official_case(slim_pipeline, slim_case)
+    finally:
+        lean_vq.install(vq, plan=LeanPlan(), above_bytes=lean_vq.LEAN_ABOVE_BYTES)  # the session's pipeline
     assert (out.latents - expected["latent"]).abs().max() < 1e-4
     assert (out.pixels - expected["image"]).abs().max() < 1e-4

@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refface.models import nnpack_conv, winograd
-from refface.models.winograd import (
+from refface import speedups
+from refface.speedups import nnpack_conv, winograd
+from refface.speedups.winograd import (
     F4X3,
     POINTS,
     WinogradConv2d,
     cook_toom_matrices,
     install,
     kept_transformed_weights,
-    plain_convolutions,
     takes_winograd,
     winograd_conv3x3,
 )
@@ -138,7 +138,7 @@ def test_module_dispatch_matches_direct_and_keeps_gradients(winograd_everywhere)
     x = torch.randn(3, 6, 9, 12, requires_grad=True)
     with torch.no_grad():
         fast = conv(x)
-        with plain_convolutions(conv):
+        with speedups.disabled():
             plain = conv(x)
     assert len(calls) == 1
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
@@ -153,7 +153,7 @@ def test_large_float32_maps_take_nnpack_and_the_rest_f4x3(winograd_everywhere, m
     large, small = torch.randn(2, 4, 64, 70), torch.randn(3, 4, 63, 64)
     with torch.no_grad():
         outputs = [conv(large), conv(small), conv.double()(large.double())]
-        with plain_convolutions(conv):
+        with speedups.disabled():
             wanted = [conv(large.double()), conv(small.double()), conv(large.double())]
         monkeypatch.setattr(nnpack_conv, "available", lambda: False)
         outputs.append(conv.float()(large))
@@ -175,7 +175,7 @@ def test_kept_transformed_weights_are_made_once_and_follow_weight_changes(monkey
     install(conv)
     x, small = torch.randn(2, 128, 32, 36), torch.randn(3, 128, 16, 20)
     with torch.no_grad():
-        with plain_convolutions(conv):
+        with speedups.disabled():
             plain, plain_small = conv(x), conv(small)
         conv(small)
         assert transforms == []  # 16 x 16 maps stay direct when every call would transform the weight
@@ -207,13 +207,19 @@ def test_kept_transformed_weights_belong_to_their_thread():
     assert inside == {} and seen == [None] and winograd._KEPT.get() is None
 
 
-def test_plain_convolutions_restores_winograd_after_an_error():
-    model = nn.Sequential(_conv(4), _conv(4))
+def test_disabled_speedups_come_back_after_an_error(winograd_everywhere):
+    calls = winograd_everywhere["f4x3"]
+    model = nn.Sequential(_conv(4), _conv(4)).requires_grad_(False)
     install(model)
-    with pytest.raises(RuntimeError, match="inside"), plain_convolutions(model):
-        assert all(type(module) is nn.Conv2d for module in model)
-        raise RuntimeError("inside")
-    assert all(type(module) is WinogradConv2d for module in model)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="inside"), speedups.disabled():
+            model(x)
+            assert not speedups.active() and calls == []
+            raise RuntimeError("inside")
+        assert speedups.active()
+        model(x)
+    assert all(type(module) is WinogradConv2d for module in model) and len(calls) == 2
 
 
 def test_pipelines_install_winograd():

@@ -2,7 +2,7 @@
 
 PyTorch ships NNPACK but routes a convolution to it only for batches of 16 or more. For one large
 feature map its fused transforms (one pass over the input and one over the output, where refface's
-own F(4x4, 3x3) in `refface.models.winograd` needs several tensor passes) make the VQGAN's 3x3
+own F(4x4, 3x3) in `refface.speedups.winograd` needs several tensor passes) make the VQGAN's 3x3
 convolutions 1.3-1.8x faster than that (measured per convolution, 512 x 512 down to 64 x 64 maps).
 It computes the same function as the direct convolution; its float32 rounding is of the order of
 refface's F(4x4, 3x3) (measured 6-11e-5 against float64 on unit-scale outputs, the direct
@@ -37,7 +37,7 @@ def preferred() -> bool:
 
     On an AVX2 CPU NNPACK beat refface's F(4x4, 3x3) by 1.3-1.8x on the VQGAN's maps; on an AVX-512 CPU
     (where MKL's matrix products, and so F(4x4, 3x3), use the wider vectors) it lost on every map of the
-    released models, by 1.1-1.6x (`takes_nnpack` in `refface.models.winograd` then sends those maps to
+    released models, by 1.1-1.6x (`takes_nnpack` in `refface.speedups.winograd` then sends those maps to
     F(4x4, 3x3)).
     """
     return available() and torch.backends.cpu.get_cpu_capability() != "AVX512"

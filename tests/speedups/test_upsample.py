@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.upsampling import Upsample2D
 
-from refface.models.upsample import BroadcastUpsample2D, doubled, install
+from refface.speedups.upsample import BroadcastUpsample2D, doubled, install
 from tests.conftest import make_tiny_pipeline
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refface.models import nnpack_conv
-from refface.models.nnpack_conv import OUTPUT_TILE, TILE_POINTS, conv3x3, strip_rows
+from refface.speedups import nnpack_conv
+from refface.speedups.nnpack_conv import OUTPUT_TILE, TILE_POINTS, conv3x3, strip_rows
 
 needs_nnpack = pytest.mark.skipif(not nnpack_conv.available(), reason="this PyTorch build or CPU has no NNPACK")
 

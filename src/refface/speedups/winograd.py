@@ -11,9 +11,9 @@ floating-point work can shrink without changing what is computed.
 `install` swaps a model's eligible `nn.Conv2d` modules to `WinogradConv2d`, which keeps their
 parameters and state dict; it takes a Winograd path only without gradients, on CPU, in float32 or
 float64, and for shapes where it was measured faster (`takes_winograd`): NNPACK's F(6x6, 3x3) for
-float32 maps from 64 x 64 on AVX2 CPUs (`refface.models.nnpack_conv`), this module's F(4x4, 3x3) otherwise.
+float32 maps from 64 x 64 on AVX2 CPUs (`refface.speedups.nnpack_conv`), this module's F(4x4, 3x3) otherwise.
 `kept_transformed_weights` keeps each F(4x4, 3x3) weight transform for a block of code (a sampling
-loop). `plain_convolutions` restores the direct path for a block of code (the official-path benchmark).
+loop). `refface.speedups.disabled()` gives the direct path for a block of code (the official-path benchmark).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refface.models import nnpack_conv
+from refface.speedups import nnpack_conv, switch
 
 OUTPUT_TILE = 4
 # Interpolation points of the Cook-Toom construction (plus the point at infinity). With 0, +-1, +-1/2 the
@@ -37,7 +37,7 @@ MIN_CHANNELS = 128  # below this (and below MIN_PIXELS) the transforms cost more
 MIN_PIXELS = 32 * 32
 KEPT_MIN_SIDE = 16  # with the transformed weight kept, F(4x4, 3x3) also wins on 16 x 16 maps (not on 8 x 8)
 CHUNK_BYTES = 8 * 2**20  # transformed input per chunk of tile rows: bounds the extra memory
-# From this map size on, NNPACK's F(6x6, 3x3) (`refface.models.nnpack_conv`) beats F(4x4, 3x3) on float32 on
+# From this map size on, NNPACK's F(6x6, 3x3) (`refface.speedups.nnpack_conv`) beats F(4x4, 3x3) on float32 on
 # AVX2 CPUs even with its kernel transformed on every call; on the U-Net's 32 x 32 maps it does not.
 NNPACK_MIN_PIXELS = 64 * 64
 
@@ -182,7 +182,7 @@ class WinogradConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kept = _KEPT.get()
-        if not takes_winograd(self, x, kept is not None):
+        if not switch.active() or not takes_winograd(self, x, kept is not None):
             return super().forward(x)
         if takes_nnpack(x):
             return nnpack_conv.conv3x3(x, self.weight, self.bias)
@@ -206,16 +206,3 @@ def install(model: nn.Module) -> int:
             module.__class__ = WinogradConv2d
             count += 1
     return count
-
-
-@contextmanager
-def plain_convolutions(*models: nn.Module) -> Iterator[None]:
-    """Within the block, the models' `WinogradConv2d` modules run as plain convolutions."""
-    switched = [module for model in models for module in model.modules() if type(module) is WinogradConv2d]
-    for module in switched:
-        module.__class__ = nn.Conv2d
-    try:
-        yield
-    finally:
-        for module in switched:
-            module.__class__ = WinogradConv2d

@@ -13,9 +13,11 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from torch import nn
 
+from refface.speedups import switch
+
 
 class ContiguousOutputAttnProcessor(AttnProcessor2_0):
-    """diffusers' scaled-dot-product processor with a contiguous (NCHW) output."""
+    """diffusers' scaled-dot-product processor with a contiguous (NCHW) output while the speed-ups are on."""
 
     def __call__(
         self,
@@ -25,7 +27,8 @@ class ContiguousOutputAttnProcessor(AttnProcessor2_0):
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb).contiguous()
+        out = super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return out.contiguous() if switch.active() else out
 
 
 def contiguous_attention_outputs(model: nn.Module) -> int:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from torch import nn
 from transformers import CLIPVisionModel
 
-from refface import speedups
 from refface.errors import RefFaceError
 from refface.imaging import to_pil
 from refface.models.composite_context import (
@@ -37,6 +37,7 @@ from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.refldm import RestorationOutput, batch_noise
 from refface.pipelines.sampler import StepCallback, sample
+from refface.pipelines.speedup_setting import SpeedupSetting, within_speedup_setting
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def sample_composite(
     )
 
 
-class CompositeContextPipeline(DiffusionPipeline):
+class CompositeContextPipeline(SpeedupSetting, DiffusionPipeline):
     """Composite-Context restoration on diffusers modules; saves and loads with save_pretrained/from_pretrained.
 
     Thread-safe for concurrent calls: each call samples with its own copy of the scheduler, and the
@@ -192,7 +193,6 @@ class CompositeContextPipeline(DiffusionPipeline):
         )
         # on a GPU each sampling step after the first replays a CUDA graph (same numbers); False: eagerly
         self.cuda_graphs = True
-        self._speedups = False
         self.enable_speedups(speedups)
 
     # ----------------------------------------------------------------------------- construction
@@ -225,12 +225,8 @@ class CompositeContextPipeline(DiffusionPipeline):
         unet, vae, scheduler = tiny_text_to_image(image_size)
         return cls.assemble(unet, vae, scheduler, *tiny_reference_encoders()).eval_mode()
 
-    def enable_speedups(self, on: bool = True) -> CompositeContextPipeline:
-        """Turn this pipeline's CPU speed-ups on or off for its later calls (see `RefLDMPipeline.enable_speedups`)."""
-        if on:
-            speedups.install(self.unet, self.vae)
-        self._speedups = on
-        return self
+    def speedup_models(self) -> tuple[nn.Module, ...]:
+        return self.unet, self.vae
 
     def eval_mode(self) -> CompositeContextPipeline:
         for module in (self.unet, self.vae, self.context, self.identity_encoder, self.facial_encoder):
@@ -255,15 +251,16 @@ class CompositeContextPipeline(DiffusionPipeline):
 
     # ----------------------------------------------------------------------------- references
     @torch.no_grad()
+    @within_speedup_setting
     def encode_references(self, references: Sequence[ImageInput] | torch.Tensor) -> ReferenceFeatures | None:
         """ArcFace and FaRL features of the reference photos: compute once, reuse for every photo of the person."""
         if len(references) == 0:
             return None
-        with speedups.allowed(self._speedups):
-            return encode_reference_features(self.identity_encoder, self.facial_encoder, self._prepare(references))
+        return encode_reference_features(self.identity_encoder, self.facial_encoder, self._prepare(references))
 
     # ----------------------------------------------------------------------------- sampling
     @torch.no_grad()
+    @within_speedup_setting
     def __call__(
         self,
         lq: Sequence[ImageInput] | torch.Tensor,
@@ -278,23 +275,6 @@ class CompositeContextPipeline(DiffusionPipeline):
         step_callback: StepCallback | None = None,
     ) -> RestorationOutput:
         """Restore a batch of LQ face crops of one person with any number of references (None / empty: none)."""
-        with speedups.allowed(self._speedups):
-            guidance = DualGuidance(lq_guidance, reference_guidance)
-            return self._restore(lq, references, num_inference_steps, guidance, seed, color_fix, noise, progress,
-                                 step_callback)  # fmt: skip
-
-    def _restore(
-        self,
-        lq: Sequence[ImageInput] | torch.Tensor,
-        references: ReferenceFeatures | Sequence[ImageInput] | torch.Tensor | None,
-        num_inference_steps: int,
-        guidance: DualGuidance,
-        seed: int | Sequence[int],
-        color_fix: bool,
-        noise: torch.Tensor | None,
-        progress: bool,
-        step_callback: StepCallback | None,
-    ) -> RestorationOutput:
         lq_batch = self._prepare(lq)
         batch_size = lq_batch.shape[0]
         if references is not None and not isinstance(references, ReferenceFeatures):
@@ -309,7 +289,7 @@ class CompositeContextPipeline(DiffusionPipeline):
             references,
             noise,
             num_inference_steps,
-            guidance,
+            DualGuidance(lq_guidance, reference_guidance),
             progress,
             step_callback,
             self.cuda_graphs,

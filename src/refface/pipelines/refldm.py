@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel, VQModel
 from PIL import Image
+from torch import nn
 
-from refface import speedups
 from refface.errors import RefFaceError
 from refface.imaging import to_pil
 from refface.models.cache_kv import ReferenceBatch, ReferenceKV
@@ -27,6 +27,7 @@ from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantize
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.sampler import StepCallback, sample
 from refface.pipelines.schedule import make_scheduler, sampling_scheduler, use_float64_cumprod
+from refface.pipelines.speedup_setting import SpeedupSetting, within_speedup_setting
 
 
 @dataclass
@@ -56,7 +57,7 @@ def batch_noise(shape: tuple[int, ...], batch_size: int, seed: int | Sequence[in
     return item_noise(shape, seeds)
 
 
-class RefLDMPipeline(DiffusionPipeline):
+class RefLDMPipeline(SpeedupSetting, DiffusionPipeline):
     """ReF-LDM restoration on diffusers modules; saves and loads with save_pretrained/from_pretrained.
 
     Thread-safe for concurrent calls: the CacheKV state is passed per call, and each call samples
@@ -78,7 +79,6 @@ class RefLDMPipeline(DiffusionPipeline):
         # (device, dtype, latent size) -> the null condition, and the U-Net's `weight_stamp` it was made with
         self._null_cache: dict[tuple, ReferenceKV] = {}
         self._null_stamps: dict[tuple, tuple] = {}
-        self._speedups = False
         self.enable_speedups(speedups)
         # On a GPU each sampling step after the first replays a CUDA graph of the U-Net call (same kernels,
         # same numbers; `step_replay`); False runs every step eagerly, e.g. to profile the kernels apart.
@@ -121,17 +121,8 @@ class RefLDMPipeline(DiffusionPipeline):
             load_converted(module, weights, source, assign=True)
         return pipe.eval_mode()
 
-    def enable_speedups(self, on: bool = True) -> RefLDMPipeline:
-        """Turn this pipeline's CPU speed-ups on or off for its later calls (the output changes by rounding only).
-
-        Off is a setting of the pipeline that its calls read, thread-safe; on installs the faster modules the
-        first time (`refface.speedups.install`), so turn them on before the pipeline is shared between threads.
-        For one block of code in one thread, `with refface.speedups.disabled():` does the same.
-        """
-        if on:
-            speedups.install(self.unet, self.vqvae)
-        self._speedups = on
-        return self
+    def speedup_models(self) -> tuple[nn.Module, ...]:
+        return self.unet, self.vqvae
 
     def eval_mode(self) -> RefLDMPipeline:
         self.unet.eval().requires_grad_(False)
@@ -162,6 +153,7 @@ class RefLDMPipeline(DiffusionPipeline):
         return reference_pass(self.unet, ref_latents)
 
     @torch.no_grad()
+    @within_speedup_setting
     def encode_references(self, references: Sequence[ImageInput] | torch.Tensor) -> ReferenceKV:
         """The reusable CacheKV for a set of reference photos of one person.
 
@@ -173,11 +165,11 @@ class RefLDMPipeline(DiffusionPipeline):
             return ReferenceKV({}, {}, num_references=0)
         batch = self._prepare(references)
         wide = torch.cat(list(batch), dim=-1)[None]
-        with speedups.allowed(self._speedups):
-            latent = encode_unquantized(self.vqvae, wide)
-            per_reference = torch.cat(latent.split(self.latent_size, dim=-1), dim=0)
-            return self._reference_pass(per_reference)
+        latent = encode_unquantized(self.vqvae, wide)
+        per_reference = torch.cat(latent.split(self.latent_size, dim=-1), dim=0)
+        return self._reference_pass(per_reference)
 
+    @within_speedup_setting
     def null_references(self, count: int) -> ReferenceKV:
         """The CFG null condition for `count` references: zero latents through the reference pass.
 
@@ -193,7 +185,7 @@ class RefLDMPipeline(DiffusionPipeline):
             zero = torch.zeros(
                 1, self.latent_channels, self.latent_size, self.latent_size, device=self.device, dtype=self.unet.dtype
             )
-            with torch.no_grad(), speedups.allowed(self._speedups):
+            with torch.no_grad():
                 cache = self._reference_pass(zero)
             self._null_cache[key], self._null_stamps[key] = cache, stamp
         return cache.repeated(count)
@@ -207,6 +199,7 @@ class RefLDMPipeline(DiffusionPipeline):
         return batch_noise((self.latent_channels, self.latent_size, self.latent_size), batch_size, seed)
 
     @torch.no_grad()
+    @within_speedup_setting
     def __call__(
         self,
         lq: Sequence[ImageInput] | torch.Tensor,
@@ -228,23 +221,6 @@ class RefLDMPipeline(DiffusionPipeline):
         `solver` "ddim" is the official sampler (exact mode); "dpm++" (DPM-Solver++, e.g. 20 steps)
         is the fast mode, which changes the output.
         """
-        with speedups.allowed(self._speedups):
-            return self._restore(lq, references, num_inference_steps, guidance_scale, seed, spacing, solver, noise,
-                                 progress, step_callback)  # fmt: skip
-
-    def _restore(
-        self,
-        lq: Sequence[ImageInput] | torch.Tensor,
-        references: ReferenceKV | Sequence[ImageInput] | torch.Tensor | None,
-        num_inference_steps: int,
-        guidance_scale: float,
-        seed: int | Sequence[int],
-        spacing: str,
-        solver: str,
-        noise: torch.Tensor | None,
-        progress: bool,
-        step_callback: StepCallback | None,
-    ) -> RestorationOutput:
         lq_batch = self._prepare(lq)
         batch_size = lq_batch.shape[0]
         if references is None:

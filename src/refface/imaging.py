@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from refface.errors import RefFaceError, require_file
+from refface.errors import RefFaceError, require_file, short_reason
 from refface.files import atomic_output
 
 # Larger than any camera photo (about 16k x 16k) but far below what would exhaust memory.
@@ -93,7 +93,7 @@ def _decode(source, image_label: str, file_label: str, max_pixels: int) -> Image
     except UnidentifiedImageError:
         raise RefFaceError(f"{file_label} is not an image format refface can read.") from None
     except (OSError, SyntaxError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = short_reason(error)
         raise RefFaceError(f"{image_label} is damaged or unreadable ({reason}).") from None
     if image.width < 1 or image.height < 1:
         raise RefFaceError(f"{image_label} is empty.")

@@ -7,8 +7,8 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from refface.speedups.attention_layout import ContiguousOutputAttnProcessor, contiguous_attention_outputs
 from refface.models.cache_kv import CacheKVAttnProcessor
+from refface.speedups.attention_layout import ContiguousOutputAttnProcessor, contiguous_attention_outputs
 from tests.conftest import make_tiny_pipeline
 
 

@@ -7,9 +7,9 @@ import torch
 
 from refface import speedups
 from refface.models.config import VQArchitecture
+from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized, nearest_codes
 from refface.speedups import lean_vq
 from refface.speedups.lean_vq import GroupStats, LeanDecoder, LeanEncoder, LeanPlan, lean_decode, lean_encode
-from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized, nearest_codes
 from tests.conftest import restore_official_case
 
 PLANS = {

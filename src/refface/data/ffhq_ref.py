@@ -23,7 +23,6 @@ import numpy as np
 from refface.data.identity_graph import (
     close_pairs,
     cosine_distances,
-    fps_from_distances,
     identities_from_pairs,
     renumber_by_first_appearance,
     smallest_distance,
@@ -38,6 +37,7 @@ from refface.data.reference_csv import (
     write_split_file,
 )
 from refface.errors import RefFaceError
+from refface.face.farthest_point import fps_from_distances
 
 # A pair list beyond this many pairs per image means the threshold joins nearly everyone; refuse it
 # before the list itself exhausts memory (FFHQ at 0.4 links far fewer than one pair per image).

@@ -14,6 +14,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from refface.errors import RefFaceError
+from refface.face.farthest_point import fps_from_distances
 
 
 def _row(index: int, row_names: Sequence[str] | None) -> str:
@@ -158,20 +159,3 @@ def farthest_point_order(target: np.ndarray, candidates: np.ndarray) -> np.ndarr
     everything = everything / np.linalg.norm(everything, axis=1, keepdims=True)
     distances = cosine_distances(everything)
     return fps_from_distances(distances[0, 1:], distances[1:, 1:])
-
-
-def fps_from_distances(to_target: np.ndarray, pairwise: np.ndarray) -> np.ndarray:
-    """Farthest point order given the candidates' distances to the target and to each other.
-
-    Each pick maximises its minimum distance to the target and all earlier picks; ties go to the
-    lowest index (np.argmax returns the first maximum).
-    """
-    count = to_target.shape[0]
-    nearest = np.array(to_target, dtype=np.float64)
-    order = np.empty(count, dtype=np.int64)
-    for step in range(count):
-        pick = int(np.argmax(nearest))
-        order[step] = pick
-        nearest = np.minimum(nearest, pairwise[pick])
-        nearest[pick] = -np.inf  # stays -inf through later minimums, so it is never picked again
-    return order

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from refface.errors import short_reason
 from refface.evaluation.metrics import ImageMetric, Unavailable, to_tensor
-from refface.face.arcface import short_reason
 
 NO_REFERENCE = {"niqe": ("niqe", False), "musiq": ("musiq", True)}
 """Our column -> (pyiqa metric name, higher is better)."""

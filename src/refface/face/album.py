@@ -24,10 +24,10 @@ import numpy as np
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
-from refface.data.identity_graph import fps_from_distances
 from refface.errors import RefFaceError
 from refface.face.alignment import MIN_FACE_SIZE, AlignedFace, align_face, ffhq_quad, yaw_asymmetry
 from refface.face.detection import DetectedFace, FaceDetector
+from refface.face.farthest_point import fps_from_distances
 from refface.face.identity import IdentityEmbedder
 from refface.face.locate import EXTREME_YAW, detect_faces
 from refface.imaging import SAVE_FORMATS, load_image

@@ -13,8 +13,8 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from refface.errors import RefFaceError
-from refface.face.arcface import BN_EPS, INPUT_SIZE, STAGE_WIDTHS, short_reason
+from refface.errors import RefFaceError, short_reason
+from refface.models.iresnet import BN_EPS, INPUT_SIZE, STAGE_WIDTHS
 
 _PASS_THROUGH = frozenset({"Identity", "Dropout"})
 _SHAPE_ONLY = frozenset({"Shape", "Size"})
@@ -74,7 +74,8 @@ class _OnnxImporter:
         except RefFaceError:
             raise
         except Exception as error:  # protobuf decode errors, bad tensors, missing external data...
-            raise RefFaceError(f"The ArcFace ONNX file {source} could not be read ({short_reason(error)}).") from None
+            reason = short_reason(error)
+            raise RefFaceError(f"The ArcFace ONNX file {source} could not be read ({reason}).") from None
         self.state: dict[str, torch.Tensor] = {}
         self.where = "the stem"  # for error messages: the part of the network being matched
         self.blocks = 0

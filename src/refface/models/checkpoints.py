@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from refface.errors import RefFaceError, require_file
+from refface.errors import RefFaceError, require_file, short_reason
 
 UNET_PREFIX = "model.diffusion_model."
 EMA_PREFIX = "model_ema."
@@ -38,7 +38,7 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
             f"The {what} file {source} is not a readable PyTorch checkpoint (damaged or another format)."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = short_reason(error)
         raise RefFaceError(f"The {what} file {source} is not a readable PyTorch checkpoint ({first}).") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]

@@ -22,8 +22,8 @@ from torch import nn
 from transformers import CLIPVisionModel
 
 from refface.errors import RefFaceError
-from refface.face.arcface import EMBEDDING_SIZE, ArcFaceEmbedder, iresnet
 from refface.models.farl import farl_pixels
+from refface.models.iresnet import EMBEDDING_SIZE, ArcFaceEmbedder, iresnet
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPVisionModel
 
-from refface.errors import RefFaceError
+from refface.errors import RefFaceError, short_reason
 from refface.models.composite_context import IdentityEncoder
 from refface.models.farl import vit_config
 
@@ -72,18 +72,6 @@ def tiny_reference_encoders() -> tuple[IdentityEncoder, CLIPVisionModel]:
     return identity, facial
 
 
-def pretrained_reference_encoders(
-    arcface_weights: str | Path | None = None, farl_weights: str | Path | None = None
-) -> tuple[IdentityEncoder, CLIPVisionModel]:
-    """The paper's frozen encoders: ArcFace R50 and FaRL ViT-B/16, from files or downloaded on first use."""
-    from refface.face.arcface import default_arcface, load_arcface
-    from refface.models.farl import default_farl, load_farl
-
-    arcface = load_arcface(arcface_weights) if arcface_weights else default_arcface()
-    farl = load_farl(farl_weights) if farl_weights else default_farl()
-    return IdentityEncoder.from_embedder(arcface), farl
-
-
 def load_text_to_image(folder: str | Path) -> tuple[UNet2DConditionModel, AutoencoderKL, DDIMScheduler]:
     """The U-Net, autoencoder and schedule of a diffusers text-to-image folder (e.g. a Stable Diffusion 2 download)."""
     root = Path(folder)
@@ -95,7 +83,7 @@ def load_text_to_image(folder: str | Path) -> tuple[UNet2DConditionModel, Autoen
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae")
         config = DDIMScheduler.load_config(root, subfolder="scheduler")
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = short_reason(error)
         raise RefFaceError(f"The text-to-image model in {root} could not be loaded ({reason}).") from None
     if not isinstance(unet.config.cross_attention_dim, int):
         raise RefFaceError(f"The U-Net in {root} has per-block cross-attention widths; one width is needed.")

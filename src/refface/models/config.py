@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from refface.errors import RefFaceError
+from refface.errors import RefFaceError, short_reason
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def load_official_config(path: str | Path) -> RefLDMArchitecture:
     except FileNotFoundError:
         raise RefFaceError(f"The config file {source} does not exist.") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = short_reason(error)
         raise RefFaceError(f"The config file {source} is not readable YAML ({reason}).") from None
 
     params = _get(document, "model.params", source)

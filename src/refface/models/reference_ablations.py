@@ -26,7 +26,7 @@ from torch import nn
 from refface.errors import RefFaceError
 from refface.models.cache_kv import CacheKVAttnProcessor
 from refface.models.config import UNetArchitecture
-from refface.models.reference_integration import ReferenceDenoiser
+from refface.models.reference_denoiser import ReferenceDenoiser
 from refface.models.unet import build_unet, denoise
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from transformers import CLIPVisionModel
+
 from refface.errors import RefFaceError
-from refface.models.composite_context import CompositeDenoiser
+from refface.models.composite_context import CompositeDenoiser, IdentityEncoder
 from refface.pipelines.composite import CompositeContextPipeline, DualGuidance
 from refface.train.composite_stage import CompositeStage
 from refface.train.config import TrainConfig
@@ -16,12 +20,7 @@ def initial_pipeline(config: TrainConfig) -> CompositeContextPipeline:
         from refface.pipelines.loading import load_composite
 
         return load_composite(model.init_checkpoint)
-    from refface.models.composite_parts import (
-        load_text_to_image,
-        pretrained_reference_encoders,
-        tiny_reference_encoders,
-        tiny_text_to_image,
-    )
+    from refface.models.composite_parts import load_text_to_image, tiny_reference_encoders, tiny_text_to_image
 
     if model.architecture == "tiny":
         parts = tiny_text_to_image(config.data.size)
@@ -32,6 +31,18 @@ def initial_pipeline(config: TrainConfig) -> CompositeContextPipeline:
     else:
         encoders = pretrained_reference_encoders(config.loss.arcface_weights, model.farl_weights)
     return CompositeContextPipeline.assemble(*parts, *encoders, speedups=False)  # modules to be trained
+
+
+def pretrained_reference_encoders(
+    arcface_weights: str | Path | None = None, farl_weights: str | Path | None = None
+) -> tuple[IdentityEncoder, CLIPVisionModel]:
+    """The paper's frozen encoders: ArcFace R50 and FaRL ViT-B/16, from files or downloaded on first use."""
+    from refface.face.arcface import default_arcface, load_arcface
+    from refface.models.farl import default_farl, load_farl
+
+    arcface = load_arcface(arcface_weights) if arcface_weights else default_arcface()
+    farl = load_farl(farl_weights) if farl_weights else default_farl()
+    return IdentityEncoder.from_embedder(arcface), farl
 
 
 def build_composite_stage(config: TrainConfig) -> CompositeStage:

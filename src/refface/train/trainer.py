@@ -25,7 +25,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from refface.errors import RefFaceError
+from refface.errors import RefFaceError, short_reason
 from refface.train.batches import batch_stream
 from refface.train.build import build_run
 from refface.train.config import TrainConfig
@@ -180,7 +180,7 @@ class Trainer:
         try:
             self.accelerator.load_state(str(path))
         except (OSError, RuntimeError, KeyError, ValueError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            reason = short_reason(error)
             raise RefFaceError(f"The checkpoint {path} could not be loaded ({reason}).") from None
         self.step, self.position = int(state["step"]), int(state["position"])
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from refface.errors import RefFaceError
+from refface.errors import RefFaceError, short_reason
 
 PIXEL_LOSSES = ("l1", "l2")
 
@@ -145,7 +145,7 @@ def adaptive_weight(
         (nll_grad,) = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)
         (gan_grad,) = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)
     except RuntimeError as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = short_reason(error)
         raise RefFaceError(
             f"The adaptive GAN weight needs both losses to depend on the decoder's last layer with gradients ({first})."
         ) from None

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refface.errors import RefFaceError
+from refface.errors import RefFaceError, short_reason
 
 
 class ServerBusy(RefFaceError):
@@ -130,7 +130,7 @@ class JobQueue:
                 self.update(job, state="failed", message=str(error))
             except Exception as error:  # a bug must not kill the worker: report it and go on
                 traceback.print_exc()
-                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                reason = short_reason(error)
                 self.update(job, state="failed", message=f"The restoration failed unexpectedly ({reason}).")
             finally:
                 job.touched = time.monotonic()

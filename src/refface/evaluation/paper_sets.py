@@ -3,7 +3,7 @@
 A set is a reference CSV (`gt_image,ref_image`, the released FFHQ-Ref format) plus a folder of LQ
 images named like the GT images; GT and references come from one HQ image folder (FFHQ, CelebA-HQ).
 The default places inside `--data` are those `refface dataset build` and `refface dataset benchmark`
-write (see the README's "Rebuilding FFHQ-Ref"); released sets laid out differently are passed with
+write (see docs/datasets.md, "Rebuilding FFHQ-Ref"); released sets laid out differently are passed with
 explicit `lq_dir` / `references_csv`.
 """
 

@@ -135,3 +135,11 @@ def test_training_builds_its_models_without_speedups():
 
     stage = build_run(load_config("tiny-composite", {"data.size": 32})).stage
     assert _installed(stage.denoiser.unet, stage.vae) == []
+
+
+def test_a_saved_model_loads_for_training_without_speedups(tmp_path):
+    from refface.pipelines.loading import load_composite
+
+    CompositeContextPipeline.tiny().save_pretrained(tmp_path / "model")
+    assert _installed(*load_composite(tmp_path / "model", speedups=False).speedup_models()) == []
+    assert WinogradConv2d in _installed(*load_composite(tmp_path / "model").speedup_models())

@@ -62,10 +62,26 @@ def say(args: argparse.Namespace, message: str) -> None:
         print(message)
 
 
+def method_help() -> str:
+    """--method's help: each method's name and where its weights come from, the default first-named."""
+    from refface import methods
+
+    parts = [f"{m.name} ({'default; ' if m.name == methods.DEFAULT else ''}{m.summary})" for m in methods.METHODS]
+    return " or ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+
+
 def add_guidance_options(parser: argparse.ArgumentParser) -> None:
-    """--cfg, --lq-guidance and --no-color-fix: the guidance of either method (checked by pipelines.options)."""
+    """--guidance (alias --cfg), --lq-guidance and --no-color-fix: each method's, checked by refface.methods."""
+    from refface import methods
+
+    defaults = ", ".join(f"{m.guidance} for {m.name}" for m in methods.METHODS)
+    with_lq = [m for m in methods.METHODS if m.lq_guidance is not None]
+    lq_names = ", ".join(m.name for m in with_lq)
+    lq_defaults = ", ".join(str(m.lq_guidance) for m in with_lq)
     parser.add_argument(
-        "--cfg", type=float, help="guidance toward the references (default: 1.5 for refldm, s_c = 1.2 for composite)"
+        "--guidance", "--cfg", dest="guidance", type=float, help=f"guidance toward the references (default: {defaults})"
     )
-    parser.add_argument("--lq-guidance", type=float, help="composite: guidance toward the LQ image s_i (default 1.2)")
-    parser.add_argument("--no-color-fix", action="store_true", help="composite: skip the AdaIN colour fix")
+    parser.add_argument(
+        "--lq-guidance", type=float, help=f"{lq_names}: guidance toward the LQ image s_i (default {lq_defaults})"
+    )
+    parser.add_argument("--no-color-fix", action="store_true", help=f"{lq_names}: skip the AdaIN colour fix")

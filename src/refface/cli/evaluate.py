@@ -56,18 +56,19 @@ def _evaluation_options(args: argparse.Namespace, device):
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    from refface import methods
     from refface.evaluation.benchmark import run_benchmark
     from refface.evaluation.evaluate import METRICS
-    from refface.evaluation.methods import SamplingSettings, build_restorer, method_family
+    from refface.evaluation.methods import SamplingSettings, build_restorer
     from refface.evaluation.paper_sets import locate_set
-    from refface.pipelines.options import DEFAULT_GUIDANCE
 
-    family = method_family(args.method)
-    if family == "refldm" and (args.lq_guidance is not None or args.no_color_fix):
-        raise RefFaceError("--lq-guidance and --no-color-fix apply to the composite methods only.")
+    method, _ = methods.benchmark_method(args.method)
+    if method.lq_guidance is None and (args.lq_guidance is not None or args.no_color_fix):
+        owners = " and ".join(m.name for m in methods.METHODS if m.lq_guidance is not None)
+        raise RefFaceError(f"--lq-guidance and --no-color-fix apply to the {owners} methods only.")
     data = locate_set(args.set, args.data, args.images, args.lq, args.csv, args.refs_dir)
-    guidance = args.cfg if args.cfg is not None else DEFAULT_GUIDANCE[family]
-    settings = SamplingSettings(args.steps, guidance, args.schedule, args.seed)
+    guidance = args.guidance if args.guidance is not None else method.guidance
+    settings = SamplingSettings(args.steps, guidance, args.spacing, args.seed)
     state = PartialState()
     device = state.device if state.num_processes > 1 else resolve_device(args.device)
     restorer = build_restorer(
@@ -79,7 +80,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.vqgan,
         args.config,
-        lq_guidance=args.lq_guidance if args.lq_guidance is not None else 1.2,
+        lq_guidance=args.lq_guidance,
         color_fix=not args.no_color_fix,
     )
     if state.is_main_process:
@@ -107,8 +108,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register `refface evaluate` and `refface benchmark` on the `refface` parser."""
+    from refface import methods
     from refface.evaluation.evaluate import METRICS
-    from refface.evaluation.methods import METHODS
     from refface.evaluation.paper_sets import SETS
 
     evaluate = commands.add_parser("evaluate", help="score restorations against ground truth (IDS, LPIPS, PSNR, ...)")
@@ -136,8 +137,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--lq", help="LQ image folder (default: the set's place inside --data)")
     bench.add_argument("--refs-dir", help="folder of the reference images (default: --images)")
     bench.add_argument("--csv", help="reference CSV gt_image,ref_image (default: the set's place inside --data)")
+    described = methods.benchmark_methods()
     bench.add_argument(
-        "--method", required=True, choices=list(METHODS), help="; ".join(f"{k}: {v}" for k, v in METHODS.items())
+        "--method", required=True, choices=list(described), help="; ".join(f"{k}: {v}" for k, v in described.items())
     )
     bench.add_argument(
         "--max-refs", type=int, default=5, help="references for the main table (default 5, as the papers)"
@@ -156,6 +158,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--seed", type=int, default=2024, help="noise seed, the same for every image (default 2024)")
     bench.add_argument(
         "--schedule",
+        dest="spacing",
         choices=["uniform", "uniform_trailing"],
         default="uniform",
         help="refldm: default uniform, as the official evaluation",

@@ -6,11 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from refface import methods
 from refface.cli.common import (
     DTYPES,
     add_guidance_options,
     checked_dtype,
     face_selection,
+    method_help,
     resolve_device,
     say,
     unique_stems,
@@ -70,25 +72,16 @@ def _check_restore_options(args: argparse.Namespace) -> None:
 
 def _sampling_options(args: argparse.Namespace) -> dict:
     """The pipeline call options of --method, each option checked against the method (before any slow work)."""
-    from refface.evaluation.methods import check_composite_sources
-    from refface.pipelines.options import sampling_options
-    from refface.pipelines.schedule import FAST_STEPS
-
-    if args.method == "composite":
-        check_composite_sources(args.model, args.checkpoint, args.vqgan, args.config)
+    method = methods.get(args.method)
+    method.check_sources(args.model, args.checkpoint, args.vqgan, args.config)
     solver = "dpm++" if args.fast else args.solver
-    steps = args.steps if args.steps is not None else (FAST_STEPS if solver == "dpm++" else 50)
-    return sampling_options(
-        args.method, steps, args.cfg, args.lq_guidance, not args.no_color_fix, args.schedule, solver
-    )
+    fast = solver == "dpm++" and method.fast_steps is not None
+    steps = args.steps if args.steps is not None else (method.fast_steps if fast else method.steps)
+    return method.sampling_options(steps, args.guidance, args.lq_guidance, not args.no_color_fix, args.spacing, solver)
 
 
 def _load_pipeline(args: argparse.Namespace):
-    from refface.pipelines.loading import load_composite, load_refldm
-
-    if args.method == "composite":
-        return load_composite(args.model)
-    return load_refldm(model=args.model, checkpoint=args.checkpoint, vqgan=args.vqgan, config=args.config)
+    return methods.get(args.method).load(args.model, args.checkpoint, args.vqgan, args.config)
 
 
 def _reference_crops(args: argparse.Namespace, detector, embedder, lq_crop) -> tuple[list, list[str]]:
@@ -300,12 +293,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     restore.add_argument("--identity", choices=["dlib", "arcface"], default="dlib", help="identity model for checks")
     restore.add_argument("--arcface-weights", help="ArcFace .onnx/.pth file for --identity arcface (default: download)")
     restore.add_argument("--strict", action="store_true", help="refuse when the identity check fails")
-    restore.add_argument(
-        "--method",
-        choices=["refldm", "composite"],
-        default="refldm",
-        help="refldm (default; released weights) or composite (Composite-Context, a model folder you trained)",
-    )
+    restore.add_argument("--method", choices=methods.names(), default=methods.DEFAULT, help=method_help())
     restore.add_argument(
         "--steps", type=int, help="sampling steps (default 50 DDIM steps, as the released demo; 20 with --fast)"
     )
@@ -320,7 +308,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add_guidance_options(restore)
     restore.add_argument("--seed", type=int, default=2024, help="noise seed (default 2024)")
     restore.add_argument(
-        "--schedule", choices=["uniform_trailing", "uniform"], help="refldm timesteps (default uniform_trailing)"
+        "--schedule",
+        dest="spacing",
+        choices=["uniform_trailing", "uniform"],
+        help="refldm timestep spacing (default uniform_trailing)",
     )
     restore.add_argument("--checkpoint", help="official refldm.ckpt (default: download the released weights)")
     restore.add_argument("--vqgan", help="official vqgan.ckpt")

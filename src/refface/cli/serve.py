@@ -12,27 +12,20 @@ from refface.errors import RefFaceError
 
 
 def load_models(folders: list[str] | None, device, dtype) -> dict:
-    """Method name -> pipeline, one per --model folder (its kind read from the folder), else the released ReF-LDM."""
-    from refface.pipelines.loading import (
-        PIPELINES,
-        load_composite,
-        load_refldm,
-        load_saved,
-        model_folder,
-        saved_pipeline_class,
-    )
+    """Method name -> pipeline, one per --model folder (its method read from the folder), else the default's release."""
+    from refface import methods
+    from refface.pipelines.loading import model_folder, saved_pipeline_class
 
     if not folders:
-        return {"refldm": load_refldm().to(device=device, dtype=dtype)}
+        method = methods.get(methods.DEFAULT)
+        return {method.name: method.load().to(device=device, dtype=dtype)}
     models = {}
     for folder in folders:
         source = model_folder(folder)
-        kind = saved_pipeline_class(source)
-        method = "composite" if kind == "CompositeContextPipeline" else "refldm"
-        if method in models:
-            raise RefFaceError(f"Two --model folders hold {PIPELINES[kind]} models; give one of each kind at most.")
-        pipe = load_composite(source) if method == "composite" else load_saved(source)
-        models[method] = pipe.to(device=device, dtype=dtype)
+        method = methods.for_pipeline(saved_pipeline_class(source))
+        if method.name in models:
+            raise RefFaceError(f"Two --model folders hold {method.label} models; give one of each kind at most.")
+        models[method.name] = method.load(model=source).to(device=device, dtype=dtype)
     return models
 
 
@@ -72,12 +65,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
+    from refface import methods
+
     serve = commands.add_parser("serve", help="a local web page: upload a photo and references, restore, download")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    labels = [method.label for method in methods.METHODS]
+    several = "both" if len(labels) == 2 else "several"
     serve.add_argument(
-        "--model", action="append", help="model folder (ReF-LDM or Composite-Context; repeat for both); "
-        "default: the released ReF-LDM weights"
+        "--model", action="append", help=f"model folder ({' or '.join(labels)}; repeat for {several}); "
+        f"default: the released {methods.get(methods.DEFAULT).label} weights"
     )  # fmt: skip
     serve.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     serve.add_argument("--dtype", choices=list(DTYPES), default="fp32")

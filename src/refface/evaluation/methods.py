@@ -1,4 +1,4 @@
-"""The restoration methods `refface benchmark` can run, behind one small interface.
+"""The restorers `refface benchmark` runs: each method of `refface.methods` behind one small interface.
 
 A method restores one aligned LQ face from a list of aligned references (possibly empty) and
 describes its settings, so a results folder can refuse to mix outputs made with different ones.
@@ -8,13 +8,14 @@ steps on the "uniform" schedule, guidance 1.5 and the same starting noise (seed 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from PIL import Image
 
+from refface import methods
 from refface.errors import RefFaceError
 
 
@@ -43,18 +44,40 @@ class Restorer(Protocol):
 
 
 class PipelineRestorer:
-    """What both methods' restorers share: one LQ face, its references (or none), the recorded settings."""
+    """A method of `refface.methods` through its pipeline: one LQ face, its references (or none), the settings.
 
-    def __init__(self, pipe, settings: SamplingSettings, uses_references: bool = True, source: str = "") -> None:
-        self.pipe, self.settings, self.uses_references, self.source = pipe, settings, uses_references, source
+    The pipeline call's options are the method's `sampling_options` from `settings` (steps, guidance)
+    and those of `spacing`, `lq_guidance` and `color_fix` that the method's `benchmark_options` name;
+    a results folder records exactly these (and the seed), so it refuses to mix outputs made otherwise.
+    """
+
+    def __init__(
+        self,
+        method: methods.Method,
+        pipe,
+        settings: SamplingSettings,
+        uses_references: bool = True,
+        source: str = "",
+        lq_guidance: float | None = None,
+        color_fix: bool = True,
+    ) -> None:
+        self.method, self.pipe, self.settings = method, pipe, settings
+        self.uses_references, self.source = uses_references, source
+        given = {
+            "spacing": settings.spacing,
+            "lq_guidance": method.lq_guidance if lq_guidance is None else lq_guidance,
+            "color_fix": color_fix,
+        }
+        self.options = {name: given[name] for name in method.benchmark_options}
 
     def sampling(self) -> dict:
         """The pipeline call's sampling options."""
-        raise NotImplementedError
+        return self.method.sampling_options(self.settings.steps, self.settings.guidance, **self.options)
 
     def recorded(self) -> dict:
         """The settings a results folder records (and refuses to mix)."""
-        raise NotImplementedError
+        settings = self.settings
+        return {"steps": settings.steps, "guidance": settings.guidance, **self.options, "seed": settings.seed}
 
     def restore(self, lq: Image.Image, references: list[Image.Image]) -> Image.Image:
         refs = references if self.uses_references and references else None
@@ -72,58 +95,8 @@ class PipelineRestorer:
 class RefLDMRestorer(PipelineRestorer):
     """ReF-LDM through `RefLDMPipeline`; with `uses_references` False the references are ignored (no guidance)."""
 
-    def sampling(self) -> dict:
-        settings = self.settings
-        return {"num_inference_steps": settings.steps, "guidance_scale": settings.guidance, "spacing": settings.spacing}
-
-    def recorded(self) -> dict:
-        return asdict(self.settings)
-
-
-class CompositeRestorer(PipelineRestorer):
-    """The Composite-Context method through `CompositeContextPipeline` (dual guidance, multi-reference ensemble).
-
-    `settings.guidance` is s_c (toward the references) and `lq_guidance` is s_i; the timestep spacing is
-    the model's own scheduler's, so `settings.spacing` does not apply and is not recorded.
-    """
-
-    def __init__(
-        self,
-        pipe,
-        settings: SamplingSettings,
-        lq_guidance: float = 1.2,
-        color_fix: bool = True,
-        uses_references: bool = True,
-        source: str = "",
-    ) -> None:
-        super().__init__(pipe, settings, uses_references, source)
-        self.lq_guidance, self.color_fix = lq_guidance, color_fix
-
-    def sampling(self) -> dict:
-        return {
-            "num_inference_steps": self.settings.steps,
-            "lq_guidance": self.lq_guidance,
-            "reference_guidance": self.settings.guidance,
-            "color_fix": self.color_fix,
-        }
-
-    def recorded(self) -> dict:
-        settings = self.settings
-        return {"steps": settings.steps, "guidance": settings.guidance, "lq_guidance": self.lq_guidance,
-                "color_fix": self.color_fix, "seed": settings.seed}  # fmt: skip
-
-
-METHODS = {
-    "refldm": "ReF-LDM with the references (CacheKV, guidance toward them)",
-    "refldm-no-refs": "ReF-LDM given no references (the same weights, no guidance)",
-    "composite": "Composite-Context with the references (dual guidance, training-free multi-reference ensemble)",
-    "composite-no-refs": "Composite-Context given no references (guidance toward the LQ image only)",
-}
-
-
-def method_family(method: str) -> str:
-    """refldm or composite: which model a method name runs."""
-    return "composite" if method.startswith("composite") else "refldm"
+    def __init__(self, pipe, settings: SamplingSettings, uses_references: bool = True, source: str = "") -> None:
+        super().__init__(methods.get("refldm"), pipe, settings, uses_references, source)
 
 
 def build_restorer(
@@ -135,37 +108,16 @@ def build_restorer(
     checkpoint: str | Path | None = None,
     vqgan: str | Path | None = None,
     config: str | Path | None = None,
-    lq_guidance: float = 1.2,
+    lq_guidance: float | None = None,
     color_fix: bool = True,
 ) -> Restorer:
-    """Method `method` with its weights (a saved folder, official files, or the released download)."""
-    if method not in METHODS:
-        raise RefFaceError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    if method_family(method) == "composite":
-        from refface.pipelines.loading import load_composite
+    """Benchmark method `method` (`refface.methods.benchmark_methods()`) with its weights.
 
-        check_composite_sources(model, checkpoint, vqgan, config)
-        pipe = load_composite(model).to(device=device, dtype=dtype)
-        source = str(Path(model).resolve())
-        uses = method == "composite"
-        return CompositeRestorer(pipe, settings, lq_guidance, color_fix, uses_references=uses, source=source)
-    from refface.pipelines.loading import load_refldm
-
-    pipe = load_refldm(model=model, checkpoint=checkpoint, vqgan=vqgan, config=config).to(device=device, dtype=dtype)
+    The weights are a saved folder, official files, or the released download; `lq_guidance` None is
+    the method's default (it applies to the methods that have one).
+    """
+    entry, uses_references = methods.benchmark_method(method)
+    pipe = entry.load(model, checkpoint, vqgan, config).to(device=device, dtype=dtype)
     given = model or checkpoint
-    source = str(Path(given).resolve()) if given else "released ReF-LDM weights"  # the same folder however named
-    return RefLDMRestorer(pipe, settings, uses_references=method == "refldm", source=source)
-
-
-def check_composite_sources(model, checkpoint, vqgan, config) -> None:
-    """The Composite-Context method loads from a trained model folder only (it has no released checkpoint)."""
-    if checkpoint is not None or vqgan is not None or config is not None:
-        raise RefFaceError(
-            "--checkpoint, --vqgan and --config are ReF-LDM's official files; the Composite-Context method loads "
-            "a model folder with --model."
-        )
-    if model is None:
-        raise RefFaceError(
-            "The Composite-Context method has no released weights; pass --model with a folder that "
-            "`refface train` (stage composite) wrote."
-        )
+    source = str(Path(given).resolve()) if given else f"released {entry.label} weights"  # the same folder however named
+    return PipelineRestorer(entry, pipe, settings, uses_references, source, lq_guidance, color_fix)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from refface.errors import RefFaceError
+from refface.errors import RefFaceError, short_reason
 from refface.pipelines.refldm import RefLDMPipeline
 from refface.weights import REFLDM_WEIGHTS, VQGAN_WEIGHTS, ensure_weights
 
@@ -35,7 +35,7 @@ def model_folder(folder: str | Path) -> Path:
     return source
 
 
-def _load(pipeline_class: type, folder: str | Path):
+def _load(pipeline_class: type, folder: str | Path, speedups: bool = True):
     source = model_folder(folder)
     name = saved_pipeline_class(source)
     if name != pipeline_class.__name__:
@@ -44,9 +44,9 @@ def _load(pipeline_class: type, folder: str | Path):
             "one; choose the matching --method."
         )
     try:
-        pipe = pipeline_class.from_pretrained(source)
+        pipe = pipeline_class.from_pretrained(source, speedups=speedups)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = short_reason(error)
         raise RefFaceError(f"The model folder {source} could not be loaded ({reason}).") from None
     return pipe.eval_mode()
 
@@ -56,14 +56,15 @@ def load_saved(folder: str | Path) -> RefLDMPipeline:
     return _load(RefLDMPipeline, folder)
 
 
-def load_composite(folder: str | Path):
+def load_composite(folder: str | Path, speedups: bool = True):
     """A Composite-Context model folder written by `refface train` (stage composite) or `save_pretrained`.
 
-    The method has no public release, so there is nothing to download: a model comes from training.
+    The method has no public release, so there is nothing to download: a model comes from training, and
+    one to train further is loaded with `speedups=False`.
     """
     from refface.pipelines.composite import CompositeContextPipeline
 
-    return _load(CompositeContextPipeline, folder)
+    return _load(CompositeContextPipeline, folder, speedups)
 
 
 def load_refldm(

@@ -19,7 +19,7 @@ def initial_pipeline(config: TrainConfig) -> CompositeContextPipeline:
     if model.init_checkpoint:
         from refface.pipelines.loading import load_composite
 
-        return load_composite(model.init_checkpoint)
+        return load_composite(model.init_checkpoint, speedups=False)  # modules to be trained
     from refface.models.composite_parts import load_text_to_image, tiny_reference_encoders, tiny_text_to_image
 
     if model.architecture == "tiny":

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from refface import methods
 from refface.errors import RefFaceError
 from refface.face.alignment import AlignedFace
-from refface.pipelines.options import DEFAULT_GUIDANCE, DEFAULT_LQ_GUIDANCE, sampling_options
-from refface.pipelines.schedule import FAST_STEPS
 from refface.web.jobs import Job, JobQueue
 from refface.web.limits import ServeLimits
 
@@ -100,12 +99,13 @@ class RestorationService:
         return {
             "methods": [
                 {
-                    "name": name,
-                    "guidance": DEFAULT_GUIDANCE[name],
-                    "lq_guidance": DEFAULT_LQ_GUIDANCE if name == "composite" else None,
-                    "fast_steps": FAST_STEPS if name == "refldm" else None,
+                    "name": method.name,
+                    "label": method.label,
+                    "guidance": method.guidance,
+                    "lq_guidance": method.lq_guidance,
+                    "fast_steps": method.fast_steps,
                 }
-                for name in self.models
+                for method in map(methods.get, self.models)
             ],
             "limits": {
                 "max_file_mb": self.limits.max_file_bytes / 2**20,
@@ -154,7 +154,7 @@ class RestorationService:
             raise RefFaceError(
                 f"The number of steps must be between 1 and {self.limits.max_steps}, got {request.steps}."
             )
-        sampling_options(request.method, request.steps, request.guidance, request.lq_guidance, solver=request.solver)
+        self._sampling_options(request)
         stored = self.photo(request.photo_id)
         if not 0 <= request.face < len(stored.faces):
             raise RefFaceError(f"The photo has {len(stored.faces)} face(s); face {request.face} does not exist.")
@@ -165,6 +165,11 @@ class RestorationService:
             raise RefFaceError(f"At most {self.limits.max_references} reference photos can be used.")
         if has_album and not 1 <= request.num_refs <= self.limits.max_references:
             raise RefFaceError(f"The number of album references must be between 1 and {self.limits.max_references}.")
+
+    @staticmethod
+    def _sampling_options(request: RestoreRequest) -> dict:
+        method = methods.get(request.method)
+        return method.sampling_options(request.steps, request.guidance, request.lq_guidance, solver=request.solver)
 
     def _restore(self, job: Job) -> None:
         """The worker's part: references, identity check, restoration with progress, paste-back, files."""
@@ -210,9 +215,7 @@ class RestorationService:
         )
 
         pipe = self.models[request.method]
-        options = sampling_options(
-            request.method, request.steps, request.guidance, request.lq_guidance, solver=request.solver
-        )
+        options = self._sampling_options(request)
         update(job, stage="encoding the references", steps=request.steps, step=0)
         references = pipe.encode_references([Image.fromarray(c) for c in crops])
 

@@ -17,11 +17,11 @@ from tests.face.photos import astronaut, degrade, place
 from tests.face.test_album import write_album
 
 from refface import RefLDMPipeline, tiny_architecture
-from refface.face.album import choose_references, scan_album
 from refface.face.detection import DlibDetector
 from refface.face.identity import DlibEmbedder
-from refface.face.locate import find_faces
-from refface.photo import comparison_image, restore_faces
+from refface.photo import comparison_image
+from refface.restoration import PhotoRestorer
+from refface.restoration.people import people_from_album
 
 
 def main() -> None:
@@ -29,25 +29,23 @@ def main() -> None:
 
     detector, embedder = DlibDetector(), DlibEmbedder()
     scene = degrade(place(astronaut(), -10, 1.1, (330, 290))[0], 3)
-    search = find_faces(scene, detector, "largest")
-    face = search.faces[0]
     with tempfile.TemporaryDirectory() as folder:
         album = write_album(Path(folder) / "album")
-        scan = scan_album(album, detector, embedder, cache_root=Path(folder), progress=False)
-        choice = choose_references(scan.faces, embedder, 4, embedder.embed([face.image])[0])
-        references = [f.align().image for f in choice.chosen]
+        people = people_from_album(album, detector, embedder, 4, cache_root=Path(folder), progress=False)
     torch.manual_seed(0)
     pipe = RefLDMPipeline.from_architecture(tiny_architecture()).eval_mode()
-    cache = pipe.encode_references([Image.fromarray(r) for r in references])
-    result, restored = restore_faces(scene, [face], lambda crops: pipe(crops, cache, num_inference_steps=4).images)
+    restorer = PhotoRestorer(pipe, people, detector, select="largest", options={"num_inference_steps": 4})
+    restoration = restorer.restore(scene)
+    face = restoration.faces[0]
+    references, result = face.person.references, restoration.photo
 
     marked = Image.fromarray(scene)
     draw = ImageDraw.Draw(marked)
-    corners = [tuple(p) for p in face.quad.corners]
+    corners = [tuple(p) for p in face.aligned.quad.corners]
     draw.polygon(corners, outline=(255, 60, 60), width=3)
-    for x, y in face.face.landmarks:
+    for x, y in face.aligned.face.landmarks:
         draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=(60, 255, 60))
-    compare = comparison_image(face.image, restored[0].restored, references)
+    compare = comparison_image(face.crop, face.restored, references)
     height = compare.height
     panels = [marked, Image.fromarray(result), compare]
     panels = [p.resize((round(p.width * height / p.height), height), Image.Resampling.LANCZOS) for p in panels]

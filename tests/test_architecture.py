@@ -15,12 +15,14 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "refface"
 
 # (lower layer, upper layers it must never import)
-UPPER = ("face", "data", "cli", "web", "evaluation", "train", "methods")
+UPPER = ("face", "data", "cli", "web", "evaluation", "train", "methods", "restoration")
 LAYERS = (
     ("refface.models", (*UPPER, "pipelines", "speedups")),  # the model files know nothing of the speed-ups
     ("refface.speedups", (*UPPER, "pipelines", "models")),  # stand-ins for diffusers modules, beside the models
     ("refface.pipelines", ("cli", "web", "evaluation", "train", "methods")),
-    ("refface.face", ("data", "cli", "web")),
+    ("refface.face", ("data", "cli", "web", "restoration")),
+    # the workflow the front ends call
+    ("refface.restoration", ("data", "cli", "web", "evaluation", "train", "methods")),
 )
 
 

@@ -79,3 +79,12 @@ def degrade(image: np.ndarray, factor: int = 4, sigma: float = 1.0, quality: int
     Image.fromarray(small).save(buffer, format="JPEG", quality=quality)
     decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
     return cv2.resize(decoded, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def group_photo(quality_factor: int = 3) -> np.ndarray:
+    """Grace Hopper and the astronaut side by side, degraded: face 0 (the larger) is Hopper, face 1 the astronaut."""
+    left, _ = place(astronaut(), 0, 0.9, (260, 280), canvas=(1040, 560))
+    right, _ = place(grace_hopper(), 0, 0.75, (780, 280), canvas=(1040, 560))
+    scene = left.copy()
+    scene[:, 520:] = right[:, 520:]
+    return degrade(scene, quality_factor)

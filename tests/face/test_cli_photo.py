@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import cv2
 import numpy as np
 import pytest
@@ -74,11 +76,17 @@ def test_album_references_are_chosen_and_explained(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([a for a in _restore(workspace, out, "--refs-dir", str(workspace / "album")) if a != "-q"]) == 0
     printed = capsys.readouterr().out
-    assert "closest match to the LQ face" in printed and "chose" in printed
-    assert "skipped damaged.jpg" in printed and "identity check (dlib" in printed
+    assert "people: person-01 (6), person-02 (3)" in printed and "chose" in printed
+    assert "skipped damaged.jpg" in printed
     assert (out / "restored_imgs" / "old photo.png").is_file()
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert rows[0]["face"] == "0" and rows[0]["person"] == "person-01" and rows[0]["status"] == "restored"
+    assert rows[0]["references"] and all(name.startswith("astro_") for name in rows[0]["references"].split(";"))
     hopper = _restore(workspace, tmp_path / "h", "--refs-dir", str(workspace / "album"), "--person")
     assert main([*hopper, str(workspace / "hopper.jpg")]) == 0  # explicit person: Grace Hopper's faces
+    rows = list(csv.DictReader((tmp_path / "h" / "report.csv").open()))
+    assert [row["face"] for row in rows] == ["0"]  # a named person: the largest face only
+    assert all(name.startswith("hopper_") for name in rows[0]["references"].split(";"))
 
 
 def test_wrong_person_reference_warns_and_strict_refuses(workspace, tmp_path, capsys):

@@ -38,28 +38,31 @@ def _photo_output_folder(args: argparse.Namespace) -> Path:
     output = Path(args.output)
     if output.suffix.lower() in SAVE_FORMATS or (output.exists() and not output.is_dir()):
         raise RefFaceError(
-            f"For whole photos --output is a folder (it receives restored_imgs/, cropped_faces/, restored_faces/ "
-            f"and cmp/), but {output} looks like a file; pass --aligned if the inputs are face crops."
+            f"For whole photos --output is a folder (it receives restored_imgs/, cropped_faces/, restored_faces/, "
+            f"cmp/ and the report), but {output} looks like a file; pass --aligned if the inputs are face crops."
         )
-    unique_stems(args.lq)
     return output
 
 
 def _check_restore_options(args: argparse.Namespace) -> None:
     sources = [
         name
-        for name, given in (("--ref", args.ref), ("--refs-dir", args.refs_dir), ("--no-refs", args.no_refs))
+        for name, given in (
+            ("--ref", args.ref), ("--refs-dir", args.refs_dir), ("--people", args.people), ("--no-refs", args.no_refs)
+        )
         if given
-    ]
+    ]  # fmt: skip
     if not sources:
         raise RefFaceError(
-            "No reference photos were given: pass --ref FILE [FILE ...], --refs-dir ALBUM_FOLDER, or --no-refs "
-            "to restore without."
+            "No reference photos were given: pass --ref FILE [FILE ...] (one person), --refs-dir ALBUM_FOLDER, "
+            "--people FOLDER_OF_PERSON_FOLDERS, or --no-refs to restore without."
         )
     if len(sources) > 1:
         raise RefFaceError(f"{' and '.join(sources)} contradict each other; use one of them.")
     if args.person and not args.refs_dir:
         raise RefFaceError("--person only applies to reference selection from an album (--refs-dir).")
+    if args.aligned and args.people:
+        raise RefFaceError("--people needs whole photos to match faces in; it does not apply with --aligned.")
     if args.fast and args.solver == "ddim":
         raise RefFaceError("--fast samples with DPM-Solver++; it contradicts --solver ddim.")
     if args.steps is not None and args.steps < 1:
@@ -68,6 +71,8 @@ def _check_restore_options(args: argparse.Namespace) -> None:
         raise RefFaceError("--arcface-weights only applies with --identity arcface.")
     if args.num_refs < 1:
         raise RefFaceError(f"--num-refs must be at least 1, got {args.num_refs}.")
+    if args.batch_size < 1:
+        raise RefFaceError(f"--batch-size must be at least 1, got {args.batch_size}.")
 
 
 def _sampling_options(args: argparse.Namespace) -> dict:
@@ -84,122 +89,154 @@ def _load_pipeline(args: argparse.Namespace):
     return methods.get(args.method).load(args.model, args.checkpoint, args.vqgan, args.config)
 
 
-def _reference_crops(args: argparse.Namespace, detector, embedder, lq_crop) -> tuple[list, list[str]]:
-    """Aligned reference crops (uint8 arrays) and a label for each, from --ref files or the album.
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
 
-    Album faces are matched against the LQ face (`lq_crop`) unless a --person example is given.
-    """
-    from refface.face.album import choose_references, scan_album
-    from refface.imaging import load_image
-    from refface.photo import align_references, as_rgb_array
+
+def _run_settings(args: argparse.Namespace, sampling: dict) -> dict:
+    """What decides the results of a run, as its manifest records it (a resumed run must match)."""
+    source = next(kind for kind in ("ref", "refs_dir", "people", "no_refs") if getattr(args, kind))
+    return {
+        "method": args.method,
+        "model": [_absolute(p) for p in (args.model, args.checkpoint, args.vqgan, args.config)],
+        "sampling": sampling,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "face": args.face,
+        "unknown": args.unknown,
+        "references": source.replace("_", "-"),
+        "reference_paths": [_absolute(p) for p in (args.ref or [args.refs_dir or args.people])],
+        "person": _absolute(args.person),
+        "num_refs": args.num_refs,
+        "identity": args.identity,
+        "detector": args.detector,
+        "strict": args.strict,
+    }
+
+
+def _people(args: argparse.Namespace, detector, embedder):
+    """Who the faces can be, from --ref, --refs-dir or --people (nobody with --no-refs), told to the user."""
+    from refface.restoration.people import (
+        no_people,
+        people_from_album,
+        people_from_folders,
+        people_from_references,
+    )
 
     if args.no_refs:
-        return [], []
+        return no_people()
     if args.ref:
-        images = [load_image(p) for p in args.ref]
-        if args.aligned:
-            return [as_rgb_array(image) for image in images], [Path(p).name for p in args.ref]
-        crops, notes = align_references(images, [str(p) for p in args.ref], detector)
-        for note in notes:
-            say(args, f"note: {note}")
-        return crops, [Path(p).name for p in args.ref]
-    scan = scan_album(args.refs_dir, detector, embedder, progress=not args.quiet)
-    for name, reason in scan.skipped.items():
-        say(args, f"references: skipped {name}: {reason}")
-    if args.person:
-        example, _ = align_references([load_image(args.person)], [args.person], detector)
-        target, kind = embedder.embed(example)[0], "--person example"
+        people = people_from_references(args.ref, detector, embedder, aligned=args.aligned, strict=args.strict)
+    elif args.refs_dir:
+        people = people_from_album(
+            args.refs_dir, detector, embedder, args.num_refs, example=args.person, progress=not args.quiet
+        )
     else:
-        target, kind = embedder.embed([lq_crop])[0], "LQ face"
-    choice = choose_references(scan.faces, embedder, args.num_refs, target, kind)
-    for reason in choice.reasons:
-        say(args, f"references: {reason}")
-    return [face.align().image for face in choice.chosen], [face.label for face in choice.chosen]
+        people = people_from_folders(args.people, detector, embedder, args.num_refs)
+    for note in people.notes:
+        say(args, f"references: {note}")
+    for warning in people.warnings:
+        print(f"refface: warning: {warning}", file=sys.stderr)
+    return people
+
+
+def _restore_aligned(args: argparse.Namespace, restorer) -> int:
+    """--aligned: each input is a face crop; the restored crop is the output."""
+    from PIL import Image
+
+    from refface.imaging import load_image, save_image
+
+    outputs = _aligned_output_paths(args)
+    for start in range(0, len(args.lq), args.batch_size):
+        paths = args.lq[start : start + args.batch_size]
+        faces = restorer.restore_crops([load_image(p) for p in paths], "the crop")
+        for path, face, target in zip(paths, faces, outputs[start : start + args.batch_size], strict=True):
+            if face.message:
+                print(f"refface: warning: {Path(path).name}: {face.message}", file=sys.stderr)
+            if face.restored is None:
+                say(args, f"skipped {path}: it matches none of the people ({face.status})")
+                continue
+            save_image(Image.fromarray(face.restored), target)
+            say(args, f"wrote {target}")
+    return 0
+
+
+def _summarise(args: argparse.Namespace, summary, store, output: Path) -> int:
+    """The end of a run for the user; a run in which every photo failed is an error (its first sentence)."""
+    if summary.resumed:
+        say(args, f"resumed: {summary.resumed} photo(s) were already done.")
+    rate = summary.faces_restored / summary.seconds if summary.seconds > 0 else 0.0
+    say(args, f"{summary.photos} photo(s), {summary.faces_restored} face(s) restored in {summary.seconds:.1f} s "
+              f"({rate:.2f} faces/s); {store.describe()}")  # fmt: skip
+    for problem in summary.problems:
+        print(f"refface: warning: {problem}", file=sys.stderr)
+    if summary.rows:
+        say(args, f"wrote {output / 'report.csv'} ({len(summary.rows)} row(s))")
+    if summary.rows and not any(isinstance(row["face"], int) for row in summary.rows):
+        raise RefFaceError(summary.rows[0]["message"])  # no photo had a face to restore
+    return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
+    import torch
+    from accelerate import PartialState
 
-    from refface.face.album import sharpness
     from refface.face.detection import DlibDetector
-    from refface.face.guard import check_identity, lq_is_usable
     from refface.face.identity import make_embedder
-    from refface.face.locate import find_faces
-    from refface.imaging import check_output_path, load_image, save_image
-    from refface.photo import as_rgb_array, comparison_image, restore_faces
+    from refface.restoration.archive import prepare_archive, run_archive
+    from refface.restoration.archive_inputs import list_photos
+    from refface.restoration.photo_restorer import PhotoRestorer
+    from refface.restoration.reference_store import ReferenceStore
+    from refface.weights import cache_dir
 
     _check_restore_options(args)
     sampling = _sampling_options(args)
-    has_refs = not args.no_refs
-    select = args.face if args.face != "auto" else ("largest" if has_refs else "all")
     if args.aligned:
-        outputs = _aligned_output_paths(args)
+        _aligned_output_paths(args)
     else:
         folder = _photo_output_folder(args)
-        outputs = [
-            check_output_path(folder / "restored_imgs" / f"{Path(p).stem}.png", args.lq, args.overwrite)
-            for p in args.lq
-        ]
+        photos, notes = list_photos(args.lq, folder)
+        for note in notes:
+            say(args, f"note: {note}")
+        settings = _run_settings(args, sampling)
+        prepare_archive(folder, photos, settings, args.overwrite)
 
-    device = resolve_device(args.device)
+    state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+    device = state.device if state.num_processes > 1 else resolve_device(args.device)
     dtype = checked_dtype(device, args.dtype)
-    detector = None if args.aligned and (args.ref or args.no_refs) else DlibDetector(args.detector)
+    has_refs = not args.no_refs
+    detector = None if args.aligned and not args.refs_dir else DlibDetector(args.detector)
     shared = detector.shape_predictor if detector is not None else None
     embedder = make_embedder(args.identity, device, args.arcface_weights, shared) if has_refs else None
-
-    # Find every face first, so mistakes in the inputs surface before the slow model work.
-    photos = [as_rgb_array(load_image(p)) for p in args.lq]
-    if args.aligned:
-        face_lists = [[photo] for photo in photos]
-    else:
-        face_lists = []
-        for path, photo in zip(args.lq, photos, strict=True):
-            search = find_faces(photo, detector, select, source=path)
-            for note in search.notes:
-                say(args, f"note: {note}")
-            face_lists.append(search.faces)
-        # Every per-face output is checked now, before any model work, not photo by photo later.
-        for path, faces in zip(args.lq, face_lists, strict=True):
-            for kind in ("cropped_faces", "restored_faces", "cmp"):
-                for number in range(len(faces)):
-                    check_output_path(folder / kind / f"{Path(path).stem}_{number:02d}.png", args.lq, args.overwrite)
-    first_crop = face_lists[0][0] if args.aligned else face_lists[0][0].image
-    first_size = None if args.aligned else face_lists[0][0].quad.size
-
-    ref_crops, ref_labels = _reference_crops(args, detector, embedder, first_crop)
-    if ref_crops:
-        usable = lq_is_usable(sharpness(first_crop), [sharpness(c) for c in ref_crops], first_size)
-        report = check_identity(embedder, ref_crops, ref_labels, first_crop if usable else None, strict=args.strict)
-        say(args, report.summary())
-        for warning in report.warnings:
-            print(f"refface: warning: {warning}", file=sys.stderr)
+    people = _people(args, detector, embedder)
 
     pipe = _load_pipeline(args).to(device=device, dtype=dtype)
-    references = pipe.encode_references([Image.fromarray(c) for c in ref_crops])
-
-    def restore(crops):
-        return pipe(crops, references, seed=args.seed, progress=not args.quiet, **sampling).images
-
+    store = ReferenceStore(pipe, cache_dir() / "people")
+    restorer = PhotoRestorer(
+        pipe, people, detector, select=args.face, unknown=args.unknown, seed=args.seed, batch_size=args.batch_size,
+        options=sampling, store=store, strict=args.strict,
+        progress=not args.quiet and (args.aligned or len(photos) == 1),
+    )  # fmt: skip
     if args.aligned:
-        for start in range(0, len(photos), args.batch_size):
-            chunk = [Image.fromarray(p) for p in photos[start : start + args.batch_size]]
-            for image, target in zip(restore(chunk), outputs[start : start + args.batch_size], strict=True):
-                save_image(image, target)
-                say(args, f"wrote {target}")
-        return 0
+        return _restore_aligned(args, restorer)
 
-    for path, photo, faces, target in zip(args.lq, photos, face_lists, outputs, strict=True):
-        stem = Path(path).stem
-        names = [f"{stem}_{number:02d}.png" for number in range(len(faces))]
-        result, restored = restore_faces(photo, faces, restore, args.batch_size)
-        for name, face in zip(names, restored, strict=True):
-            save_image(Image.fromarray(face.aligned.image), folder / "cropped_faces" / name)
-            save_image(Image.fromarray(face.restored), folder / "restored_faces" / name)
-            save_image(comparison_image(face.aligned.image, face.restored, ref_crops), folder / "cmp" / name)
-        save_image(Image.fromarray(np.asarray(result)), target)
-        say(args, f"wrote {target} ({len(faces)} face(s) restored)")
-    return 0
+    def tell(photo, result) -> None:
+        for note in result.notes:
+            say(args, f"note: {note}")
+        for face in result.faces:
+            if face.message:
+                print(f"refface: warning: {face.message}", file=sys.stderr)
+        if result.photo is not None and args.quiet is False and len(photos) <= 20:
+            say(args, f"wrote {folder / 'restored_imgs' / (photo.name + '.png')} ({len(result.restored_faces)} face(s) "
+                      "restored)")  # fmt: skip
+
+    summary = run_archive(
+        photos, restorer, folder, settings, people=people, overwrite=args.overwrite, state=state if
+        state.num_processes > 1 else None, progress=not args.quiet and len(photos) > 1, on_photo=tell,
+    )  # fmt: skip
+    if not state.is_main_process:
+        return 0
+    return _summarise(args, summary, store, folder)
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -275,18 +312,29 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     restore = commands.add_parser(
         "restore", help="restore the face(s) in photos (or aligned crops) with reference photos of the same person"
     )
-    restore.add_argument("lq", nargs="+", help="photo(s) to restore; several = the same person")
-    restore.add_argument("--ref", nargs="+", help="reference photo(s) of the same person (the largest face is used)")
-    restore.add_argument("--refs-dir", help="album folder: pick the references from its photos automatically")
-    restore.add_argument("--person", help="with --refs-dir: a photo of the person to pick from the album")
-    restore.add_argument("--num-refs", type=int, default=5, help="with --refs-dir: references to pick (default 5)")
+    restore.add_argument("lq", nargs="+", help="photos and folders of photos to restore (folders: recursively)")
+    restore.add_argument("--ref", nargs="+", help="reference photo(s) of ONE person (the largest face is used)")
+    restore.add_argument(
+        "--refs-dir", help="album folder: its faces are grouped into people, each face restored as its own person"
+    )
+    restore.add_argument("--people", help="folder with one sub-folder of photos per named person (DIR/Anna/*.jpg)")
+    restore.add_argument("--person", help="with --refs-dir: use only the album's person shown in this photo")
+    restore.add_argument(
+        "--num-refs", type=int, default=5, help="with --refs-dir/--people: references per person (default 5)"
+    )
     restore.add_argument("--no-refs", action="store_true", help="restore without references")
+    restore.add_argument(
+        "--unknown",
+        choices=["no-refs", "skip"],
+        default="no-refs",
+        help="a face matching none of the people: restore it without references (default) or leave it untouched",
+    )
     restore.add_argument("--output", "-o", required=True, help="output folder (or image file for one --aligned crop)")
     restore.add_argument(
         "--face",
         type=face_selection,
         default="auto",
-        help="which faces: all, largest, or a number (largest first); auto = largest with references, else all",
+        help="which faces: all, largest, or a number (largest first); auto = largest with --ref, else all",
     )
     restore.add_argument("--aligned", action="store_true", help="inputs are already FFHQ-aligned face crops")
     restore.add_argument("--detector", choices=["hog", "cnn"], default="hog", help="dlib face detector (cnn: slower)")
@@ -327,8 +375,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default="fp32",
         help="fp32 reproduces the official output; bf16 is faster on GPUs and on CPUs with AMX (changes the output)",
     )
-    restore.add_argument("--batch-size", type=int, default=4, help="face crops per denoising batch")
-    restore.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    restore.add_argument(
+        "--batch-size", type=int, default=4, help="faces of one person per denoising batch, across photos (default 4)"
+    )
+    restore.add_argument(
+        "--overwrite", action="store_true", help="replace existing output files (and start an interrupted run again)"
+    )
     restore.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     restore.set_defaults(handler=cmd_restore)
 

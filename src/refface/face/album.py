@@ -125,7 +125,7 @@ def _read_cache(path: Path) -> dict:
 
 def _write_cache(path: Path, photos: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".part")
+    temporary = path.with_suffix(f".{os.getpid()}.part")  # processes sharing an album never share a temporary
     temporary.write_text(json.dumps({"version": CACHE_VERSION, "photos": photos}))
     os.replace(temporary, path)
 

@@ -58,6 +58,10 @@ class AlignedCropLandmarks:
         return work, self._predictor(work, self._box)
 
 
+class NoFaceFound(RefFaceError):
+    """The photo shows no face that can be aligned: not a mistake in an archive, a photo to pass over."""
+
+
 @dataclass
 class FaceSearch:
     """The aligned faces chosen from one photo and what the user should know about them."""
@@ -134,7 +138,7 @@ def find_faces(
     """Aligned crops of the chosen faces ('all', 'largest' or a 0-based index into the largest-first list)."""
     faces = detect_faces(photo, detector)
     if not faces:
-        raise RefFaceError(
+        raise NoFaceFound(
             f"No face was found in {source}; try --detector cnn for turned or small faces, or --aligned if it is "
             "already a face crop."
         )
@@ -143,7 +147,7 @@ def find_faces(
     if len(usable) < len(faces):
         notes.append(f"{source}: skipped {len(faces) - len(usable)} face(s) under {MIN_FACE_SIZE} pixels across.")
     if not usable:
-        raise RefFaceError(
+        raise NoFaceFound(
             f"Every face found in {source} is under {MIN_FACE_SIZE} pixels across, too small to align; "
             "use a larger scan of the photo."
         )

@@ -1,0 +1,161 @@
+"""Whole archives through a `PhotoRestorer`: streamed, resumable, sharded over processes, reported.
+
+Each process (rank r of n, under `accelerate launch` or torchrun) takes every n-th photo that is not done
+yet, restores them a window at a time, writes each photo's files atomically and then records it as done.
+The main process writes the manifest first and merges every process's records into the report at the end.
+A photo that cannot be read is an `error` row and the run goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from refface.errors import RefFaceError
+from refface.imaging import check_output_path, load_image, save_image
+from refface.photo import comparison_image
+from refface.restoration.archive_inputs import ArchivePhoto
+from refface.restoration.people import People
+from refface.restoration.photo_restorer import PhotoRestorer, PhotoResult
+from refface.restoration.report import people_sheet, photo_rows, write_report
+from refface.restoration.run_record import RunRecord
+
+FACE_FOLDERS = ("cropped_faces", "restored_faces", "cmp")
+
+
+@dataclass
+class ArchiveSummary:
+    """How the run went, for the user: counts over this process's photos, and the merged rows (main process)."""
+
+    photos: int
+    resumed: int
+    faces_restored: int
+    seconds: float
+    problems: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+
+
+def result_path(output: Path, photo: ArchivePhoto) -> Path:
+    return output / "restored_imgs" / f"{photo.name}.png"
+
+
+def face_file(photo: ArchivePhoto, kind: str, index: int) -> str:
+    """A per-face file, relative to the output folder."""
+    return f"{kind}/{photo.name}_{index:02d}.png"
+
+
+def _existing_output(output: Path, photo: ArchivePhoto) -> Path | None:
+    target = result_path(output, photo)
+    if target.exists():
+        return target
+    stem = Path(photo.name)
+    for kind in FACE_FOLDERS:
+        folder = output / kind / stem.parent
+        if folder.is_dir():
+            found = sorted(folder.glob(f"{stem.name}_[0-9][0-9].png"))
+            if found:
+                return found[0]
+    return None
+
+
+def prepare_archive(output: str | Path, photos: Sequence[ArchivePhoto], settings: dict, overwrite: bool) -> bool:
+    """Check, before any slow work, that the run may write into `output`; True when it resumes an earlier run.
+
+    Nothing the run writes may be an input, nor an earlier result unless --overwrite (or the run's own,
+    resuming); a run recorded with other settings is refused.
+    """
+    output = Path(output)
+    record = RunRecord(output, settings)
+    resuming = record.exists() and not overwrite
+    if resuming:
+        record.check()
+    for photo in photos:
+        check_output_path(result_path(output, photo), [photo.path], overwrite=True)
+        if not (resuming or overwrite) and (existing := _existing_output(output, photo)) is not None:
+            raise RefFaceError(f"The output file {existing} already exists; pass --overwrite to replace it.")
+    return resuming
+
+
+def write_photo(output: Path, photo: ArchivePhoto, result: PhotoResult) -> list[str]:
+    """The photo's files (restored photo, per-face crops and comparisons); returns each face's restored file."""
+    restored_files = []
+    for face in result.faces:
+        save_image(Image.fromarray(face.crop), output / face_file(photo, "cropped_faces", face.index))
+        restored_file = ""
+        if face.restored is not None:
+            restored_file = face_file(photo, "restored_faces", face.index)
+            save_image(Image.fromarray(face.restored), output / restored_file)
+            references = face.person.references if face.references else []
+            comparison = comparison_image(face.crop, face.restored, references)
+            save_image(comparison, output / face_file(photo, "cmp", face.index))
+        restored_files.append(restored_file)
+    if result.photo is not None and result.faces:  # a photo without faces is left where it is, not copied
+        save_image(Image.fromarray(np.asarray(result.photo)), result_path(output, photo))
+    return restored_files
+
+
+def run_archive(
+    photos: Sequence[ArchivePhoto],
+    restorer: PhotoRestorer,
+    output: str | Path,
+    settings: dict,
+    *,
+    people: People | None = None,
+    overwrite: bool = False,
+    state=None,
+    progress: bool = True,
+    on_photo: Callable[[ArchivePhoto, PhotoResult], None] | None = None,
+) -> ArchiveSummary:
+    """Restore every photo not done yet into `output` (restored_imgs/, cropped_faces/, restored_faces/, cmp/,
+    report.csv, report.json, people.png). `state`: Accelerate's PartialState when several processes share it."""
+    output = Path(output)
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    is_main = state is None or state.is_main_process
+    record = RunRecord(output, settings, rank)
+    resuming = prepare_archive(output, photos, settings, overwrite)
+    if is_main:
+        record.start(fresh=not resuming)
+    if state is not None:
+        state.wait_for_everyone()
+
+    done = record.finished()
+    mine = [photo for number, photo in enumerate(photos) if number % world == rank and photo.name not in done]
+    resumed = sum(1 for number, photo in enumerate(photos) if number % world == rank and photo.name in done)
+    started, restored_before = time.perf_counter(), restorer.faces_restored
+    problems: list[str] = []
+    bar = tqdm(total=len(mine), desc="restoring photos", unit="photo", disable=not progress)
+    loaders = ((str(photo.path), lambda path=photo.path: load_image(path)) for photo in mine)
+    for photo, result in zip(mine, restorer.restore_many(loaders), strict=True):
+        if result.error is not None:
+            problems.append(result.error)
+        rows = photo_rows(photo.name, result, write_photo(output, photo, result))
+        record.record(photo.name, rows)
+        if on_photo is not None:
+            on_photo(photo, result)
+        bar.update(1)
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix(faces_per_s=f"{(restorer.faces_restored - restored_before) / elapsed:.2f}")
+    bar.close()
+    summary = ArchiveSummary(
+        len(mine), resumed, restorer.faces_restored - restored_before, time.perf_counter() - started, problems
+    )
+    if state is not None:
+        state.wait_for_everyone()
+    if is_main:
+        finished = record.finished()
+        summary.rows = [row for photo in photos for row in finished.get(photo.name, [])]
+        if not any(isinstance(row["face"], int) for row in summary.rows):
+            record.discard()  # no photo had a face: nothing to resume or report
+            return summary
+        known = people if people is not None else restorer.people
+        write_report(output, summary.rows, settings, known)
+        sheet = people_sheet(output, summary.rows, known)
+        if sheet is not None:
+            save_image(sheet, output / "people.png")
+    return summary

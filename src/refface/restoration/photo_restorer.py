@@ -1,0 +1,284 @@
+"""The one restoration workflow: faces -> each face's person -> their references -> restore in batches -> paste.
+
+`PhotoRestorer` is what `refface restore`, the web page and video support call. It finds the chosen faces of
+a photo, matches each to a person (`People.match`), restores the faces of one person together with that
+person's references (encoded once, by the `ReferenceStore`), pastes the restored crops back with the feathered
+mask, and says what happened to every face. `restore_many` streams photos through it a window at a time, so
+faces of one person in different photos share pipeline calls and memory does not grow with the archive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from refface.errors import RefFaceError, short_reason
+from refface.face.album import sharpness
+from refface.face.alignment import ALIGNED_SIZE, AlignedFace
+from refface.face.detection import FaceDetector
+from refface.face.guard import lq_is_usable
+from refface.face.locate import NoFaceFound, find_faces
+from refface.face.paste import paste_face
+from refface.photo import as_rgb_array
+from refface.restoration.people import Match, People, Person, no_people
+from refface.restoration.reference_store import ReferenceStore
+
+RESTORED = "restored"
+WITHOUT_REFERENCES = "restored-without-references"
+SKIPPED = "skipped"
+ERROR = "error"
+UNKNOWN_FACES = ("no-refs", "skip")
+
+PhotoSource = Callable[[], Image.Image | np.ndarray]
+
+
+@dataclass
+class FaceResult:
+    """One face: where it is (`aligned`, None for crop inputs), who it is, and what was done to it."""
+
+    index: int
+    crop: np.ndarray  # the aligned input crop
+    aligned: AlignedFace | None
+    person: Person | None
+    distance: float | None  # identity distance to `person`, or to the closest person for an unknown face
+    status: str  # restored, restored-without-references, skipped
+    restored: np.ndarray | None = None
+    message: str = ""
+
+    @property
+    def references(self) -> list[str]:
+        """The file names of the reference photos this face was restored with."""
+        return self.person.reference_names if self.status == RESTORED and self.person is not None else []
+
+    @property
+    def person_name(self) -> str:
+        return self.person.name if self.person is not None else ""
+
+
+@dataclass
+class PhotoResult:
+    """A photo with its restored faces pasted in (None on error), every face's result, and notes for the user."""
+
+    source: str
+    photo: np.ndarray | None
+    faces: list[FaceResult]
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def restored_faces(self) -> list[FaceResult]:
+        return [face for face in self.faces if face.restored is not None]
+
+
+@dataclass
+class _Planned:
+    """A photo between planning and pasting: its pixels and its faces' plans (or the error that stopped it)."""
+
+    source: str
+    pixels: np.ndarray | None
+    faces: list[FaceResult]
+    notes: list[str]
+    error: str | None = None
+
+
+class PhotoRestorer:
+    """Restores every chosen face of a photo with its own person's references.
+
+    `pipe`: a refldm or composite pipeline. `people`: who the faces can be (None: nobody, every face is
+    restored from its photo alone). `select`: "auto" (the largest face when the user named one person,
+    else all faces), "all", "largest" or a face number. `unknown`: what happens to a face that matches
+    nobody ("no-refs": restored without references; "skip": left untouched). `options`: the pipeline's
+    sampling keywords (steps, guidance, ...). `store`: where encoded references are kept (default: memory).
+    """
+
+    def __init__(
+        self,
+        pipe,
+        people: People | None = None,
+        detector: FaceDetector | None = None,
+        *,
+        select: str | int = "auto",
+        unknown: str = "no-refs",
+        seed: int = 2024,
+        batch_size: int = 4,
+        options: dict | None = None,
+        store: ReferenceStore | None = None,
+        strict: bool = False,
+        aligned_size: int = ALIGNED_SIZE,
+        progress: bool = False,
+        step_callback=None,
+    ) -> None:
+        if unknown not in UNKNOWN_FACES:
+            raise RefFaceError(f"Unknown faces are either 'no-refs' or 'skip', got {unknown!r}.")
+        if batch_size < 1:
+            raise RefFaceError(f"The batch size must be at least 1, got {batch_size}.")
+        self.pipe, self.detector = pipe, detector
+        self.people = people if people is not None else no_people()
+        self.select = select if select != "auto" else ("largest" if self.people.named_one else "all")
+        self.unknown, self.seed, self.batch_size = unknown, seed, batch_size
+        self.options = dict(options or {})
+        self.store = store if store is not None else ReferenceStore(pipe)
+        self.strict, self.aligned_size = strict, aligned_size
+        self.progress, self.step_callback = progress, step_callback
+        self.faces_restored = 0
+
+    # ------------------------------------------------------------------------------ planning
+    def find(self, photo: Image.Image | np.ndarray, source: str = "the photo") -> tuple[list[FaceResult], list[str]]:
+        """The chosen faces of a photo, each matched to a person (nothing restored yet), and notes."""
+        if self.detector is None:
+            raise RefFaceError("Whole photos need a face detector; pass one, or restore aligned crops.")
+        pixels = as_rgb_array(photo)
+        search = find_faces(pixels, self.detector, self.select, self.aligned_size, source)
+        crops = [face.image for face in search.faces]
+        faces = self._plan(crops, search.faces, source)
+        return faces, list(search.notes)
+
+    def _plan(self, crops: list[np.ndarray], aligned: Sequence[AlignedFace | None], source: str) -> list[FaceResult]:
+        matches = self._match(crops)
+        faces = []
+        for index, (crop, where, match) in enumerate(zip(crops, aligned, matches, strict=True)):
+            face = FaceResult(index, crop, where, match.person, match.distance, "")
+            self._check_named(face, source)
+            faces.append(self._with_status(face))
+        return faces
+
+    def _match(self, crops: list[np.ndarray]) -> list[Match]:
+        if not len(self.people) or not crops:
+            return [Match(None, None) for _ in crops]
+        return self.people.match(self.people.embedder.embed(crops))
+
+    def _check_named(self, face: FaceResult, source: str) -> None:
+        """A face the user named whose identity differs from the references: warned, or refused with --strict."""
+        person, threshold = face.person, self.people.threshold
+        if person is None or face.distance is None or face.distance < threshold or not person.references:
+            return
+        size = face.aligned.quad.size if face.aligned is not None else None
+        if not lq_is_usable(sharpness(face.crop), person.reference_sharpness, size):
+            return
+        warning = (
+            f"face {face.index} of {source} looks like a different person from {person.name}'s references "
+            f"({self.people.embedder.name} distance {face.distance:.2f} >= {threshold:.2f})"
+        )
+        if self.strict:
+            raise RefFaceError(f"Identity check failed (--strict): {warning}.")
+        face.message = warning + "."
+
+    def _with_status(self, face: FaceResult) -> FaceResult:
+        if face.person is not None:
+            face.status = RESTORED if face.person.references else WITHOUT_REFERENCES
+        else:
+            face.status = SKIPPED if self.unknown == "skip" else WITHOUT_REFERENCES
+        return face
+
+    def assign(self, faces: list[FaceResult], people_of: dict[int, str | None]) -> list[FaceResult]:
+        """Change the person of faces by index: a person's name, or None for "restore without references"."""
+        for index, name in people_of.items():
+            if not 0 <= index < len(faces):
+                raise RefFaceError(f"The photo has {len(faces)} face(s); face {index} does not exist.")
+            face = faces[index]
+            if name is None:
+                face.person, face.status = None, WITHOUT_REFERENCES
+                continue
+            face.person = self.people.get(name)
+            vector = self.people.embedder.embed([face.crop])
+            face.distance = float(self.people.distances(vector)[0, self.people.names.index(name)])
+            self._with_status(face)
+        return faces
+
+    # ------------------------------------------------------------------------------ restoring
+    def _restore_planned(self, faces: list[FaceResult]) -> None:
+        """Restore the faces that need it, those of one person together in batches of `batch_size`."""
+        groups: dict[int, list[FaceResult]] = {}
+        for face in faces:
+            if face.status == SKIPPED:
+                continue
+            person = face.person if face.status == RESTORED else None
+            groups.setdefault(id(person), []).append(face)
+        for group in groups.values():
+            person = group[0].person if group[0].status == RESTORED else None
+            references = self.store.encoded(person)
+            for start in range(0, len(group), self.batch_size):
+                batch = group[start : start + self.batch_size]
+                crops = [Image.fromarray(face.crop) for face in batch]
+                output = self.pipe(
+                    crops, references, seed=self.seed, progress=self.progress, step_callback=self.step_callback,
+                    **self.options,
+                )  # fmt: skip
+                for face, image in zip(batch, output.images, strict=True):
+                    face.restored = np.asarray(image.convert("RGB"))
+                self.faces_restored += len(batch)
+
+    @staticmethod
+    def _paste(planned: _Planned) -> PhotoResult:
+        if planned.error is not None:
+            return PhotoResult(planned.source, None, planned.faces, planned.notes, planned.error)
+        result = planned.pixels
+        for face in planned.faces:
+            if face.restored is not None and face.aligned is not None:
+                result = paste_face(result, face.restored, face.aligned)
+        return PhotoResult(planned.source, result, planned.faces, planned.notes)
+
+    def restore(
+        self,
+        photo: Image.Image | np.ndarray,
+        source: str = "the photo",
+        people_of: dict[int, str | None] | None = None,
+    ) -> PhotoResult:
+        """Restore one photo's chosen faces (`people_of` overrides matched persons by face index); errors raise."""
+        faces, notes = self.find(photo, source)
+        if people_of:
+            self.assign(faces, people_of)
+        planned = _Planned(source, as_rgb_array(photo), faces, notes)
+        self._restore_planned(faces)
+        return self._paste(planned)
+
+    def restore_many(
+        self, photos: Iterable[tuple[str, PhotoSource]], window: int | None = None
+    ) -> Iterator[PhotoResult]:
+        """Restore a stream of (name, loader) photos, `window` photos at a time (default: the batch size).
+
+        A photo that cannot be read, or shows no usable face, comes back with its `error` and the stream goes
+        on; at most `window` decoded photos are held at once.
+        """
+        window = window or self.batch_size
+        pending: list[_Planned] = []
+        for source, load in photos:
+            pending.append(self._plan_photo(source, load))
+            if len(pending) >= window:
+                yield from self._finish(pending)
+                pending = []
+        if pending:
+            yield from self._finish(pending)
+
+    def _plan_photo(self, source: str, load: PhotoSource) -> _Planned:
+        try:
+            pixels = as_rgb_array(load())
+        except RefFaceError as error:
+            return _Planned(source, None, [], [], str(error))
+        except OSError as error:
+            return _Planned(source, None, [], [], f"{source} could not be read ({short_reason(error)}).")
+        try:
+            faces, notes = self.find(pixels, source)
+        except NoFaceFound as nothing:  # passed over: the photo is kept as it is
+            return _Planned(source, pixels, [], [str(nothing)])
+        except RefFaceError as error:
+            return _Planned(source, None, [], [], str(error))
+        return _Planned(source, pixels, faces, notes)
+
+    def _finish(self, pending: list[_Planned]) -> list[PhotoResult]:
+        self._restore_planned([face for planned in pending for face in planned.faces])
+        return [self._paste(planned) for planned in pending]
+
+    def restore_crops(self, crops: Sequence[Image.Image | np.ndarray], source: str = "the crop") -> list[FaceResult]:
+        """Restore already aligned face crops, each matched to a person like a face found in a photo."""
+        arrays = [as_rgb_array(crop) for crop in crops]
+        faces = []
+        for number, crop in enumerate(arrays):
+            face = self._plan([crop], [None], f"{source} {number}" if len(arrays) > 1 else source)[0]
+            face.index = number
+            faces.append(face)
+        self._restore_planned(faces)
+        return faces

@@ -1,0 +1,102 @@
+"""What a run did to every face: `report.csv`, `report.json` (the same plus the settings) and `people.png`.
+
+The report's first columns are fixed (photo, face, person, references, distance, status), so scripts and
+spreadsheets can rely on them; further columns (message, output) explain and point at the files.
+`people.png` shows each person with the references chosen for them and some of the faces restored as them,
+read back from the output folder, so it is complete after a resumed or sharded run too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from refface.restoration.people import People
+from refface.restoration.photo_restorer import ERROR, SKIPPED, PhotoResult
+
+COLUMNS = ("photo", "face", "person", "references", "distance", "status", "message", "output")
+THUMB = 96
+FACES_SHOWN = 8
+LABEL_WIDTH = 150
+
+
+def photo_rows(name: str, result: PhotoResult, face_files: Sequence[str]) -> list[dict]:
+    """The report rows of one photo: one per face, or one for the photo when it had none (or failed)."""
+    if result.error is not None:
+        return [_row(name, status=ERROR, message=result.error)]
+    if not result.faces:
+        return [_row(name, status=SKIPPED, message="; ".join(result.notes))]
+    return [
+        _row(
+            name,
+            face=face.index,
+            person=face.person_name,
+            references=";".join(face.references),
+            distance="" if face.distance is None else round(face.distance, 4),
+            status=face.status,
+            message=face.message,
+            output=file if face.restored is not None else "",
+        )
+        for face, file in zip(result.faces, face_files, strict=True)
+    ]
+
+
+def _row(photo: str, **values) -> dict:
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(photo=photo, **values)
+    return row
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".part")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def write_report(folder: Path, rows: list[dict], settings: dict, people: People) -> None:
+    """report.csv and report.json in `folder`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_text(folder / "report.csv", buffer.getvalue())
+    described = [{"name": p.name, "references": p.reference_names, "labels": p.labels} for p in people]
+    document = {"settings": settings, "people": described, "faces": rows}
+    _atomic_text(folder / "report.json", json.dumps(document, indent=1))
+
+
+def _thumbnail(image: Image.Image) -> Image.Image:
+    return image.convert("RGB").resize((THUMB, THUMB), Image.Resampling.LANCZOS)
+
+
+def people_sheet(folder: Path, rows: list[dict], people: People) -> Image.Image | None:
+    """One row per person: name | references | faces restored as them (at most FACES_SHOWN); None if nobody."""
+    if not len(people):
+        return None
+    restored: dict[str, list[Path]] = {}
+    for row in rows:
+        if row["person"] and row["output"]:
+            restored.setdefault(row["person"], []).append(folder / row["output"])
+    columns = max(len(p.references) for p in people) + 1 + FACES_SHOWN
+    sheet = Image.new("RGB", (LABEL_WIDTH + columns * THUMB, len(people) * (THUMB + 8)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for line, person in enumerate(people):
+        top = line * (THUMB + 8)
+        faces = restored.get(person.name, [])
+        draw.text((6, top + 6), person.name, fill=(0, 0, 0))
+        draw.text((6, top + 24), f"{len(person.references)} reference(s)", fill=(90, 90, 90))
+        draw.text((6, top + 40), f"{len(faces)} face(s) restored", fill=(90, 90, 90))
+        for column, crop in enumerate(person.references):
+            sheet.paste(_thumbnail(Image.fromarray(crop)), (LABEL_WIDTH + column * THUMB, top))
+        start = LABEL_WIDTH + (len(person.references) + 1) * THUMB
+        for column, path in enumerate(faces[:FACES_SHOWN]):
+            if path.is_file():
+                with Image.open(path) as face:
+                    sheet.paste(_thumbnail(face), (start + column * THUMB, top))
+    return sheet

@@ -1,0 +1,182 @@
+"""`refface restore` on a group photo and on an archive: every face restored as its own person, reported."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from refface.cli import main
+from refface.imaging import load_image
+from tests.face.photos import grace_hopper, place
+
+
+def _restore(workspace, output, *extra, inputs=None):
+    inputs = inputs or [str(workspace / "group.jpg")]
+    return ["restore", *inputs, "--output", str(output), "--model", str(workspace / "tiny"), "--steps", "2",
+            "--device", "cpu", "-q", *extra]  # fmt: skip
+
+
+def _report(output) -> list[dict]:
+    with open(output / "report.csv", newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def _error(args, capsys) -> str:
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and err[-1].startswith("refface: error: ") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_each_face_of_a_group_photo_is_restored_with_its_own_persons_references(people_workspace, tmp_path):
+    out = tmp_path / "out"
+    assert main(_restore(people_workspace, out, "--refs-dir", str(people_workspace / "album"))) == 0
+    header = (out / "report.csv").read_text().splitlines()[0]
+    assert header.startswith("photo,face,person,references,distance,status,")
+    hopper, astronaut = _report(out)
+    assert (hopper["face"], astronaut["face"]) == ("0", "1")
+    assert {hopper["person"], astronaut["person"]} == {"person-01", "person-02"}
+    assert hopper["status"] == astronaut["status"] == "restored"
+    assert {name[:6] for name in hopper["references"].split(";")} == {"hopper"}
+    assert {name[:5] for name in astronaut["references"].split(";")} == {"astro"}
+    assert float(hopper["distance"]) < 0.6 and float(astronaut["distance"]) < 0.6
+    document = json.loads((out / "report.json").read_text())
+    assert document["settings"]["references"] == "refs-dir" and len(document["faces"]) == 2
+    assert [person["name"] for person in document["people"]][:2] == ["person-01", "person-02"]
+    assert Image.open(out / "people.png").height >= 2 * 96
+    for kind in ("cropped_faces", "restored_faces", "cmp"):
+        assert sorted(p.name for p in (out / kind).iterdir()) == ["group_00.png", "group_01.png"]
+
+
+def test_person_folders_name_the_people_in_the_report(people_workspace, tmp_path):
+    out = tmp_path / "out"
+    assert main(_restore(people_workspace, out, "--people", str(people_workspace / "people"))) == 0
+    hopper, astronaut = _report(out)
+    assert (hopper["person"], astronaut["person"]) == ("Grace", "Eileen")
+    assert hopper["references"].split(";") and all(n.startswith("hopper_") for n in hopper["references"].split(";"))
+
+
+def test_a_face_of_nobody_known_is_restored_without_references_or_left_untouched(people_workspace, tmp_path):
+    album = str(people_workspace / "astro_album")
+    out = tmp_path / "out"
+    assert main(_restore(people_workspace, out, "--refs-dir", album)) == 0
+    hopper, astronaut = _report(out)
+    assert (hopper["person"], hopper["references"], hopper["status"]) == ("", "", "restored-without-references")
+    assert astronaut["status"] == "restored" and astronaut["person"] == "person-01"
+
+    skipped = tmp_path / "skip"
+    assert main(_restore(people_workspace, skipped, "--refs-dir", album, "--unknown", "skip")) == 0
+    hopper, astronaut = _report(skipped)
+    assert hopper["status"] == "skipped" and hopper["output"] == "" and astronaut["status"] == "restored"
+    before = np.asarray(load_image(people_workspace / "group.jpg"))
+    after = np.asarray(Image.open(skipped / "restored_imgs" / "group.png").convert("RGB"))
+    assert np.array_equal(after[:, 540:], before[:, 540:])  # Grace Hopper's half: not one pixel changed
+    assert np.any(after[:, :500] != before[:, :500])
+    assert not (skipped / "restored_faces" / "group_00.png").exists()
+
+
+def test_an_archive_folder_is_restored_recursively_and_bad_files_do_not_stop_it(people_workspace, tmp_path, capsys):
+    archive = tmp_path / "archive"
+    (archive / "1962").mkdir(parents=True)
+    shutil.copy(people_workspace / "group.jpg", archive / "1962" / "group.jpg")
+    Image.fromarray(place(grace_hopper(), 0, 0.8)[0]).save(archive / "hopper only.jpg")
+    (archive / "damaged.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a photo")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 300, 3), np.uint8)).save(archive / "wall.png")
+    os.symlink("..", archive / "1962" / "loop")
+    out = archive / "restored"  # the output inside the input folder: never read as input
+    args = [a for a in _restore(people_workspace, out, "--refs-dir", str(people_workspace / "astro_album"),
+                                "--unknown", "skip", inputs=[str(archive)]) if a != "-q"]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "symlink loop" in captured.out
+    assert "damaged.jpg" in captured.err
+    rows = _report(out)
+    by_photo = {}
+    for row in rows:
+        by_photo.setdefault(row["photo"], []).append(row)
+    assert list(by_photo) == ["1962/group", "damaged", "hopper only", "wall"]
+    assert [r["status"] for r in by_photo["1962/group"]] == ["skipped", "restored"]
+    assert by_photo["damaged"][0]["status"] == "error" and "damaged.jpg" in by_photo["damaged"][0]["message"]
+    assert [r["status"] for r in by_photo["hopper only"]] == ["skipped"]  # her only face matches nobody
+    assert by_photo["wall"][0]["status"] == "skipped" and "No face was found" in by_photo["wall"][0]["message"]
+    assert (out / "restored_imgs" / "1962" / "group.png").is_file()
+    assert not (out / "restored_imgs" / "wall.png").exists()
+
+    # a second run resumes: everything is done, nothing is restored again, the report is the same
+    assert main(_restore(people_workspace, out, "--refs-dir", str(people_workspace / "astro_album"), "--unknown",
+                         "skip", inputs=[str(archive)])) == 0  # fmt: skip
+    assert _report(out) == rows
+    changed = _restore(people_workspace, out, "--refs-dir", str(people_workspace / "astro_album"), "--seed", "7",
+                       inputs=[str(archive)])  # fmt: skip
+    message = _error(changed, capsys)
+    assert "other settings" in message and "seed 2024 now 7" in message and "unknown 'skip' now 'no-refs'" in message
+
+
+def test_bad_people_sources_are_one_sentence_and_odd_folders_are_warned_about(people_workspace, tmp_path, capsys):
+    empty_album = tmp_path / "empty_album"
+    empty_album.mkdir()
+    Image.fromarray(np.full((100, 100, 3), 128, np.uint8)).save(empty_album / "grey.png")
+    assert "No usable face was found in the album" in _error(
+        _restore(people_workspace, tmp_path / "o", "--refs-dir", str(empty_album)), capsys
+    )
+    assert not (tmp_path / "o").exists()
+
+    people = tmp_path / "people"
+    shutil.copytree(people_workspace / "people", people)
+    (people / "Nobody").mkdir()
+    (people / "Mixed").mkdir()
+    for name in ("astro_plain.jpg", "astro_light.jpg", "hopper_mirror.jpg"):
+        source = people_workspace / "album" / name
+        shutil.copy(source, people / "Mixed" / name)
+    out = tmp_path / "out"
+    assert main(_restore(people_workspace, out, "--people", str(people))) == 0
+    err = capsys.readouterr().err
+    assert "skipped the person folder Nobody" in err
+    assert "the person folder Mixed shows more than one person: hopper_mirror.jpg" in err
+    assert "Eileen and Mixed look like the same person" in err
+    assert {row["person"] for row in _report(out)} <= {"Eileen", "Grace", "Mixed"}
+
+    assert "--people" in _error(_restore(people_workspace, tmp_path / "p", "--people", str(tmp_path / "none")), capsys)
+    both = _restore(people_workspace, tmp_path / "p", "--people", str(people), "--refs-dir", str(people))
+    assert "contradict" in _error(both, capsys)
+
+
+def test_a_photo_whose_faces_are_all_unknown_is_kept_as_it_is(people_workspace, tmp_path):
+    photo = tmp_path / "hopper.png"
+    Image.fromarray(place(grace_hopper(), 0, 0.8)[0]).save(photo)
+    out = tmp_path / "out"
+    album = str(people_workspace / "astro_album")
+    assert main(_restore(people_workspace, out, "--refs-dir", album, "--unknown", "skip", inputs=[str(photo)])) == 0
+    (row,) = _report(out)
+    assert row["status"] == "skipped" and row["person"] == ""
+    after = np.asarray(Image.open(out / "restored_imgs" / "hopper.png").convert("RGB"))
+    assert np.array_equal(after, np.asarray(load_image(photo)))
+
+
+def test_two_processes_share_an_archive_and_the_main_one_writes_the_report(people_workspace, tmp_path):
+    """A real two-process run (torchrun, gloo on the CPU), as `accelerate launch -m refface.cli restore` makes."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for number in range(4):
+        shutil.copy(people_workspace / "group.jpg", archive / f"photo{number}.jpg")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "refface.cli",
+               *_restore(people_workspace, out, "--refs-dir", str(people_workspace / "album"), inputs=[str(archive)])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "REFFACE_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _report(out)
+    assert [row["photo"] for row in rows] == [f"photo{n}" for n in range(4) for _ in range(2)]
+    assert all(row["status"] == "restored" for row in rows)
+    shares = {}
+    for rank in (0, 1):
+        lines = (out / ".progress" / f"rank-{rank}.jsonl").read_text().splitlines()
+        shares[rank] = [json.loads(line)["photo"] for line in lines]
+    assert shares == {0: ["photo0", "photo2"], 1: ["photo1", "photo3"]}

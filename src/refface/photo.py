@@ -1,73 +1,18 @@
-"""Restoring faces in whole photos: align each face, restore the crops, paste them back.
+"""Small pieces shared by the whole-photo workflows: pixels as RGB arrays, aligned references, comparisons.
 
-This is the real-photo workflow of GFPGAN/CodeFormer-style tools around a reference-based model:
-the pipeline only ever sees FFHQ-aligned crops, and the photo outside the faces stays untouched.
+The workflow itself (faces -> people -> references -> restore -> paste back) is `refface.restoration`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
-from refface.face.alignment import ALIGNED_SIZE, AlignedFace
+from refface.face.alignment import ALIGNED_SIZE
 from refface.face.detection import FaceDetector
 from refface.face.locate import find_faces
-from refface.face.paste import paste_face
-
-Restorer = Callable[[list[Image.Image]], list[Image.Image]]
-
-
-@dataclass
-class RestoredFace:
-    """One face of the photo: its aligned crop (the model's input) and the restored crop."""
-
-    aligned: AlignedFace
-    restored: np.ndarray
-
-
-@dataclass
-class PhotoRestoration:
-    """The photo with restored faces pasted in, the per-face crops, and notes for the user."""
-
-    photo: np.ndarray
-    faces: list[RestoredFace]
-    notes: list[str] = field(default_factory=list)
-
-
-def restore_faces(
-    photo: np.ndarray, faces: Sequence[AlignedFace], restore: Restorer, batch_size: int = 4
-) -> tuple[np.ndarray, list[RestoredFace]]:
-    """Restore aligned crops with `restore` in batches and paste each back into (a copy of) `photo`."""
-    crops = [Image.fromarray(face.image) for face in faces]
-    restored: list[np.ndarray] = []
-    for start in range(0, len(crops), batch_size):
-        restored.extend(np.asarray(image.convert("RGB")) for image in restore(crops[start : start + batch_size]))
-    result = photo
-    for face, crop in zip(faces, restored, strict=True):
-        result = paste_face(result, crop, face)
-    return result, [RestoredFace(face, crop) for face, crop in zip(faces, restored, strict=True)]
-
-
-def restore_photo(
-    photo: Image.Image | np.ndarray,
-    restore: Restorer,
-    detector: FaceDetector,
-    select: str | int = "all",
-    source: str = "the photo",
-    batch_size: int = 4,
-    aligned_size: int = ALIGNED_SIZE,
-) -> PhotoRestoration:
-    """Find the chosen faces, restore their crops with `restore`, and paste them back.
-
-    `restore` maps aligned crops to restored crops, e.g. `lambda crops: pipe(crops, refs).images`.
-    """
-    pixels = as_rgb_array(photo)
-    search = find_faces(pixels, detector, select, aligned_size, source)
-    result, faces = restore_faces(pixels, search.faces, restore, batch_size)
-    return PhotoRestoration(result, faces, search.notes)
 
 
 def as_rgb_array(photo: Image.Image | np.ndarray) -> np.ndarray:

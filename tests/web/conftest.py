@@ -38,3 +38,21 @@ def face_photos(tmp_path_factory) -> dict[str, Path]:
     (root / "notes.txt").write_text("not an image")
     Image.fromarray(np.zeros((7000, 6000, 3), dtype=np.uint8)).save(root / "huge.png")  # 42 MP, small file
     return {name: root / name for name in ("old photo.jpg", "ref_a.png", "ref_b.png", "notes.txt", "huge.png")}
+
+
+@pytest.fixture(scope="session")
+def group_photos(tmp_path_factory) -> dict[str, Path]:
+    """Grace Hopper (face 0) and the astronaut (face 1) side by side, degraded, and two references of each."""
+    from tests.face.photos import astronaut, grace_hopper, group_photo, place, side_light
+
+    root = tmp_path_factory.mktemp("group")
+    Image.fromarray(group_photo()).save(root / "group.jpg", quality=85)
+    made = {
+        "eileen_a.jpg": place(astronaut(), 10, 1.1)[0],
+        "eileen_b.jpg": place(side_light(astronaut()), 3, 1.3)[0],
+        "grace_a.jpg": place(grace_hopper(), 0, 0.9)[0],
+        "grace_b.jpg": place(side_light(grace_hopper()), -6, 1.0)[0],
+    }
+    for name, pixels in made.items():
+        Image.fromarray(pixels).save(root / name, quality=92)
+    return {name: root / name for name in ("group.jpg", *made)}

@@ -48,6 +48,15 @@ def _upload(client, path: Path) -> dict:
         return client.post("/api/photos", files={"photo": (path.name, stream, "image/png")})
 
 
+def _people(client, people: dict[str, list[Path]], photo_id: str | None = None) -> dict:
+    """POST /api/people with reference photos per named person; the reply (asserted to be a success)."""
+    files = [("references", (p.name, p.read_bytes(), "image/png")) for paths in people.values() for p in paths]
+    names = [name for name, paths in people.items() for _ in paths]
+    reply = client.post("/api/people", data={"reference_person": names, "photo_id": photo_id or ""}, files=files)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
 def _wait(client, job_id: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,16 +73,22 @@ def test_a_photo_is_restored_with_references_and_pasted_back(client, face_photos
     found = reply.json()
     assert (found["width"], found["height"]) == (384, 384) and len(found["faces"]) == 1
     assert found["faces"][0]["thumbnail"].startswith("data:image/png;base64,")
-    refs = [face_photos["ref_a.png"], face_photos["ref_b.png"]]
-    files = [("references", (p.name, p.read_bytes(), "image/png")) for p in refs]
-    form = {"photo_id": found["photo_id"], "method": "composite", "steps": "3", "seed": "5"}
-    job = client.post("/api/jobs", data=form, files=files).json()
+    assert found["faces"][0]["person"] is None  # no people given yet
+    people = _people(client, {"Eileen": [face_photos["ref_a.png"], face_photos["ref_b.png"]]}, found["photo_id"])
+    assert [p["name"] for p in people["people"]] == ["Eileen"]
+    assert [r["label"] for r in people["people"][0]["references"]] == ["ref_a.png", "ref_b.png"]
+    assert people["faces"][0]["person"] == "Eileen" and people["faces"][0]["distance"] < 0.6
+    assert any("identity check" in note for note in people["notes"])
+    form = {"photo_id": found["photo_id"], "method": "composite", "steps": "3", "seed": "5",
+            "people_id": people["people_id"]}  # fmt: skip
+    job = client.post("/api/jobs", data=form).json()
     assert "job_id" in job, job
     status = _wait(client, job["job_id"])
     assert status["state"] == "done", status
     assert status["step"] == status["steps"] == 3
-    assert [r["label"] for r in status["references"]] == ["ref_a.png", "ref_b.png"]
-    assert status["summary"].startswith("identity check")
+    assert [r["label"] for r in status["people"][0]["references"]] == ["ref_a.png", "ref_b.png"]
+    assert status["summary"] == "1 face(s) restored: face 1 as Eileen (2 reference(s))."
+    assert [(f["index"], f["person"], f["status"]) for f in status["faces"]] == [(0, "Eileen", "restored")]
 
     result = client.get(f"/api/jobs/{job['job_id']}/result.png?download=1")
     disposition = result.headers["content-disposition"]
@@ -85,8 +100,9 @@ def test_a_photo_is_restored_with_references_and_pasted_back(client, face_photos
     original = np.asarray(Image.open(face_photos["old photo.jpg"]).convert("RGB"))
     assert restored.shape == before.shape == original.shape
     np.testing.assert_array_equal(before, original)
-    crop = Image.open(io.BytesIO(client.get(f"/api/jobs/{job['job_id']}/face.png").content))
+    crop = Image.open(io.BytesIO(client.get(f"/api/jobs/{job['job_id']}/faces/0.png").content))
     assert crop.size == (32, 32)  # the restored face at the model's resolution
+    assert "no restored face 1" in client.get(f"/api/jobs/{job['job_id']}/faces/1.png").json()["error"]
     changed = np.abs(restored.astype(int) - original).sum(axis=2) > 0
     assert 0.02 < changed.mean() < 0.6  # the face region changed, the rest of the photo did not
     assert not changed[170:].any() and not changed[:, 260:].any() and not changed[:, :80].any()  # the face is above
@@ -120,11 +136,74 @@ def test_bad_requests_are_one_sentence(client, face_photos):
     assert "Unknown solver 'euler'" in error(client.post("/api/jobs", data={**base, "solver": "euler"}))
     assert "'steps' is missing or invalid" in error(client.post("/api/jobs", data={**base, "steps": "many"}))
     assert "expired or is unknown" in error(client.post("/api/jobs", data={**base, "photo_id": "nope"}))
+    assert "face 3 does not exist" in error(client.post("/api/jobs", data={**base, "people_of": '{"3": null}'}))
+    assert "face numbers such as 0,2" in error(client.post("/api/jobs", data={**base, "faces": "first"}))
+    assert "must be JSON" in error(client.post("/api/jobs", data={**base, "people_of": "[1"}))
+    assert "no person named 'Zed'" in error(client.post("/api/jobs", data={**base, "people_of": '{"0": "Zed"}'}))
+    assert "expired or are unknown" in error(client.post("/api/jobs", data={**base, "people_id": "nope"}))
     refs = [("references", (f"r{i}.png", buffer.getvalue(), "image/png")) for i in range(4)]
-    assert "At most 3 reference photos" in error(client.post("/api/jobs", data=base, files=refs))
+    assert "go to /api/people" in error(client.post("/api/jobs", data=base, files=refs[:1]))
+    assert "At most 3 reference photos" in error(client.post("/api/people", files=refs))
+    assert "came with 1 person name" in error(
+        client.post("/api/people", data={"reference_person": "A"}, files=refs[:2])
+    )
+    assert "No face was found in r0.png; use a photo" in error(client.post("/api/people", files=refs[:1]))
+    assert "at least one person" in error(client.post("/api/people", data={"num_refs": "2"}))
     assert "No such restoration" in error(client.get("/api/jobs/does-not-exist"), 404)
     assert "no result" in error(client.get("/api/jobs/does-not-exist/result.png"), 404)
     assert "nothing at this address" in error(client.get("/api/jobs/x/../../../etc/passwd"), 404)
+
+
+def test_every_face_of_a_group_photo_is_restored_as_its_own_person(client, service, group_photos):
+    found = _upload(client, group_photos["group.jpg"]).json()
+    assert len(found["faces"]) == 2 and all(face["person"] is None for face in found["faces"])
+    sets = {"Grace": [group_photos["grace_a.jpg"], group_photos["grace_b.jpg"]],
+            "Eileen": [group_photos["eileen_a.jpg"], group_photos["eileen_b.jpg"]]}  # fmt: skip
+    people = _people(client, sets, found["photo_id"])
+    assert [p["name"] for p in people["people"]] == ["Grace", "Eileen"] and not people["warnings"]
+    assert [(face["index"], face["person"]) for face in people["faces"]] == [(0, "Grace"), (1, "Eileen")]
+    # a photo uploaded after the people are known is matched at once
+    again = client.post("/api/photos", data={"people_id": people["people_id"]},
+                        files={"photo": ("g.jpg", group_photos["group.jpg"].read_bytes())}).json()  # fmt: skip
+    assert [face["person"] for face in again["faces"]] == ["Grace", "Eileen"]
+
+    calls = []
+    pipe = service.models["refldm"]
+    original = type(pipe).__call__
+    encode = type(pipe).encode_references
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(pipe), "__call__", lambda self, lq, refs=None, **k: calls.append(len(lq)) or original(
+            self, lq, refs, **k))  # fmt: skip
+        patch.setattr(type(pipe), "encode_references", lambda self, r: calls.append("encode") or encode(self, r))
+        form = {"photo_id": found["photo_id"], "method": "refldm", "steps": "2", "people_id": people["people_id"],
+                "faces": "all"}  # fmt: skip
+        status = _wait(client, client.post("/api/jobs", data=form).json()["job_id"])
+        assert status["state"] == "done", status
+        assert calls == ["encode", 1, "encode", 1]  # each person's references, each person's face
+        rows = [(f["index"], f["person"], f["status"], f["references"]) for f in status["faces"]]
+        assert rows == [(0, "Grace", "restored", ["grace_a.jpg", "grace_b.jpg"]),
+                        (1, "Eileen", "restored", ["eileen_a.jpg", "eileen_b.jpg"])]  # fmt: skip
+        assert status["step"] == status["steps"] == 4  # two calls of two steps
+        assert [p["name"] for p in status["people"]] == ["Grace", "Eileen"]
+        for index in (0, 1):
+            assert client.get(f"/api/jobs/{status['id']}/faces/{index}.png").status_code == 200
+
+        # by hand: the astronaut without references, Grace Hopper left out; her references are not encoded again
+        calls.clear()
+        chosen = {**form, "faces": "1", "people_of": '{"1": null}'}
+        status = _wait(client, client.post("/api/jobs", data=chosen).json()["job_id"])
+        assert calls == [1] and status["people"] == []
+        assert [(f["index"], f["person"], f["status"]) for f in status["faces"]] == [
+            (1, None, "restored-without-references")
+        ]
+        swapped = {**form, "people_of": '{"0": "Eileen", "1": "Grace"}'}
+        status = _wait(client, client.post("/api/jobs", data=swapped).json()["job_id"])
+        assert [f["person"] for f in status["faces"]] == ["Eileen", "Grace"]
+        assert all(f["distance"] > 0.6 for f in status["faces"])  # the distances say they are someone else
+    result = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{status['id']}/result.png").content)))
+    before = np.asarray(Image.open(group_photos["group.jpg"]).convert("RGB"))
+    changed = np.abs(result.astype(int) - before).sum(axis=2) > 0
+    assert changed[:, :520].mean() > 0.01 and changed[:, 520:].mean() > 0.01  # both faces pasted back
 
 
 def test_an_album_zip_is_unpacked_under_made_up_names_only(tmp_path, face_photos):
@@ -199,16 +278,22 @@ def test_references_can_come_from_an_album_zip(client, service, face_photos):
         zipped.write(face_photos["ref_a.png"], "holiday/a.png")
         zipped.write(face_photos["ref_b.png"], "b.png")
         zipped.writestr("notes.txt", "not a photo")
-    form = {"photo_id": photo_id, "method": "refldm", "steps": "2", "num_refs": "2"}
-    reply = client.post("/api/jobs", data=form, files={"album": ("family.zip", archive.getvalue(), "application/zip")})
-    status = _wait(client, reply.json()["job_id"])
+    album = {"album": ("family.zip", archive.getvalue(), "application/zip")}
+    people = client.post("/api/people", data={"num_refs": "2", "photo_id": photo_id}, files=album).json()
+    assert [p["name"] for p in people["people"]] == ["person-01"], people
+    assert sorted(r["label"] for r in people["people"][0]["references"]) == ["000.png#0", "001.png#0"]
+    assert any("farthest point sampling" in note for note in people["notes"])
+    assert people["faces"][0]["person"] == "person-01"
+    form = {"photo_id": photo_id, "method": "refldm", "steps": "2", "people_id": people["people_id"], "faces": "all"}
+    status = _wait(client, client.post("/api/jobs", data=form).json()["job_id"])
     assert status["state"] == "done", status
-    assert sorted(r["label"] for r in status["references"]) == ["album photo 000.png#0", "album photo 001.png#0"]
-    assert any("farthest point sampling" in note for note in status["notes"])
-    assert all(p.name.startswith("job-") for p in service.root.iterdir())  # uploads live in job folders only
+    assert status["faces"][0]["references"] == ["000.png", "001.png"]
+    assert {p.name.split("-")[0] for p in service.root.iterdir()} <= {"job", "people"}  # uploads in private folders
     files = [("album", ("a.zip", archive.getvalue())), ("references", ("r.png", face_photos["ref_a.png"].read_bytes()))]
-    both = client.post("/api/jobs", data=form, files=files)
+    both = client.post("/api/people", files=files)
     assert "not both" in both.json()["error"]
+    service.people.clear()  # forgetting a people set deletes its album
+    assert not any(p.name.startswith("people-") for p in service.root.iterdir())
 
 
 def test_fast_mode_reaches_the_pipeline(client, service, face_photos, monkeypatch):
@@ -220,10 +305,11 @@ def test_fast_mode_reaches_the_pipeline(client, service, face_photos, monkeypatc
     methods = {m["name"]: m for m in client.get("/api/info").json()["methods"]}
     assert methods["refldm"]["fast_steps"] == 20 and methods["composite"]["fast_steps"] is None
     found = _upload(client, face_photos["old photo.jpg"]).json()
-    refs = [("references", ("ref_a.png", face_photos["ref_a.png"].read_bytes(), "image/png"))]
-    form = {"photo_id": found["photo_id"], "method": "refldm", "steps": "4", "solver": "dpm++"}
-    job = client.post("/api/jobs", data=form, files=refs).json()
+    people = _people(client, {"Eileen": [face_photos["ref_a.png"]]})
+    form = {"photo_id": found["photo_id"], "method": "refldm", "steps": "4", "solver": "dpm++",
+            "people_id": people["people_id"]}  # fmt: skip
+    job = client.post("/api/jobs", data=form).json()
     assert _wait(client, job["job_id"])["state"] == "done"
     assert (calls[-1]["solver"], calls[-1]["num_inference_steps"]) == ("dpm++", 4)
-    refused = client.post("/api/jobs", data={**form, "method": "composite"}, files=refs)
+    refused = client.post("/api/jobs", data={**form, "method": "composite"})
     assert refused.status_code == 400 and "apply to ReF-LDM" in refused.json()["error"]

@@ -79,11 +79,13 @@ def test_restore_a_photo_in_the_browser_and_download_it(server, browser, face_ph
     page.wait_for_selector(".face[aria-pressed=true]")
     assert page.locator(".face").count() == 1
     page.set_input_files("#references", [str(face_photos["ref_a.png"]), str(face_photos["ref_b.png"])])
+    page.wait_for_function("document.querySelector('.face-person').value === 'Person 1'")
+    assert "Person 1 (2 reference(s))" in page.text_content("#people-status")
     page.fill("#steps", "4")
     page.click("#restore")
     page.wait_for_selector("#download", state="visible", timeout=120_000)
     assert page.text_content("#status") == "Done."
-    assert "identity check" in page.text_content("#summary")
+    assert page.text_content("#summary") == "1 face(s) restored: face 1 as Person 1 (2 reference(s))."
     assert page.locator("#chosen figure").count() == 2
     page.fill("#slider", "20")
     assert "20%" in page.get_attribute("#after", "style")
@@ -126,11 +128,56 @@ def test_bad_uploads_show_one_sentence_in_the_page(server, browser, face_photos,
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((120, 120, 3), 200, dtype=np.uint8)).save(blank)
     page.set_input_files("#references", [str(blank)])
-    page.fill("#steps", "2")
-    page.click("#restore")
     page.wait_for_function("document.getElementById('error').textContent.includes('blank.png')", timeout=60_000)
     assert "No face was found in blank.png; use a photo in which the face is upright" in page.text_content("#error")
-    assert page.is_enabled("#restore")
+    page.wait_for_function("!document.getElementById('restore').disabled")
+    page.select_option(".face-person", "\u0000skip")
+    page.click("#restore")
+    assert page.text_content("#error") == "Face 1 is set to be left untouched."
+    page.close()
+
+
+def test_restore_all_faces_of_a_group_photo_each_as_its_own_person(server, browser, group_photos, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(server)
+    page.wait_for_selector("#method option[value=refldm]", state="attached")
+    page.select_option("#method", "refldm")
+    page.set_input_files("#photo", str(group_photos["group.jpg"]))
+    page.wait_for_function("document.querySelectorAll('.face').length === 2")
+    page.fill(".person-name", "Grace")
+    page.set_input_files("#references", [str(group_photos["grace_a.jpg"]), str(group_photos["grace_b.jpg"])])
+    page.click("#add-person")
+    page.locator(".person-name").nth(1).fill("Eileen")
+    eileen = [str(group_photos["eileen_a.jpg"]), str(group_photos["eileen_b.jpg"])]
+    page.locator(".person-files").nth(1).set_input_files(eileen)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.face-person')].map((m) => m.value).join() === 'Grace,Eileen'", timeout=60_000
+    )
+    assert page.text_content("#people-status") == "People: Grace (2 reference(s)), Eileen (2 reference(s))."
+    page.fill("#steps", "2")
+    page.click("#restore-all")
+    page.wait_for_selector("#download", state="visible", timeout=120_000)
+    captions = page.locator("#done-faces figcaption").all_text_contents()
+    assert [c.split(" (")[0] for c in captions] == ["face 1 as Grace", "face 2 as Eileen"]
+    references = page.locator("#chosen figcaption").all_text_contents()
+    assert references == ["Grace: grace_a.jpg", "Grace: grace_b.jpg", "Eileen: eileen_a.jpg", "Eileen: eileen_b.jpg"]
+    page.screenshot(path=str(tmp_path / "group.png"), full_page=True)
+
+    # the user changes who a face is: Grace Hopper is left untouched, the astronaut restored without references
+    page.select_option(".face-person >> nth=0", "\u0000skip")
+    page.select_option(".face-person >> nth=1", "")
+    page.click("#restore-all")
+    page.wait_for_function("document.querySelectorAll('#done-faces figcaption').length === 1", timeout=120_000)
+    page.wait_for_selector("#download", state="visible", timeout=120_000)
+    assert page.locator("#done-faces figcaption").all_text_contents() == ["face 2 without references"]
+    with page.expect_download() as waiting:
+        page.click("#download")
+    saved = tmp_path / "restored.png"
+    waiting.value.save_as(saved)
+    restored = np.asarray(Image.open(saved).convert("RGB"), dtype=int)
+    original = np.asarray(Image.open(group_photos["group.jpg"]).convert("RGB"), dtype=int)
+    changed = np.abs(restored - original).sum(axis=2) > 0
+    assert not changed[:, 540:].any() and changed[:, :500].mean() > 0.01  # Grace Hopper's half untouched
     page.close()
 
 

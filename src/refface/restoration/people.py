@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from refface.errors import RefFaceError
@@ -143,7 +144,9 @@ def _check_distinct(people: list[Person], embedder: IdentityEmbedder) -> list[st
 
 def _reference_person(
     name: str,
-    files: list[Path],
+    images: Sequence[Image.Image],
+    sources: Sequence[str],
+    files: Sequence[Path],
     detector: FaceDetector | None,
     embedder: IdentityEmbedder,
     aligned: bool,
@@ -151,17 +154,22 @@ def _reference_person(
     notes: list[str],
     warnings: list[str],
 ) -> Person:
-    images = [load_image(p) for p in files]
+    """A person from their reference photos (the largest face of each; `aligned`: they are aligned crops).
+
+    `sources` name the photos in messages (paths, or the names of uploads), `files` are what the report lists.
+    """
+    if not images:
+        raise RefFaceError(f"{name} has no reference photos; give at least one.")
     if aligned:
         crops = [as_rgb_array(image) for image in images]
     else:
-        crops, found = align_references(images, [str(p) for p in files], detector)
+        crops, found = align_references(images, list(sources), detector)
         notes.extend(found)
-    labels = [p.name for p in files]
-    report = check_identity(embedder, crops, labels, strict=strict)
+    labels = [path.name for path in files]
+    report = check_identity(embedder, crops, list(labels), strict=strict)
     notes.append(f"{name}: {len(crops)} reference(s) ({', '.join(labels)}); {report.summary()}")
     warnings.extend(report.warnings)
-    return Person(name, crops, labels, files, embedder.embed(crops), list(report.warnings))
+    return Person(name, crops, labels, list(files), embedder.embed(crops), list(report.warnings))
 
 
 def people_from_references(
@@ -175,22 +183,31 @@ def people_from_references(
     """One person from reference photos (the largest face of each; `aligned`: the files are aligned crops)."""
     notes: list[str] = []
     warnings: list[str] = []
-    person = _reference_person(name, [Path(p) for p in paths], detector, embedder, aligned, strict, notes, warnings)
+    images = [load_image(p) for p in paths]
+    files = [Path(p) for p in paths]
+    person = _reference_person(name, images, [str(p) for p in paths], files, detector, embedder, aligned, strict,
+                               notes, warnings)  # fmt: skip
     return People([person], embedder, named_one=True, notes=notes, warnings=warnings)
 
 
-def people_from_reference_sets(
-    sets: dict[str, Sequence[str | Path]], detector: FaceDetector, embedder: IdentityEmbedder, strict: bool = False
+def people_from_images(
+    sets: dict[str, Sequence[tuple[str, Image.Image]]],
+    detector: FaceDetector,
+    embedder: IdentityEmbedder,
+    strict: bool = False,
 ) -> People:
-    """Several named people, each from their own reference photos (e.g. uploaded per person on the web page)."""
+    """Named people, each from their own (label, photo) pairs, e.g. reference photos uploaded per person."""
     if not sets:
         raise RefFaceError("No people were given: name at least one person with their reference photos.")
     notes: list[str] = []
     warnings: list[str] = []
     people = [
-        _reference_person(name, [Path(p) for p in paths], detector, embedder, False, strict, notes, warnings)
-        for name, paths in sets.items()
-    ]
+        _reference_person(
+            name, [image for _, image in pairs], [label for label, _ in pairs], [Path(label) for label, _ in pairs],
+            detector, embedder, False, strict, notes, warnings,
+        )
+        for name, pairs in sets.items()
+    ]  # fmt: skip
     warnings.extend(_check_distinct(people, embedder))
     return People(people, embedder, named_one=len(people) == 1, notes=notes, warnings=warnings)
 

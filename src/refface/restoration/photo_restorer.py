@@ -92,6 +92,8 @@ class PhotoRestorer:
     else all faces), "all", "largest" or a face number. `unknown`: what happens to a face that matches
     nobody ("no-refs": restored without references; "skip": left untouched). `options`: the pipeline's
     sampling keywords (steps, guidance, ...). `store`: where encoded references are kept (default: memory).
+    `step_callback` goes to every pipeline call; `batch_callback(number, total, faces)` is told before each
+    call which faces it restores (1-based number of `total` calls), for progress on a page.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class PhotoRestorer:
         aligned_size: int = ALIGNED_SIZE,
         progress: bool = False,
         step_callback=None,
+        batch_callback: Callable[[int, int, list[FaceResult]], None] | None = None,
     ) -> None:
         if unknown not in UNKNOWN_FACES:
             raise RefFaceError(f"Unknown faces are either 'no-refs' or 'skip', got {unknown!r}.")
@@ -122,7 +125,7 @@ class PhotoRestorer:
         self.options = dict(options or {})
         self.store = store if store is not None else ReferenceStore(pipe)
         self.strict, self.aligned_size = strict, aligned_size
-        self.progress, self.step_callback = progress, step_callback
+        self.progress, self.step_callback, self.batch_callback = progress, step_callback, batch_callback
         self.faces_restored = 0
 
     # ------------------------------------------------------------------------------ planning
@@ -132,9 +135,11 @@ class PhotoRestorer:
             raise RefFaceError("Whole photos need a face detector; pass one, or restore aligned crops.")
         pixels = as_rgb_array(photo)
         search = find_faces(pixels, self.detector, self.select, self.aligned_size, source)
-        crops = [face.image for face in search.faces]
-        faces = self._plan(crops, search.faces, source)
-        return faces, list(search.notes)
+        return self.match_faces(search.faces, source), list(search.notes)
+
+    def match_faces(self, aligned: Sequence[AlignedFace], source: str = "the photo") -> list[FaceResult]:
+        """Faces found earlier (e.g. shown to a user before choosing references), each matched to a person."""
+        return self._plan([face.image for face in aligned], aligned, source)
 
     def _plan(self, crops: list[np.ndarray], aligned: Sequence[AlignedFace | None], source: str) -> list[FaceResult]:
         matches = self._match(crops)
@@ -174,42 +179,54 @@ class PhotoRestorer:
         return face
 
     def assign(self, faces: list[FaceResult], people_of: dict[int, str | None]) -> list[FaceResult]:
-        """Change the person of faces by index: a person's name, or None for "restore without references"."""
+        """Change the person of faces by their index: a person's name, or None for "restore without references"."""
+        by_index = {face.index: face for face in faces}
         for index, name in people_of.items():
-            if not 0 <= index < len(faces):
+            if index not in by_index:
                 raise RefFaceError(f"The photo has {len(faces)} face(s); face {index} does not exist.")
-            face = faces[index]
+            face = by_index[index]
             if name is None:
                 face.person, face.status = None, WITHOUT_REFERENCES
                 continue
             face.person = self.people.get(name)
             vector = self.people.embedder.embed([face.crop])
             face.distance = float(self.people.distances(vector)[0, self.people.names.index(name)])
+            face.message = ""
+            self._check_named(face, "the photo")
             self._with_status(face)
         return faces
 
     # ------------------------------------------------------------------------------ restoring
-    def _restore_planned(self, faces: list[FaceResult]) -> None:
-        """Restore the faces that need it, those of one person together in batches of `batch_size`."""
-        groups: dict[int, list[FaceResult]] = {}
+    def batches(self, faces: Sequence[FaceResult]) -> list[tuple[Person | None, list[FaceResult]]]:
+        """The pipeline calls that restore `faces`: each person's faces (or those without references) together,
+        at most `batch_size` a call; skipped faces are in none."""
+        groups: dict[int, tuple[Person | None, list[FaceResult]]] = {}
         for face in faces:
             if face.status == SKIPPED:
                 continue
             person = face.person if face.status == RESTORED else None
-            groups.setdefault(id(person), []).append(face)
-        for group in groups.values():
-            person = group[0].person if group[0].status == RESTORED else None
+            groups.setdefault(id(person), (person, []))[1].append(face)
+        return [
+            (person, group[start : start + self.batch_size])
+            for person, group in groups.values()
+            for start in range(0, len(group), self.batch_size)
+        ]
+
+    def _restore_planned(self, faces: list[FaceResult]) -> None:
+        """Restore the faces that need it, those of one person together in batches of `batch_size`."""
+        batches = self.batches(faces)
+        for number, (person, batch) in enumerate(batches, start=1):
             references = self.store.encoded(person)
-            for start in range(0, len(group), self.batch_size):
-                batch = group[start : start + self.batch_size]
-                crops = [Image.fromarray(face.crop) for face in batch]
-                output = self.pipe(
-                    crops, references, seed=self.seed, progress=self.progress, step_callback=self.step_callback,
-                    **self.options,
-                )  # fmt: skip
-                for face, image in zip(batch, output.images, strict=True):
-                    face.restored = np.asarray(image.convert("RGB"))
-                self.faces_restored += len(batch)
+            if self.batch_callback is not None:
+                self.batch_callback(number, len(batches), batch)
+            crops = [Image.fromarray(face.crop) for face in batch]
+            output = self.pipe(
+                crops, references, seed=self.seed, progress=self.progress, step_callback=self.step_callback,
+                **self.options,
+            )  # fmt: skip
+            for face, image in zip(batch, output.images, strict=True):
+                face.restored = np.asarray(image.convert("RGB"))
+            self.faces_restored += len(batch)
 
     @staticmethod
     def _paste(planned: _Planned) -> PhotoResult:
@@ -226,9 +243,16 @@ class PhotoRestorer:
         photo: Image.Image | np.ndarray,
         source: str = "the photo",
         people_of: dict[int, str | None] | None = None,
+        faces: list[FaceResult] | None = None,
     ) -> PhotoResult:
-        """Restore one photo's chosen faces (`people_of` overrides matched persons by face index); errors raise."""
-        faces, notes = self.find(photo, source)
+        """Restore one photo's chosen faces (`people_of` overrides matched persons by face index); errors raise.
+
+        `faces`: faces of this photo found and matched earlier (`find`, `match_faces`), instead of finding them
+        again; only those are restored.
+        """
+        notes: list[str] = []
+        if faces is None:
+            faces, notes = self.find(photo, source)
         if people_of:
             self.assign(faces, people_of)
         planned = _Planned(source, as_rgb_array(photo), faces, notes)

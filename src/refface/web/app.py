@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import shutil
 from importlib import resources
 from typing import Annotated
@@ -18,6 +19,7 @@ from typing import Annotated
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from refface.errors import RefFaceError
@@ -75,6 +77,27 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _face_numbers(text: str) -> list[int] | None:
+    """'all' -> None (every face); '0,2' -> [0, 2]."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise RefFaceError(f"The faces to restore are 'all' or face numbers such as 0,2; got {text!r}.") from None
+
+
+def _people_of(text: str | None) -> dict[int, str | None]:
+    """The page's choices by hand, JSON {"face number": "person name" or null}."""
+    if not text:
+        return {}
+    try:
+        choices = json.loads(text)
+        return {int(face): (None if name in (None, "") else str(name)) for face, name in choices.items()}
+    except (ValueError, AttributeError, TypeError):
+        raise RefFaceError('The people chosen by hand must be JSON such as {"0": "Anna", "1": null}.') from None
+
+
 def create_app(service: RestorationService) -> FastAPI:
     """The web app; `service` holds the loaded models (one load per process)."""
     page = resources.files("refface.web").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -111,57 +134,95 @@ def create_app(service: RestorationService) -> FastAPI:
     def info() -> dict:
         return service.info()
 
+    def _decoded(uploads: list[UploadFile], fallback: str) -> list[tuple[str, Image.Image]]:
+        decoded = []
+        for number, upload in enumerate(uploads):
+            name = label(upload.filename, f"{fallback} {number + 1}")
+            decoded.append((name, decode_upload(upload.file.read(limits.max_file_bytes + 1), name, limits)))
+        return decoded
+
     @app.post("/api/photos")
-    def add_photo(photo: Annotated[UploadFile, File()]) -> dict:
-        name = label(photo.filename, "the photo")
-        image = decode_upload(photo.file.read(limits.max_file_bytes + 1), name, limits)
-        identifier, stored = service.add_photo(image, name)
+    def add_photo(photo: Annotated[UploadFile, File()], people_id: Annotated[str | None, Form()] = None) -> dict:
+        ((name, image),) = _decoded([photo], "the photo")
+        identifier, _ = service.add_photo(image, name)
+        stored = service.photos.get(identifier)
         return {
             "photo_id": identifier,
             "width": image.width,
             "height": image.height,
             "faces": [
-                {"index": index, "size": round(face.quad.size), "thumbnail": data_url(face.image)}
-                for index, face in enumerate(stored.faces)
+                {**match, "size": round(face.quad.size), "thumbnail": data_url(face.image)}
+                for face, match in zip(stored.faces, service.faces_of(identifier, people_id), strict=True)
             ],
         }
+
+    @app.post("/api/people")
+    def add_people(
+        references: Annotated[list[UploadFile] | None, File()] = None,
+        reference_person: Annotated[list[str] | None, Form()] = None,
+        album: Annotated[UploadFile | None, File()] = None,
+        num_refs: Annotated[int, Form()] = 5,
+        photo_id: Annotated[str | None, Form()] = None,
+    ) -> dict:
+        """The people of a restoration: reference photos each named by `reference_person` (default one person),
+        or an album zip grouped into people; with `photo_id`, the person each face of that photo matches."""
+        references = references or []
+        names = reference_person or []
+        if names and len(names) != len(references):
+            raise RefFaceError(f"{len(references)} reference photo(s) came with {len(names)} person name(s).")
+        people_sets: dict[str, list] = {}
+        for name, photo in zip(names or ["person-01"] * len(references), _decoded(references, "reference"),
+                               strict=True):  # fmt: skip
+            people_sets.setdefault(name.strip()[:60] or "person-01", []).append(photo)
+        folder = None
+        if album is not None:
+            folder = service.root / f"people-{secrets.token_urlsafe(12)}" / "album"
+            try:
+                unpack_album(album.file.read(limits.max_request_bytes + 1), label(album.filename, "the album"),
+                             folder, limits)  # fmt: skip
+            except RefFaceError:
+                shutil.rmtree(folder.parent, ignore_errors=True)
+                raise
+        try:
+            people_id, people = service.add_people(people_sets, folder, num_refs)
+        except RefFaceError:
+            if folder is not None:
+                shutil.rmtree(folder.parent, ignore_errors=True)
+            raise
+        reply = {"people_id": people_id, "people": service.people_reply(people), "notes": people.notes,
+                 "warnings": people.warnings}  # fmt: skip
+        if photo_id:
+            reply["faces"] = service.faces_of(photo_id, people_id)
+        return reply
 
     @app.post("/api/jobs")
     def submit(
         photo_id: Annotated[str, Form()],
         method: Annotated[str, Form()],
-        face: Annotated[int, Form()] = 0,
+        faces: Annotated[str, Form()] = "0",
         steps: Annotated[int, Form()] = 50,
         guidance: Annotated[float | None, Form()] = None,
         lq_guidance: Annotated[float | None, Form()] = None,
         seed: Annotated[int, Form()] = 2024,
-        num_refs: Annotated[int, Form()] = 5,
         solver: Annotated[str | None, Form()] = None,
+        people_id: Annotated[str | None, Form()] = None,
+        people_of: Annotated[str | None, Form()] = None,
+        face: Annotated[int | None, Form()] = None,
         references: Annotated[list[UploadFile] | None, File()] = None,
         album: Annotated[UploadFile | None, File()] = None,
     ) -> dict:
-        references = references or []
-        if len(references) > limits.max_references:
-            raise RefFaceError(f"At most {limits.max_references} reference photos can be used.")
-        decoded = []
-        for number, upload in enumerate(references):
-            name = label(upload.filename, f"reference {number + 1}")
-            decoded.append((name, decode_upload(upload.file.read(limits.max_file_bytes + 1), name, limits)))
+        """Restore `faces` ("all" or face numbers, e.g. "0,2"; `face` N is "N") of a photo, each as the person it
+        matches among `people_id`'s people or as `people_of` says (JSON: {"0": "Anna", "1": null}: no references)."""
+        if references or album is not None:
+            raise RefFaceError("Reference photos and albums go to /api/people; pass the people_id it returns.")
+        chosen = [face] if face is not None else _face_numbers(faces)
         request = RestoreRequest(
-            photo_id, face, method, steps, guidance, lq_guidance, seed, decoded, None, num_refs, solver=solver
-        )
-        service.check_request(request, has_album=album is not None)
+            photo_id, chosen, method, steps, guidance, lq_guidance, seed, people_id or None, _people_of(people_of),
+            solver=solver,
+        )  # fmt: skip
+        service.check_request(request)
         job = service.jobs.new_job(request)
-        try:
-            if album is not None:
-                album_name = label(album.filename, "the album")
-                data = album.file.read(limits.max_request_bytes + 1)
-                unpack_album(data, album_name, job.folder / "album", limits)
-                request.album = job.folder / "album"
-            service.jobs.submit(job)
-        except RefFaceError:
-            shutil.rmtree(job.folder, ignore_errors=True)
-            raise
+        service.jobs.submit(job)
         return {"job_id": job.id}
 
     @app.get("/api/jobs/{job_id}")
@@ -186,8 +247,11 @@ def create_app(service: RestorationService) -> FastAPI:
     def before(job_id: str):
         return _file(job_id, "before.png")
 
-    @app.get("/api/jobs/{job_id}/face.png")
-    def restored_face(job_id: str):
-        return _file(job_id, "face.png")
+    @app.get("/api/jobs/{job_id}/faces/{index}.png")
+    def restored_face(job_id: str, index: int):
+        job = service.jobs.get(job_id)
+        if job is None or job.state != "done" or not (job.folder / f"face-{index:02d}.png").is_file():
+            return _error(404, f"This restoration has no restored face {index}.")
+        return _file(job_id, f"face-{index:02d}.png")
 
     return app

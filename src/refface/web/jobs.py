@@ -38,7 +38,8 @@ class Job:
     summary: str = ""
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    references: list[dict] = field(default_factory=list)  # {"label", "thumbnail" (data URL)}
+    people: list[dict] = field(default_factory=list)  # the people used: name, references (label, thumbnail)
+    faces: list[dict] = field(default_factory=list)  # each face restored: person, distance, status, message
     touched: float = field(default_factory=time.monotonic)
 
 
@@ -95,7 +96,8 @@ class JobQueue:
                 "summary": job.summary,
                 "warnings": list(job.warnings),
                 "notes": list(job.notes),
-                "references": list(job.references),
+                "people": list(job.people),
+                "faces": list(job.faces),
             }
 
     def update(self, job: Job, **changes) -> None:

@@ -1,7 +1,8 @@
-"""What the web page does, on the Python API: find faces, choose references, check identity, restore, paste back.
+"""What the web page does, over the library's workflow: keep the uploads, say who each face is, run jobs.
 
-The models are loaded once, when the service is made; restorations run on the job queue's single
-worker, and face detection (shared by requests and the worker) is serialised by a lock.
+The models are loaded once, when the service is made; restorations run on the job queue's single worker
+through `PhotoRestorer`, and face detection and embedding (shared by requests and the worker) are
+serialised by a lock.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import base64
 import contextlib
 import io
 import re
-import secrets
+import shutil
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,13 @@ from PIL import Image
 from refface import methods
 from refface.errors import RefFaceError
 from refface.face.alignment import AlignedFace
+from refface.face.locate import find_faces
+from refface.imaging import save_image
+from refface.restoration.people import People, people_from_album, people_from_images
+from refface.restoration.photo_restorer import RESTORED, WITHOUT_REFERENCES, FaceResult, PhotoRestorer
+from refface.restoration.reference_store import ReferenceStore
 from refface.web.jobs import Job, JobQueue
+from refface.web.kept import Kept
 from refface.web.limits import ServeLimits
 
 THUMBNAIL = 96
@@ -30,28 +36,34 @@ THUMBNAIL = 96
 
 @dataclass
 class StoredPhoto:
-    """An uploaded photo whose faces were found, waiting for the user to pick one and press Restore."""
+    """An uploaded photo whose faces were found, waiting for the user to say who they are and press Restore."""
 
     label: str
     pixels: np.ndarray
     faces: list[AlignedFace]
-    touched: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class StoredPeople:
+    """The people a user gave (reference photos per person, or an album), with the folder their files live in."""
+
+    people: People
+    folder: Path | None = None
 
 
 @dataclass
 class RestoreRequest:
-    """Everything a job needs; images are already decoded, the album already unpacked into the job's folder."""
+    """Everything a job needs: the photo, which faces, the people and any choices made by hand, the settings."""
 
     photo_id: str
-    face: int
+    faces: list[int] | None  # None: every face of the photo
     method: str
     steps: int
     guidance: float | None
     lq_guidance: float | None
     seed: int
-    references: list[tuple[str, Image.Image]]  # (label, photo)
-    album: Path | None
-    num_refs: int = 5
+    people_id: str | None = None  # None: restore without references
+    people_of: dict[int, str | None] = field(default_factory=dict)  # by hand: a person's name, None for no references
     photo_label: str = "photo"
     solver: str | None = None  # "dpm++": ReF-LDM's fast mode
 
@@ -81,17 +93,63 @@ def data_url(image: np.ndarray | Image.Image, size: int = THUMBNAIL) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _people_reply(people: People) -> list[dict]:
+    return [
+        {
+            "name": person.name,
+            "references": [
+                {"label": label, "thumbnail": data_url(crop)}
+                for label, crop in zip(person.labels, person.references, strict=True)
+            ],
+        }
+        for person in people
+    ]
+
+
+def _face_reply(face: FaceResult) -> dict:
+    return {
+        "index": face.index,
+        "person": face.person_name or None,
+        "distance": None if face.distance is None else round(face.distance, 3),
+        "status": face.status,
+        "references": face.references,
+        "message": face.message,
+    }
+
+
+def _summary(faces: list[FaceResult]) -> str:
+    """One sentence on what was done to each face, for the page."""
+    told = []
+    for face in faces:
+        if face.status == RESTORED:
+            told.append(f"face {face.index + 1} as {face.person_name} ({len(face.references)} reference(s))")
+        elif face.status == WITHOUT_REFERENCES:
+            told.append(f"face {face.index + 1} without references")
+    restored = sum(1 for face in faces if face.restored is not None)
+    return f"{restored} face(s) restored: " + "; ".join(told) + "." if told else "No face was restored."
+
+
 class RestorationService:
-    """The models, the face tools, the uploaded photos and the job queue of one `refface serve` process."""
+    """The models, the face tools, the uploads and the job queue of one `refface serve` process.
+
+    Who each face is and how it is restored is `PhotoRestorer`'s work; this class only keeps what the page
+    uploaded between its steps and turns the workflow's results into replies and files.
+    """
 
     def __init__(self, models: dict, detector, embedder, limits: ServeLimits, root: Path) -> None:
         if not models:
             raise RefFaceError("refface serve needs at least one model.")
         self.models, self.detector, self.embedder, self.limits = models, detector, embedder, limits
         self.root = root
-        self._faces_lock = threading.Lock()
-        self._photos: dict[str, StoredPhoto] = {}
-        self._photos_lock = threading.Lock()
+        self._faces_lock = threading.Lock()  # dlib's detector and embedder are shared by requests and the worker
+        self.photos: Kept[StoredPhoto] = Kept(
+            limits.keep_seconds, "The uploaded photo has expired or is unknown; please upload it again."
+        )
+        self.people: Kept[StoredPeople] = Kept(
+            limits.keep_seconds, "The people given have expired or are unknown; please give them again.", _forget_files
+        )
+        # encoded references per model, in memory: restoring the same people again encodes nothing
+        self.stores = {name: ReferenceStore(pipe) for name, pipe in models.items()}
         self.jobs = JobQueue(self._restore, root, limits.max_pending, limits.keep_seconds)
 
     # ------------------------------------------------------------------------------ page data
@@ -118,33 +176,48 @@ class RestorationService:
 
     def add_photo(self, photo: Image.Image, label: str) -> tuple[str, StoredPhoto]:
         """Find the faces of an uploaded photo and keep it for the restoration the user will ask for."""
-        from refface.face.locate import find_faces
-
         pixels = np.asarray(photo.convert("RGB"))
         with self._faces_lock, page_wording():
             search = find_faces(pixels, self.detector, "all", source=label)
         stored = StoredPhoto(label, pixels, search.faces)
-        identifier = secrets.token_urlsafe(16)
-        with self._photos_lock:
-            self._forget_old_photos()
-            self._photos[identifier] = stored
-        return identifier, stored
+        return self.photos.add(stored), stored
 
-    def photo(self, identifier: str) -> StoredPhoto:
-        with self._photos_lock:
-            stored = self._photos.get(identifier)
-            if stored is None:
-                raise RefFaceError("The uploaded photo has expired or is unknown; please upload it again.")
-            stored.touched = time.monotonic()
-            return stored
+    def add_people(
+        self, references: dict[str, list[tuple[str, Image.Image]]], album: Path | None, num_refs: int
+    ) -> tuple[str, People]:
+        """People from reference photos per person, or from an album folder (grouped into people), kept by id."""
+        if references and album is not None:
+            raise RefFaceError("Give reference photos or an album, not both.")
+        for name, photos in references.items():
+            if len(photos) > self.limits.max_references:
+                raise RefFaceError(f"At most {self.limits.max_references} reference photos can be used ({name}).")
+        if album is not None and not 1 <= num_refs <= self.limits.max_references:
+            raise RefFaceError(f"The number of album references must be between 1 and {self.limits.max_references}.")
+        with self._faces_lock, page_wording():
+            if album is not None:
+                people = people_from_album(
+                    album, self.detector, self.embedder, num_refs, cache_root=album.parent / "scan", progress=False
+                )
+            elif references:
+                people = people_from_images(references, self.detector, self.embedder)
+            else:
+                raise RefFaceError("Give reference photos of at least one person, or an album.")
+        return self.people.add(StoredPeople(people, album.parent if album is not None else None)), people
 
-    def _forget_old_photos(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, p in self._photos.items() if now - p.touched > self.limits.keep_seconds]:
-            del self._photos[key]
+    def people_reply(self, people: People) -> list[dict]:
+        return _people_reply(people)
+
+    def faces_of(self, photo_id: str, people_id: str | None) -> list[dict]:
+        """Each face of a photo with the person it matches (none without people), as the page shows them."""
+        stored = self.photos.get(photo_id)
+        people = self.people.get(people_id).people if people_id else None
+        restorer = PhotoRestorer(None, people)
+        with self._faces_lock:
+            faces = restorer.match_faces(stored.faces, stored.label)
+        return [_face_reply(face) for face in faces]
 
     # ------------------------------------------------------------------------------ jobs
-    def check_request(self, request: RestoreRequest, has_album: bool = False) -> None:
+    def check_request(self, request: RestoreRequest) -> None:
         """Every mistake a request can have, found before it is queued (and the photo's label noted)."""
         if request.method not in self.models:
             raise RefFaceError(
@@ -155,16 +228,19 @@ class RestorationService:
                 f"The number of steps must be between 1 and {self.limits.max_steps}, got {request.steps}."
             )
         self._sampling_options(request)
-        stored = self.photo(request.photo_id)
-        if not 0 <= request.face < len(stored.faces):
-            raise RefFaceError(f"The photo has {len(stored.faces)} face(s); face {request.face} does not exist.")
+        stored = self.photos.get(request.photo_id)
+        count = len(stored.faces)
+        for index in [*(request.faces or []), *request.people_of]:
+            if not 0 <= index < count:
+                raise RefFaceError(f"The photo has {count} face(s); face {index} does not exist.")
+        if request.faces == []:
+            raise RefFaceError("No face was chosen to restore.")
+        people = self.people.get(request.people_id).people if request.people_id else None
+        for name in request.people_of.values():
+            if name is not None and (people is None or name not in people.names):
+                known = ", ".join(people.names) if people is not None else "none were given"
+                raise RefFaceError(f"There is no person named {name!r}; the people are {known}.")
         request.photo_label = stored.label
-        if request.references and has_album:
-            raise RefFaceError("Give reference photos or an album, not both.")
-        if len(request.references) > self.limits.max_references:
-            raise RefFaceError(f"At most {self.limits.max_references} reference photos can be used.")
-        if has_album and not 1 <= request.num_refs <= self.limits.max_references:
-            raise RefFaceError(f"The number of album references must be between 1 and {self.limits.max_references}.")
 
     @staticmethod
     def _sampling_options(request: RestoreRequest) -> dict:
@@ -172,64 +248,57 @@ class RestorationService:
         return method.sampling_options(request.steps, request.guidance, request.lq_guidance, solver=request.solver)
 
     def _restore(self, job: Job) -> None:
-        """The worker's part: references, identity check, restoration with progress, paste-back, files."""
-        from refface.face.album import choose_references, scan_album, sharpness
-        from refface.face.guard import check_identity, lq_is_usable
-        from refface.imaging import save_image
-        from refface.photo import align_references, restore_faces
-
+        """The worker's part: the workflow over the stored photo's chosen faces, with progress, then the files."""
         request: RestoreRequest = job.request
-        stored = self.photo(request.photo_id)
-        face = stored.faces[request.face]
+        stored = self.photos.get(request.photo_id)
+        kept = self.people.get(request.people_id) if request.people_id else None
+        people = kept.people if kept is not None else None
         update = self.jobs.update
+        batch = {"number": 1, "total": 1}
 
-        crops, labels, notes = [], [], []
-        if request.album is not None:
-            update(job, stage="choosing references from the album")
-            with self._faces_lock:
-                scan = scan_album(request.album, self.detector, self.embedder, cache_root=job.folder, progress=False)
-                notes += [f"skipped album photo {name}: {reason}" for name, reason in scan.skipped.items()]
-                target = self.embedder.embed([face.image])[0]
-                choice = choose_references(scan.faces, self.embedder, request.num_refs, target, "LQ face")
-                crops = [chosen.align().image for chosen in choice.chosen]
-            labels = [f"album photo {chosen.label}" for chosen in choice.chosen]
-            notes += choice.reasons
-        elif request.references:
-            update(job, stage="aligning the references")
-            with self._faces_lock, page_wording():
-                crops, found = align_references(
-                    [image for _, image in request.references], [name for name, _ in request.references], self.detector
-                )
-            labels, notes = [name for name, _ in request.references], notes + found
-        summary, warnings = "No references: the face is restored from the photo alone.", []
-        if crops:
-            usable = lq_is_usable(sharpness(face.image), [sharpness(c) for c in crops], face.quad.size)
-            report = check_identity(self.embedder, crops, labels, face.image if usable else None)
-            summary, warnings = report.summary(), report.warnings
+        def on_batch(number: int, total: int, faces: list[FaceResult]) -> None:
+            batch.update(number=number, total=total)
+            who = faces[0].person_name or "without references"
+            update(job, stage=f"restoring {len(faces)} face(s) {'as ' if faces[0].person else ''}{who}")
+
+        def on_step(index: int, timestep: int, prediction) -> None:
+            done = (batch["number"] - 1) * request.steps + index + 1
+            update(job, step=done, steps=batch["total"] * request.steps)
+
+        restorer = PhotoRestorer(
+            self.models[request.method], people, select="all", seed=request.seed,
+            options=self._sampling_options(request), store=self.stores[request.method],
+            step_callback=on_step, batch_callback=on_batch,
+        )  # fmt: skip
+        with self._faces_lock:  # matched among all the photo's faces, as the page showed them
+            faces = restorer.match_faces(stored.faces, stored.label)
+            if request.faces is not None:
+                faces = [face for face in faces if face.index in request.faces]
+            chosen = {face.index for face in faces}
+            restorer.assign(faces, {i: name for i, name in request.people_of.items() if i in chosen})
+        used = [p for p in (people or []) if any(f.person is p and f.status == RESTORED for f in faces)]
         update(
             job,
-            notes=notes,
-            summary=summary,
-            warnings=warnings,
-            references=[{"label": name, "thumbnail": data_url(c)} for name, c in zip(labels, crops, strict=True)],
+            stage="encoding the references",
+            notes=list(people.notes) if people is not None else [],
+            warnings=[*(people.warnings if people is not None else []), *(f.message for f in faces if f.message)],
+            people=_people_reply(People(used, None)),
+            steps=request.steps,
+            step=0,
         )
-
-        pipe = self.models[request.method]
-        options = self._sampling_options(request)
-        update(job, stage="encoding the references", steps=request.steps, step=0)
-        references = pipe.encode_references([Image.fromarray(c) for c in crops])
-
-        def progress(index: int, timestep: int, prediction) -> None:
-            update(job, stage="restoring", step=index + 1)
-
-        def restore(batch: list[Image.Image]) -> list[Image.Image]:
-            return pipe(batch, references, seed=request.seed, progress=False, step_callback=progress, **options).images
-
-        result, restored = restore_faces(stored.pixels, [face], restore)
-        update(job, stage="saving the result")
-        save_image(Image.fromarray(np.asarray(result)), job.folder / "result.png")
+        result = restorer.restore(stored.pixels, stored.label, faces=faces)
+        update(job, stage="saving the result", summary=_summary(faces))
+        save_image(Image.fromarray(np.asarray(result.photo)), job.folder / "result.png")
         save_image(Image.fromarray(stored.pixels), job.folder / "before.png")
-        save_image(Image.fromarray(restored[0].restored), job.folder / "face.png")
+        for face in result.restored_faces:
+            save_image(Image.fromarray(face.restored), job.folder / f"face-{face.index:02d}.png")
+        update(job, faces=[_face_reply(face) for face in faces])
 
     def close(self) -> None:
         self.jobs.close()
+        self.people.clear()
+
+
+def _forget_files(kept: StoredPeople) -> None:
+    if kept.folder is not None:
+        shutil.rmtree(kept.folder, ignore_errors=True)

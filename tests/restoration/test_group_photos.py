@@ -55,6 +55,18 @@ def test_each_face_of_a_group_photo_is_restored_with_its_own_persons_references(
         assert sorted(p.name for p in (out / kind).iterdir()) == ["group_00.png", "group_01.png"]
 
 
+def test_a_second_run_loads_every_persons_references_instead_of_encoding_them(people_workspace, tmp_path, capsys):
+    album = str(people_workspace / "album")
+    assert main([a for a in _restore(people_workspace, tmp_path / "first", "--refs-dir", album) if a != "-q"]) == 0
+    assert "references encoded 2 time(s), 0 loaded from" in capsys.readouterr().out
+    assert main([a for a in _restore(people_workspace, tmp_path / "second", "--refs-dir", album) if a != "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "references encoded 0 time(s), 2 loaded from" in printed and "delete the folder to clear it" in printed
+    first = np.asarray(Image.open(tmp_path / "first" / "restored_imgs" / "group.png"))
+    second = np.asarray(Image.open(tmp_path / "second" / "restored_imgs" / "group.png"))
+    assert np.array_equal(first, second)  # the kept encodings restore exactly as fresh ones
+
+
 def test_person_folders_name_the_people_in_the_report(people_workspace, tmp_path):
     out = tmp_path / "out"
     assert main(_restore(people_workspace, out, "--people", str(people_workspace / "people"))) == 0

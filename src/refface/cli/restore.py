@@ -226,7 +226,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         for face in result.faces:
             if face.message:
                 print(f"refface: warning: {face.message}", file=sys.stderr)
-        if result.photo is not None and args.quiet is False and len(photos) <= 20:
+        if result.photo is not None and result.faces and not args.quiet and len(photos) <= 20:
             say(args, f"wrote {folder / 'restored_imgs' / (photo.name + '.png')} ({len(result.restored_faces)} face(s) "
                       "restored)")  # fmt: skip
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
-import shutil
 from importlib import resources
 from typing import Annotated
 
@@ -24,8 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from refface.errors import RefFaceError
 from refface.web.jobs import ServerBusy
-from refface.web.service import RestorationService, RestoreRequest, data_url
-from refface.web.uploads import decode_upload, label, unpack_album
+from refface.web.service import RestorationService, RestoreRequest, data_url, people_reply
+from refface.web.uploads import decode_upload, label
 
 
 class RequestTooLarge(Exception):
@@ -144,8 +142,7 @@ def create_app(service: RestorationService) -> FastAPI:
     @app.post("/api/photos")
     def add_photo(photo: Annotated[UploadFile, File()], people_id: Annotated[str | None, Form()] = None) -> dict:
         ((name, image),) = _decoded([photo], "the photo")
-        identifier, _ = service.add_photo(image, name)
-        stored = service.photos.get(identifier)
+        identifier, stored = service.add_photo(image, name)
         return {
             "photo_id": identifier,
             "width": image.width,
@@ -174,22 +171,11 @@ def create_app(service: RestorationService) -> FastAPI:
         for name, photo in zip(names or ["person-01"] * len(references), _decoded(references, "reference"),
                                strict=True):  # fmt: skip
             people_sets.setdefault(name.strip()[:60] or "person-01", []).append(photo)
-        folder = None
+        packed = None
         if album is not None:
-            folder = service.root / f"people-{secrets.token_urlsafe(12)}" / "album"
-            try:
-                unpack_album(album.file.read(limits.max_request_bytes + 1), label(album.filename, "the album"),
-                             folder, limits)  # fmt: skip
-            except RefFaceError:
-                shutil.rmtree(folder.parent, ignore_errors=True)
-                raise
-        try:
-            people_id, people = service.add_people(people_sets, folder, num_refs)
-        except RefFaceError:
-            if folder is not None:
-                shutil.rmtree(folder.parent, ignore_errors=True)
-            raise
-        reply = {"people_id": people_id, "people": service.people_reply(people), "notes": people.notes,
+            packed = (label(album.filename, "the album"), album.file.read(limits.max_request_bytes + 1))
+        people_id, people = service.add_people(people_sets, packed, num_refs)
+        reply = {"people_id": people_id, "people": people_reply(people), "notes": people.notes,
                  "warnings": people.warnings}  # fmt: skip
         if photo_id:
             reply["faces"] = service.faces_of(photo_id, people_id)

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import io
 import re
+import secrets
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from refface.restoration.reference_store import ReferenceStore
 from refface.web.jobs import Job, JobQueue
 from refface.web.kept import Kept
 from refface.web.limits import ServeLimits
+from refface.web.uploads import unpack_album
 
 THUMBNAIL = 96
 
@@ -93,7 +95,8 @@ def data_url(image: np.ndarray | Image.Image, size: int = THUMBNAIL) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _people_reply(people: People) -> list[dict]:
+def people_reply(people: People) -> list[dict]:
+    """Each person with their references' labels and thumbnails."""
     return [
         {
             "name": person.name,
@@ -183,9 +186,15 @@ class RestorationService:
         return self.photos.add(stored), stored
 
     def add_people(
-        self, references: dict[str, list[tuple[str, Image.Image]]], album: Path | None, num_refs: int
+        self,
+        references: dict[str, list[tuple[str, Image.Image]]],
+        album: tuple[str, bytes] | None,
+        num_refs: int,
     ) -> tuple[str, People]:
-        """People from reference photos per person, or from an album folder (grouped into people), kept by id."""
+        """People from reference photos per person, or from an album zip (grouped into people), kept by id.
+
+        The album is unpacked into a private folder that lives as long as the people do.
+        """
         if references and album is not None:
             raise RefFaceError("Give reference photos or an album, not both.")
         for name, photos in references.items():
@@ -193,19 +202,23 @@ class RestorationService:
                 raise RefFaceError(f"At most {self.limits.max_references} reference photos can be used ({name}).")
         if album is not None and not 1 <= num_refs <= self.limits.max_references:
             raise RefFaceError(f"The number of album references must be between 1 and {self.limits.max_references}.")
-        with self._faces_lock, page_wording():
-            if album is not None:
-                people = people_from_album(
-                    album, self.detector, self.embedder, num_refs, cache_root=album.parent / "scan", progress=False
-                )
-            elif references:
-                people = people_from_images(references, self.detector, self.embedder)
-            else:
-                raise RefFaceError("Give reference photos of at least one person, or an album.")
-        return self.people.add(StoredPeople(people, album.parent if album is not None else None)), people
-
-    def people_reply(self, people: People) -> list[dict]:
-        return _people_reply(people)
+        if not references and album is None:
+            raise RefFaceError("Give reference photos of at least one person, or an album.")
+        folder = self.root / f"people-{secrets.token_urlsafe(12)}" if album is not None else None
+        try:
+            if folder is not None:
+                unpack_album(album[1], album[0], folder / "album", self.limits)
+            with self._faces_lock, page_wording():
+                if folder is not None:
+                    people = people_from_album(folder / "album", self.detector, self.embedder, num_refs,
+                                               cache_root=folder / "scan", progress=False)  # fmt: skip
+                else:
+                    people = people_from_images(references, self.detector, self.embedder)
+        except RefFaceError:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return self.people.add(StoredPeople(people, folder)), people
 
     def faces_of(self, photo_id: str, people_id: str | None) -> list[dict]:
         """Each face of a photo with the person it matches (none without people), as the page shows them."""
@@ -282,7 +295,7 @@ class RestorationService:
             stage="encoding the references",
             notes=list(people.notes) if people is not None else [],
             warnings=[*(people.warnings if people is not None else []), *(f.message for f in faces if f.message)],
-            people=_people_reply(People(used, None)),
+            people=people_reply(People(used, None)),
             steps=request.steps,
             step=0,
         )

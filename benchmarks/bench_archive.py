@@ -150,7 +150,9 @@ def main() -> None:
     parser.add_argument("--out", default="bench-archive", help="folder for the archives, outputs and results.json")
     parser.add_argument("--photos", type=int, default=50)
     parser.add_argument("--large-photos", type=int, default=500)
-    parser.add_argument("--separate", type=int, default=10, help="one-face runs to time (then scaled to all faces)")
+    parser.add_argument(
+        "--separate", type=int, default=100, help="one-face runs to time (scaled to all faces if fewer)"
+    )
     parser.add_argument("--full-photos", type=int, default=2, help="photos for the full-size stage (0: skip it)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--fresh", action="store_true", help="measure every stage again")

@@ -124,3 +124,20 @@ def test_the_flop_floor_counts_the_issues_figures_for_the_released_architecture(
         step_input = torch.randn(2, 2 * channels, size, size)
         real = counted_gflop(lambda: denoise(pipe.unet, step_input, torch.tensor(500), context))
     assert real > 0 and abs(official_work(arch, 2).guided_step - real) < 1e-9
+
+
+def test_the_archive_benchmark_counts_encodings_and_resumes_finished_stages(tmp_path):
+    """bench_archive.py at toy sizes: the archive run encodes each of its two people once; a rerun measures nothing."""
+    import json
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_archive.py"), "--out", str(tmp_path), "--photos", "2",
+               "--large-photos", "3", "--separate", "2", "--full-photos", "0"]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["archive"]["reference_encodings"] == 2 and results["archive"]["faces_restored"] == 4
+    assert results["archive-large"]["faces_restored"] == 6 and results["archive-large"]["peak_rss_gb"] > 0
+    assert results["separate"]["runs_measured"] == 2 and results["separate"]["faces"] == 4
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0 and "measuring" not in again.stdout
+    assert json.loads((tmp_path / "results.json").read_text()) == results

@@ -52,14 +52,14 @@ def test_each_method_s_defaults_and_option_checks():
     assert refldm.sampling_options() == {
         "num_inference_steps": 50, "guidance_scale": 1.5, "spacing": "uniform_trailing", "solver": "ddim"
     }  # fmt: skip
-    assert refldm.sampling_options(20, 2.0, spacing="uniform", solver="dpm++") == {
-        "num_inference_steps": 20, "guidance_scale": 2.0, "spacing": "uniform", "solver": "dpm++"
+    assert refldm.sampling_options(20, 2.0, spacing="uniform", solver="dpm++", strength=0.4) == {
+        "num_inference_steps": 20, "guidance_scale": 2.0, "spacing": "uniform", "solver": "dpm++", "strength": 0.4
     }  # fmt: skip
     assert composite.sampling_options(30) == {
         "num_inference_steps": 30, "lq_guidance": 1.2, "reference_guidance": 1.2, "color_fix": True
     }  # fmt: skip
-    assert composite.sampling_options(5, 1.4, 1.1, color_fix=False) == {
-        "num_inference_steps": 5, "lq_guidance": 1.1, "reference_guidance": 1.4, "color_fix": False
+    assert composite.sampling_options(5, 1.4, 1.1, color_fix=False, strength=0.5) == {
+        "num_inference_steps": 5, "lq_guidance": 1.1, "reference_guidance": 1.4, "color_fix": False, "strength": 0.5
     }  # fmt: skip
     assert (refldm.fast_steps, composite.fast_steps) == (20, None)
     for method in (refldm, composite):
@@ -73,6 +73,10 @@ def test_each_method_s_defaults_and_option_checks():
             refldm.sampling_options(10, **wrong)
     with pytest.raises(RefFaceError, match="Unknown solver 'euler'"):
         refldm.sampling_options(10, solver="euler")
+    for method in (refldm, composite):
+        for strength in (0.0, -0.5, 1.01, float("nan")):
+            with pytest.raises(RefFaceError, match="strength must be greater than 0 and at most 1"):
+                method.sampling_options(10, strength=strength)
 
 
 def test_the_benchmark_restorer_sets_and_records_each_method_s_options():
@@ -136,8 +140,8 @@ class _FakePipe:
 
 
 def _fake_method() -> methods.Method:
-    def options(*, steps, guidance, lq_guidance, color_fix, spacing, solver):
-        if spacing is not None or solver is not None or lq_guidance is not None:
+    def options(*, steps, guidance, lq_guidance, color_fix, spacing, solver, strength):
+        if spacing is not None or solver is not None or lq_guidance is not None or strength != 1.0:
             raise RefFaceError("The fake method takes steps and guidance only.")
         return {"num_inference_steps": steps, "strength": guidance}
 

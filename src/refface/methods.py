@@ -34,7 +34,7 @@ class Method:
     """One restoration method: its names, pipeline, weights, sampling defaults and benchmark options.
 
     `loader(model, checkpoint, vqgan, config)` returns the pipeline in eval mode; `options(steps=,
-    guidance=, lq_guidance=, color_fix=, spacing=, solver=)` receives the options with this entry's
+    guidance=, lq_guidance=, color_fix=, spacing=, solver=, strength=)` receives the options with this entry's
     defaults filled in and returns the pipeline call's keyword arguments, refusing an option the
     method does not have in one sentence. A default of None means the method has no such option.
     """
@@ -78,11 +78,15 @@ class Method:
         color_fix: bool = True,
         spacing: str | None = None,
         solver: str | None = None,
+        strength: float = 1.0,
     ) -> dict:
         """Keyword arguments for this method's pipeline call; an option of another method is one sentence."""
+        from refface.pipelines.schedule import check_strength
+
         steps = self.steps if steps is None else steps
         if steps < 1:
             raise RefFaceError(f"The number of steps must be at least 1, got {steps}.")
+        check_strength(strength)
         return self.options(
             steps=steps,
             guidance=self.guidance if guidance is None else guidance,
@@ -90,7 +94,14 @@ class Method:
             color_fix=color_fix,
             spacing=self.spacing if spacing is None else spacing,
             solver=self.solver if solver is None else solver,
+            strength=strength,
         )
+
+
+def _light_touch(strength: float) -> dict:
+    """`strength` for a pipeline call below 1 only: 1 is the pipelines' default, and settings recorded without
+    it (benchmarks, archive runs) stay the same."""
+    return {"strength": strength} if strength != 1.0 else {}
 
 
 # ------------------------------------------------------------------------------------------- ReF-LDM
@@ -100,7 +111,7 @@ def _refldm_load(model, checkpoint, vqgan, config):
     return load_refldm(model=model, checkpoint=checkpoint, vqgan=vqgan, config=config)
 
 
-def _refldm_options(*, steps, guidance, lq_guidance, color_fix, spacing, solver) -> dict:
+def _refldm_options(*, steps, guidance, lq_guidance, color_fix, spacing, solver, strength) -> dict:
     from refface.pipelines.schedule import check_solver
 
     check_solver(solver)
@@ -109,7 +120,13 @@ def _refldm_options(*, steps, guidance, lq_guidance, color_fix, spacing, solver)
             "The LQ guidance (--lq-guidance) and turning the colour fix off (--no-color-fix) "
             "apply to the composite method only."
         )
-    return {"num_inference_steps": steps, "guidance_scale": guidance, "spacing": spacing, "solver": solver}
+    return {
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "spacing": spacing,
+        "solver": solver,
+        **_light_touch(strength),
+    }
 
 
 # --------------------------------------------------------------------------------- Composite-Context
@@ -133,7 +150,7 @@ def _composite_load(model, checkpoint, vqgan, config):
     return load_composite(model)
 
 
-def _composite_options(*, steps, guidance, lq_guidance, color_fix, spacing, solver) -> dict:
+def _composite_options(*, steps, guidance, lq_guidance, color_fix, spacing, solver, strength) -> dict:
     if spacing is not None or solver is not None:
         raise RefFaceError(
             "The timestep schedule and solver (--schedule, --solver, --fast) apply to ReF-LDM; "
@@ -144,6 +161,7 @@ def _composite_options(*, steps, guidance, lq_guidance, color_fix, spacing, solv
         "lq_guidance": lq_guidance,
         "reference_guidance": guidance,
         "color_fix": color_fix,
+        **_light_touch(strength),
     }
 
 

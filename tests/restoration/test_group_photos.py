@@ -67,6 +67,17 @@ def test_a_second_run_loads_every_persons_references_instead_of_encoding_them(pe
     assert np.array_equal(first, second)  # the kept encodings restore exactly as fresh ones
 
 
+def test_a_light_touch_is_recorded_and_a_strength_outside_zero_to_one_is_refused(people_workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert (
+        main(_restore(people_workspace, out, "--refs-dir", str(people_workspace / "album"), "--strength", "0.5")) == 0
+    )
+    assert json.loads((out / "report.json").read_text())["settings"]["sampling"]["strength"] == 0.5
+    message = _error(_restore(people_workspace, tmp_path / "bad", "--no-refs", "--strength", "1.2"), capsys)
+    assert message == "refface: error: The strength must be greater than 0 and at most 1, got 1.2."
+    assert not (tmp_path / "bad").exists()
+
+
 def test_person_folders_name_the_people_in_the_report(people_workspace, tmp_path):
     out = tmp_path / "out"
     assert main(_restore(people_workspace, out, "--people", str(people_workspace / "people"))) == 0
@@ -179,8 +190,16 @@ def test_two_processes_share_an_archive_and_the_main_one_writes_the_report(peopl
     for number in range(4):
         shutil.copy(people_workspace / "group.jpg", archive / f"photo{number}.jpg")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "refface.cli",
-               *_restore(people_workspace, out, "--refs-dir", str(people_workspace / "album"), inputs=[str(archive)])]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "refface.cli",
+        *_restore(people_workspace, out, "--refs-dir", str(people_workspace / "album"), inputs=[str(archive)]),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "REFFACE_CACHE": str(tmp_path / "cache")})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

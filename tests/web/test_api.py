@@ -134,6 +134,9 @@ def test_bad_requests_are_one_sentence(client, face_photos):
     assert "between 1 and 200" in error(client.post("/api/jobs", data={**base, "steps": "0"}))
     assert "composite method only" in error(client.post("/api/jobs", data={**base, "lq_guidance": "2"}))
     assert "Unknown solver 'euler'" in error(client.post("/api/jobs", data={**base, "solver": "euler"}))
+    assert "strength must be greater than 0 and at most 1, got 1.5" in error(
+        client.post("/api/jobs", data={**base, "strength": "1.5"})
+    )
     assert "'steps' is missing or invalid" in error(client.post("/api/jobs", data={**base, "steps": "many"}))
     assert "expired or is unknown" in error(client.post("/api/jobs", data={**base, "photo_id": "nope"}))
     assert "face 3 does not exist" in error(client.post("/api/jobs", data={**base, "people_of": '{"3": null}'}))
@@ -310,6 +313,8 @@ def test_fast_mode_reaches_the_pipeline(client, service, face_photos, monkeypatc
             "people_id": people["people_id"]}  # fmt: skip
     job = client.post("/api/jobs", data=form).json()
     assert _wait(client, job["job_id"])["state"] == "done"
-    assert (calls[-1]["solver"], calls[-1]["num_inference_steps"]) == ("dpm++", 4)
+    assert (calls[-1]["solver"], calls[-1]["num_inference_steps"]) == ("dpm++", 4) and "strength" not in calls[-1]
+    job = client.post("/api/jobs", data={**form, "strength": "0.4"}).json()  # the page's Strength field
+    assert _wait(client, job["job_id"])["state"] == "done" and calls[-1]["strength"] == 0.4
     refused = client.post("/api/jobs", data={**form, "method": "composite"})
     assert refused.status_code == 400 and "apply to ReF-LDM" in refused.json()["error"]

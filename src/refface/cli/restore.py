@@ -82,7 +82,9 @@ def _sampling_options(args: argparse.Namespace) -> dict:
     solver = "dpm++" if args.fast else args.solver
     fast = solver == "dpm++" and method.fast_steps is not None
     steps = args.steps if args.steps is not None else (method.fast_steps if fast else method.steps)
-    return method.sampling_options(steps, args.guidance, args.lq_guidance, not args.no_color_fix, args.spacing, solver)
+    return method.sampling_options(
+        steps, args.guidance, args.lq_guidance, not args.no_color_fix, args.spacing, solver, args.strength
+    )
 
 
 def _load_pipeline(args: argparse.Namespace):
@@ -355,6 +357,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     add_guidance_options(restore)
     restore.add_argument("--seed", type=int, default=2024, help="noise seed (default 2024)")
+    restore.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="below 1: start from the photo noised to strength x T (a lighter touch that keeps more of the input; "
+        "fewer steps run); 1 (default): the full restoration",
+    )
     restore.add_argument(
         "--schedule",
         dest="spacing",

@@ -37,6 +37,7 @@ from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.refldm import RestorationOutput, batch_noise
 from refface.pipelines.sampler import StepCallback, sample
+from refface.pipelines.schedule import noised_to, strength_start
 from refface.pipelines.speedup_setting import SpeedupSetting, within_speedup_setting
 
 
@@ -144,8 +145,10 @@ def sample_composite(
     progress: bool = False,
     step_callback: StepCallback | None = None,
     cuda_graphs: bool = True,
+    strength: float = 1.0,
 ) -> torch.Tensor:
-    """DDIM from `noise` to the final latents with dual guidance (a private copy of `scheduler` is stepped).
+    """DDIM from `noise` to the final latents with dual guidance (a private copy of `scheduler` is stepped);
+    `strength` below 1 starts from the LQ latents noised to the timestep nearest strength x T (SDEdit).
 
     On a GPU the steps after the first replay a CUDA graph of the U-Net call (`StepReplay`) unless
     `cuda_graphs` is False.
@@ -155,11 +158,16 @@ def sample_composite(
         raise RefFaceError(f"The number of steps must be between 1 and {total}, got {steps}.")
     scheduler = copy.deepcopy(scheduler)
     scheduler.set_timesteps(steps)
-    latents = noise.to(lq_latents.device, torch.float32) * scheduler.init_noise_sigma
+    start = strength_start(scheduler, strength)
+    if start is None:
+        latents = noise.to(lq_latents.device, torch.float32) * scheduler.init_noise_sigma
+    else:
+        latents = noised_to(scheduler, start, lq_latents, noise)
     branches = GuidanceBranches.plan(denoiser, lq_latents, features, guidance)
     return sample(
-        lambda x, t: branches.predict(denoiser, x, t), scheduler, latents, progress, step_callback, cuda_graphs
-    )
+        lambda x, t: branches.predict(denoiser, x, t), scheduler, latents, progress, step_callback, cuda_graphs,
+        start or 0,
+    )  # fmt: skip
 
 
 class CompositeContextPipeline(SpeedupSetting, DiffusionPipeline):
@@ -273,8 +281,12 @@ class CompositeContextPipeline(SpeedupSetting, DiffusionPipeline):
         noise: torch.Tensor | None = None,
         progress: bool = True,
         step_callback: StepCallback | None = None,
+        strength: float = 1.0,
     ) -> RestorationOutput:
-        """Restore a batch of LQ face crops of one person with any number of references (None / empty: none)."""
+        """Restore a batch of LQ face crops of one person with any number of references (None / empty: none).
+
+        `strength` below 1 starts from the LQ latent noised to the timestep nearest strength x T (SDEdit).
+        """
         lq_batch = self._prepare(lq)
         batch_size = lq_batch.shape[0]
         if references is not None and not isinstance(references, ReferenceFeatures):
@@ -293,6 +305,7 @@ class CompositeContextPipeline(SpeedupSetting, DiffusionPipeline):
             progress,
             step_callback,
             self.cuda_graphs,
+            strength,
         )
         pixels = ((decode_latents(self.vae, latents).float() + 1.0) / 2.0).clamp(0.0, 1.0)
         if color_fix:

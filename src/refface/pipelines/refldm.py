@@ -26,7 +26,13 @@ from refface.models.unet import build_unet, denoise_copies, install_cache_kv, re
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.sampler import StepCallback, sample
-from refface.pipelines.schedule import make_scheduler, sampling_scheduler, use_float64_cumprod
+from refface.pipelines.schedule import (
+    make_scheduler,
+    noised_to,
+    sampling_scheduler,
+    strength_start,
+    use_float64_cumprod,
+)
 from refface.pipelines.speedup_setting import SpeedupSetting, within_speedup_setting
 
 
@@ -212,6 +218,7 @@ class RefLDMPipeline(SpeedupSetting, DiffusionPipeline):
         noise: torch.Tensor | None = None,
         progress: bool = True,
         step_callback: StepCallback | None = None,
+        strength: float = 1.0,
     ) -> RestorationOutput:
         """Restore a batch of LQ face crops of one person.
 
@@ -219,7 +226,8 @@ class RefLDMPipeline(SpeedupSetting, DiffusionPipeline):
         or None / empty for no references (plain LQ-conditioned restoration, no guidance).
         Guidance follows the official batch order [null references, references].
         `solver` "ddim" is the official sampler (exact mode); "dpm++" (DPM-Solver++, e.g. 20 steps)
-        is the fast mode, which changes the output.
+        is the fast mode, which changes the output. `strength` below 1 starts from the LQ latent noised to
+        the timestep nearest strength x T (SDEdit): fewer steps, more of the input's structure kept.
         """
         lq_batch = self._prepare(lq)
         batch_size = lq_batch.shape[0]
@@ -231,6 +239,9 @@ class RefLDMPipeline(SpeedupSetting, DiffusionPipeline):
 
         latents = (noise if noise is not None else self.initial_noise(batch_size, seed)).to(self.device, torch.float32)
         scheduler = sampling_scheduler(self.scheduler, num_inference_steps, spacing, solver)
+        start = strength_start(scheduler, strength)
+        if start is not None:
+            latents = noised_to(scheduler, start, lq_latents, latents)
         guided = references.num_references > 0 and guidance_scale != 1.0
         if guided:
             context = ReferenceBatch(
@@ -249,6 +260,6 @@ class RefLDMPipeline(SpeedupSetting, DiffusionPipeline):
             eps_null, eps_ref = eps.chunk(2)
             return eps_null + guidance_scale * (eps_ref - eps_null)
 
-        latents = sample(predict, scheduler, latents, progress, step_callback, self.cuda_graphs)
+        latents = sample(predict, scheduler, latents, progress, step_callback, self.cuda_graphs, start or 0)
         pixels = ((decode_quantized(self.vqvae, latents.to(model_dtype)).float() + 1.0) / 2.0).clamp(0.0, 1.0)
         return RestorationOutput(images=to_pil(pixels), pixels=pixels, latents=latents)

@@ -37,14 +37,18 @@ def sample(
     progress: bool = False,
     step_callback: StepCallback | None = None,
     cuda_graphs: bool = False,
+    start: int = 0,
 ) -> torch.Tensor:
-    """Step `latents` through every timestep of `scheduler` (already set up for this run; it is stepped).
+    """Step `latents` through the timesteps of `scheduler` (already set up for this run; it is stepped) from
+    the one numbered `start` (0: all of them; later: `latents` are noised to that timestep's level).
 
     `predict` must be a pure function of its two tensors (whatever else it reads stays fixed during the loop)
     for `cuda_graphs` to replay it; on a CPU, or with `cuda_graphs` False, every step runs eagerly.
     """
     step = StepReplay(predict, enabled=cuda_graphs)
-    timesteps = scheduler.timesteps
+    if start and isinstance(scheduler, DPMSolverMultistepScheduler):
+        scheduler.set_begin_index(start)  # the multistep solver counts its steps from here (DDIM keeps no count)
+    timesteps = scheduler.timesteps[start:]
     with (
         tqdm(total=len(timesteps), desc=solver_name(scheduler), unit="step", disable=not progress) as bar,
         kept_transformed_weights(),  # every step runs the same U-Net: its weights are transformed once

@@ -88,3 +88,27 @@ def sampling_scheduler(
     use_float64_cumprod(scheduler)
     scheduler.set_timesteps(steps)
     return scheduler
+
+
+def check_strength(strength: float) -> None:
+    if not 0.0 < strength <= 1.0:
+        raise RefFaceError(f"The strength must be greater than 0 and at most 1, got {strength}.")
+
+
+def strength_start(scheduler: DDIMScheduler | DPMSolverMultistepScheduler, strength: float) -> int | None:
+    """Where sampling starts for `strength` in (0, 1] (SDEdit): None for 1 (all steps, from pure noise); below 1
+    the index of the set-up scheduler's timestep nearest strength x T, from which the LQ latent, noised to that
+    level, is sampled (a lighter touch that keeps the input's structure)."""
+    check_strength(strength)
+    if strength == 1.0:
+        return None
+    target = strength * scheduler.config.num_train_timesteps
+    return int(torch.argmin((scheduler.timesteps.double() - target).abs()))
+
+
+def noised_to(
+    scheduler: DDIMScheduler | DPMSolverMultistepScheduler, start: int, clean: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """`clean` latents noised with `noise` to the level of the scheduler's timestep number `start` (float32)."""
+    timestep = scheduler.timesteps[start : start + 1]
+    return scheduler.add_noise(clean.float(), noise.to(clean.device, torch.float32), timestep.to(clean.device))

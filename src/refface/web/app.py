@@ -191,6 +191,7 @@ def create_app(service: RestorationService) -> FastAPI:
         lq_guidance: Annotated[float | None, Form()] = None,
         seed: Annotated[int, Form()] = 2024,
         solver: Annotated[str | None, Form()] = None,
+        strength: Annotated[float, Form()] = 1.0,
         people_id: Annotated[str | None, Form()] = None,
         people_of: Annotated[str | None, Form()] = None,
         face: Annotated[int | None, Form()] = None,
@@ -204,7 +205,7 @@ def create_app(service: RestorationService) -> FastAPI:
         chosen = [face] if face is not None else _face_numbers(faces)
         request = RestoreRequest(
             photo_id, chosen, method, steps, guidance, lq_guidance, seed, people_id or None, _people_of(people_of),
-            solver=solver,
+            solver=solver, strength=strength,
         )  # fmt: skip
         service.check_request(request)
         job = service.jobs.new_job(request)

@@ -68,6 +68,7 @@ class RestoreRequest:
     people_of: dict[int, str | None] = field(default_factory=dict)  # by hand: a person's name, None for no references
     photo_label: str = "photo"
     solver: str | None = None  # "dpm++": ReF-LDM's fast mode
+    strength: float = 1.0  # below 1: a lighter touch from the photo noised part way (SDEdit)
 
 
 @contextlib.contextmanager
@@ -258,7 +259,9 @@ class RestorationService:
     @staticmethod
     def _sampling_options(request: RestoreRequest) -> dict:
         method = methods.get(request.method)
-        return method.sampling_options(request.steps, request.guidance, request.lq_guidance, solver=request.solver)
+        return method.sampling_options(
+            request.steps, request.guidance, request.lq_guidance, solver=request.solver, strength=request.strength
+        )
 
     def _restore(self, job: Job) -> None:
         """The worker's part: the workflow over the stored photo's chosen faces, with progress, then the files."""

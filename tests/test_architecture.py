@@ -15,14 +15,17 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "refface"
 
 # (lower layer, upper layers it must never import)
-UPPER = ("face", "data", "cli", "web", "evaluation", "train", "methods", "restoration")
+UPPER = ("face", "data", "cli", "web", "comfyui", "evaluation", "train", "methods", "restoration")
 LAYERS = (
     ("refface.models", (*UPPER, "pipelines", "speedups")),  # the model files know nothing of the speed-ups
     ("refface.speedups", (*UPPER, "pipelines", "models")),  # stand-ins for diffusers modules, beside the models
-    ("refface.pipelines", ("cli", "web", "evaluation", "train", "methods")),
-    ("refface.face", ("data", "cli", "web", "restoration")),
+    ("refface.pipelines", ("cli", "web", "comfyui", "evaluation", "train", "methods")),
+    ("refface.face", ("data", "cli", "web", "comfyui", "restoration")),
     # the workflow the front ends call
-    ("refface.restoration", ("data", "cli", "web", "evaluation", "train", "methods")),
+    ("refface.restoration", ("data", "cli", "web", "comfyui", "evaluation", "train", "methods")),
+    # front ends: none re-implements another's work or calls it
+    ("refface.comfyui", ("cli", "web")),
+    ("refface.web", ("cli", "comfyui")),
 )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from refface.errors import RefFaceError
@@ -210,6 +211,15 @@ def get(name: str) -> Method:
         if method.name == name:
             return method
     raise RefFaceError(f"Unknown method {name!r}; choose one of {', '.join(names())}.")
+
+
+def of_folder(folder: str | Path) -> tuple[Method, Path]:
+    """The method of a saved model folder (or a finished run folder's model/), read from the folder, and the
+    folder to load (`method.load(model=...)`)."""
+    from refface.pipelines.loading import model_folder, saved_pipeline_class
+
+    source = model_folder(folder)
+    return for_pipeline(saved_pipeline_class(source)), source
 
 
 def for_pipeline(class_name: str) -> Method:

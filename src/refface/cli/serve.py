@@ -14,15 +14,13 @@ from refface.errors import RefFaceError
 def load_models(folders: list[str] | None, device, dtype) -> dict:
     """Method name -> pipeline, one per --model folder (its method read from the folder), else the default's release."""
     from refface import methods
-    from refface.pipelines.loading import model_folder, saved_pipeline_class
 
     if not folders:
         method = methods.get(methods.DEFAULT)
         return {method.name: method.load().to(device=device, dtype=dtype)}
     models = {}
     for folder in folders:
-        source = model_folder(folder)
-        method = methods.for_pipeline(saved_pipeline_class(source))
+        method, source = methods.of_folder(folder)
         if method.name in models:
             raise RefFaceError(f"Two --model folders hold {method.label} models; give one of each kind at most.")
         models[method.name] = method.load(model=source).to(device=device, dtype=dtype)

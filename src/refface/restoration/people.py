@@ -192,11 +192,13 @@ def people_from_references(
 
 def people_from_images(
     sets: dict[str, Sequence[tuple[str, Image.Image]]],
-    detector: FaceDetector,
+    detector: FaceDetector | None,
     embedder: IdentityEmbedder,
     strict: bool = False,
+    aligned: bool = False,
 ) -> People:
-    """Named people, each from their own (label, photo) pairs, e.g. reference photos uploaded per person."""
+    """Named people, each from their own (label, photo) pairs, e.g. reference photos uploaded per person
+    (`aligned`: the photos are aligned face crops already)."""
     if not sets:
         raise RefFaceError("No people were given: name at least one person with their reference photos.")
     notes: list[str] = []
@@ -204,7 +206,7 @@ def people_from_images(
     people = [
         _reference_person(
             name, [image for _, image in pairs], [label for label, _ in pairs], [Path(label) for label, _ in pairs],
-            detector, embedder, False, strict, notes, warnings,
+            detector, embedder, aligned, strict, notes, warnings,
         )
         for name, pairs in sets.items()
     ]  # fmt: skip

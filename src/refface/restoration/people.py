@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -38,15 +39,15 @@ class Person:
     labels: list[str]  # one per reference, e.g. "anna_2019.jpg" or "album.jpg#1"
     files: list[Path]  # the photo each reference was taken from
     embeddings: np.ndarray  # [n, d]: every face of this person seen, for matching
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def reference_names(self) -> list[str]:
         """The reference photos' file names, as the report lists them."""
         return [path.name for path in self.files]
 
-    @property
+    @cached_property
     def reference_sharpness(self) -> list[float]:
+        """Each reference's sharpness (computed once: the identity guard reads it for every face)."""
         return [sharpness(crop) for crop in self.references]
 
 
@@ -169,7 +170,7 @@ def _reference_person(
     report = check_identity(embedder, crops, list(labels), strict=strict)
     notes.append(f"{name}: {len(crops)} reference(s) ({', '.join(labels)}); {report.summary()}")
     warnings.extend(report.warnings)
-    return Person(name, crops, labels, list(files), embedder.embed(crops), list(report.warnings))
+    return Person(name, crops, labels, list(files), embedder.embed(crops))
 
 
 def people_from_references(

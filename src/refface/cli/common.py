@@ -9,25 +9,11 @@ from pathlib import Path
 
 import torch
 
+from refface.devices import DTYPES, resolve_device
 from refface.errors import RefFaceError
 from refface.precision import precision_warning
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto = CUDA, else Apple MPS, else CPU; an explicit unavailable device is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RefFaceError("--device cuda was requested but PyTorch sees no CUDA GPU on this machine.")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RefFaceError("--device mps was requested but Apple MPS is not available on this machine.")
-    return torch.device(name)
+__all__ = ["DTYPES", "resolve_device"]  # the CLI's commands import them from here
 
 
 def checked_dtype(device: torch.device, dtype_name: str) -> torch.dtype:

@@ -233,7 +233,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                       "restored)")  # fmt: skip
 
     summary = run_archive(
-        photos, restorer, folder, settings, people=people, overwrite=args.overwrite, state=state if
+        photos, restorer, folder, settings, overwrite=args.overwrite, state=state if
         state.num_processes > 1 else None, progress=not args.quiet and len(photos) > 1, on_photo=tell,
     )  # fmt: skip
     if not state.is_main_process:

@@ -18,6 +18,7 @@ from PIL import Image
 from refface import methods
 from refface.comfyui.host import Progress, comfyui_models_folder
 from refface.comfyui.tensors import to_arrays, to_image, to_mask
+from refface.devices import DTYPES, resolve_device
 from refface.errors import RefFaceError
 from refface.face.detection import DlibDetector
 from refface.face.identity import DlibEmbedder
@@ -31,7 +32,6 @@ from refface.weights import cache_dir
 CATEGORY = "refface"
 MODEL = "REFFACE_MODEL"
 PERSON = "REFFACE_PERSON"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # the released weights inside ComfyUI's models folder: models/refldm/refldm.ckpt and vqgan.ckpt
 RELEASED_FOLDER = "refldm"
 
@@ -45,14 +45,6 @@ class RefFaceModel:
     detector: DlibDetector
     embedder: DlibEmbedder
     store: ReferenceStore
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RefFaceError("The device cuda was chosen but PyTorch sees no CUDA GPU.")
-    return torch.device(name)
 
 
 def _load_pipeline(folder: str):
@@ -86,14 +78,14 @@ class LoadRefLDM:
                     "STRING",
                     {"default": "", "tooltip": "a refface model folder; empty: released ReF-LDM"},
                 ),
-                "device": (["auto", "cpu", "cuda"],),
+                "device": (["auto", "cpu", "cuda", "mps"],),
                 "dtype": (list(DTYPES),),
             }
         }
 
     def load(self, model_folder: str, device: str, dtype: str) -> tuple[RefFaceModel]:
         method, pipe = _load_pipeline(model_folder)
-        pipe = pipe.to(device=_device(device), dtype=DTYPES[dtype])
+        pipe = pipe.to(device=resolve_device(device, "The device"), dtype=DTYPES[dtype])
         detector = DlibDetector()
         embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
         return (RefFaceModel(method, pipe, detector, embedder, ReferenceStore(pipe, cache_dir() / "people")),)

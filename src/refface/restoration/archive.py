@@ -21,7 +21,6 @@ from refface.errors import RefFaceError
 from refface.imaging import check_output_path, load_image, save_image
 from refface.photo import comparison_image
 from refface.restoration.archive_inputs import ArchivePhoto
-from refface.restoration.people import People
 from refface.restoration.photo_restorer import PhotoRestorer, PhotoResult
 from refface.restoration.report import people_sheet, photo_rows, write_report
 from refface.restoration.run_record import RunRecord
@@ -106,7 +105,6 @@ def run_archive(
     output: str | Path,
     settings: dict,
     *,
-    people: People | None = None,
     overwrite: bool = False,
     state=None,
     progress: bool = True,
@@ -153,9 +151,8 @@ def run_archive(
         if not any(isinstance(row["face"], int) for row in summary.rows):
             record.discard()  # no photo had a face: nothing to resume or report
             return summary
-        known = people if people is not None else restorer.people
-        write_report(output, summary.rows, settings, known)
-        sheet = people_sheet(output, summary.rows, known)
+        write_report(output, summary.rows, settings, restorer.people)
+        sheet = people_sheet(output, summary.rows, restorer.people)
         if sheet is not None:
             save_image(sheet, output / "people.png")
     return summary

@@ -20,7 +20,9 @@ LAYERS = (
     ("refface.models", (*UPPER, "pipelines", "speedups")),  # the model files know nothing of the speed-ups
     ("refface.speedups", (*UPPER, "pipelines", "models")),  # stand-ins for diffusers modules, beside the models
     ("refface.pipelines", ("cli", "web", "comfyui", "evaluation", "train", "methods")),
-    ("refface.face", ("data", "cli", "web", "comfyui", "restoration")),
+    ("refface.face", ("data", "cli", "web", "comfyui", "restoration", "video")),
+    # reading, tracking and writing clips: faces yes; no models, no workflow
+    ("refface.video", tuple(layer for layer in (*UPPER, "pipelines", "models", "speedups") if layer != "face")),
     # the workflow the front ends call
     ("refface.restoration", ("data", "cli", "web", "comfyui", "evaluation", "train", "methods")),
     # front ends: none re-implements another's work or calls it

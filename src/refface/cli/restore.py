@@ -95,9 +95,22 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
-def _run_settings(args: argparse.Namespace, sampling: dict) -> dict:
+def _video_options(args: argparse.Namespace):
+    """How clips are tracked, restored and encoded (checked before any slow work)."""
+    from refface.restoration.video_restorer import VideoOptions
+    from refface.video.encoding import Encoding
+
+    return VideoOptions(
+        encoding=Encoding(crf=args.crf, lossless=args.lossless),
+        detect_every=args.detect_every,
+        temporal_smoothing=args.temporal_smoothing,
+    )
+
+
+def _run_settings(args: argparse.Namespace, sampling: dict, video=None) -> dict:
     """What decides the results of a run, as its manifest records it (a resumed run must match)."""
     source = next(kind for kind in ("ref", "refs_dir", "people", "no_refs") if getattr(args, kind))
+    extra = {"video": video.settings()} if video is not None else {}
     return {
         "method": args.method,
         "model": [_absolute(p) for p in (args.model, args.checkpoint, args.vqgan, args.config)],
@@ -113,6 +126,7 @@ def _run_settings(args: argparse.Namespace, sampling: dict) -> dict:
         "identity": args.identity,
         "detector": args.detector,
         "strict": args.strict,
+        **extra,
     }
 
 
@@ -168,13 +182,16 @@ def _summarise(args: argparse.Namespace, summary, store, output: Path) -> int:
     if summary.resumed:
         say(args, f"resumed: {summary.resumed} photo(s) were already done.")
     rate = summary.faces_restored / summary.seconds if summary.seconds > 0 else 0.0
-    say(args, f"{summary.photos} photo(s), {summary.faces_restored} face(s) restored in {summary.seconds:.1f} s "
+    say(args, f"{summary.photos} file(s), {summary.faces_restored} face(s) restored in {summary.seconds:.1f} s "
               f"({rate:.2f} faces/s); {store.describe()}")  # fmt: skip
+    failed = summary.rows and not any(isinstance(row["face"], int) for row in summary.rows)
+    failed = failed and not summary.clips_written
     for problem in summary.problems:
-        print(f"refface: warning: {problem}", file=sys.stderr)
-    if summary.rows:
+        if not (failed and problem == summary.rows[0]["message"]):  # that one is the error below
+            print(f"refface: warning: {problem}", file=sys.stderr)
+    if (output / "report.csv").is_file() and summary.rows:
         say(args, f"wrote {output / 'report.csv'} ({len(summary.rows)} row(s))")
-    if summary.rows and not any(isinstance(row["face"], int) for row in summary.rows):
+    if failed:
         raise RefFaceError(summary.rows[0]["message"])  # no photo had a face to restore
     return 0
 
@@ -189,18 +206,25 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from refface.restoration.archive_inputs import list_photos
     from refface.restoration.photo_restorer import PhotoRestorer
     from refface.restoration.reference_store import ReferenceStore
+    from refface.restoration.video_restorer import VideoRestorer
+    from refface.video.media import is_video
     from refface.weights import cache_dir
 
     _check_restore_options(args)
     sampling = _sampling_options(args)
+    video_options = _video_options(args)
     if args.aligned:
+        clips = [path for path in args.lq if is_video(path)]
+        if clips:
+            raise RefFaceError(f"--aligned takes aligned face crops, but {clips[0]} is a video; leave --aligned out.")
         _aligned_output_paths(args)
     else:
         folder = _photo_output_folder(args)
         photos, notes = list_photos(args.lq, folder)
         for note in notes:
             say(args, f"note: {note}")
-        settings = _run_settings(args, sampling)
+        has_clips = any(photo.is_video for photo in photos)
+        settings = _run_settings(args, sampling, video_options if has_clips else None)
         prepare_archive(folder, photos, settings, args.overwrite)
 
     state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
@@ -217,10 +241,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     restorer = PhotoRestorer(
         pipe, people, detector, select=args.face, unknown=args.unknown, seed=args.seed, batch_size=args.batch_size,
         options=sampling, store=store, strict=args.strict,
-        progress=not args.quiet and (args.aligned or len(photos) == 1),
+        progress=not args.quiet and (args.aligned or (len(photos) == 1 and not has_clips)),
     )  # fmt: skip
     if args.aligned:
         return _restore_aligned(args, restorer)
+    videos = VideoRestorer(restorer, video_options, progress=not args.quiet) if has_clips else None
 
     def tell(photo, result) -> None:
         for note in result.notes:
@@ -232,9 +257,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
             say(args, f"wrote {folder / 'restored_imgs' / (photo.name + '.png')} ({len(result.restored_faces)} face(s) "
                       "restored)")  # fmt: skip
 
+    def tell_video(clip, result) -> None:
+        for note in result.notes:
+            say(args, f"note: {note}")
+        for track in result.tracks:
+            if track.face.message:
+                print(f"refface: warning: {track.face.message}", file=sys.stderr)
+        rate = result.frames / result.seconds if result.seconds > 0 else 0.0
+        say(args, f"wrote {result.output} ({result.frames} frames, {len(result.tracks)} face track(s), "
+                  f"{rate:.2f} frames/s)")  # fmt: skip
+
     summary = run_archive(
         photos, restorer, folder, settings, overwrite=args.overwrite, state=state if
         state.num_processes > 1 else None, progress=not args.quiet and len(photos) > 1, on_photo=tell,
+        videos=videos, on_video=tell_video,
     )  # fmt: skip
     if not state.is_main_process:
         return 0
@@ -314,7 +350,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     restore = commands.add_parser(
         "restore", help="restore the face(s) in photos (or aligned crops) with reference photos of the same person"
     )
-    restore.add_argument("lq", nargs="+", help="photos and folders of photos to restore (folders: recursively)")
+    restore.add_argument(
+        "lq", nargs="+", help="photos, video clips and folders of them to restore (folders: recursively)"
+    )
     restore.add_argument("--ref", nargs="+", help="reference photo(s) of ONE person (the largest face is used)")
     restore.add_argument(
         "--refs-dir", help="album folder: its faces are grouped into people, each face restored as its own person"
@@ -391,6 +429,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace existing output files (and start an interrupted run again)"
     )
     restore.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    video = restore.add_argument_group("video clips (.mp4, .mov, .mkv, .avi, .webm, .m4v)")
+    video.add_argument("--crf", type=int, default=18, help="H.264 quality, 0-51 (default 18: visually lossless)")
+    video.add_argument("--lossless", action="store_true", help="write the restored frames exactly (FFV1 in .mkv)")
+    video.add_argument(
+        "--temporal-smoothing",
+        type=float,
+        default=0.0,
+        help="blend each restored face with its neighbours in time, Gaussian sigma in frames (default 0: off)",
+    )
+    video.add_argument(
+        "--detect-every", type=int, default=1, help="look for faces on every k-th frame only (tracks fill the rest)"
+    )
     restore.set_defaults(handler=cmd_restore)
 
     align = commands.add_parser("align", help="write FFHQ-aligned face crops of photos")

@@ -1,9 +1,10 @@
 """Whole archives through a `PhotoRestorer`: streamed, resumable, sharded over processes, reported.
 
-Each process (rank r of n, under `accelerate launch` or torchrun) takes every n-th photo that is not done
-yet, restores them a window at a time, writes each photo's files atomically and then records it as done.
-The main process writes the manifest first and merges every process's records into the report at the end.
-A photo that cannot be read is an `error` row and the run goes on.
+Each process (rank r of n, under `accelerate launch` or torchrun) takes every n-th photo or clip that is not
+done yet, restores the photos a window at a time and the clips one by one (through a `VideoRestorer`), writes
+each one's files atomically and then records it as done. The main process writes the manifest first and merges
+every process's records into the report at the end. A photo or clip that cannot be read is an `error` row and
+the run goes on.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from refface.errors import RefFaceError
 from refface.imaging import check_output_path, load_image, save_image
 from refface.photo import comparison_image
 from refface.restoration.archive_inputs import ArchivePhoto
-from refface.restoration.photo_restorer import PhotoRestorer, PhotoResult
-from refface.restoration.report import people_sheet, photo_rows, write_report
+from refface.restoration.photo_restorer import ERROR, FaceResult, PhotoRestorer, PhotoResult
+from refface.restoration.report import error_row, people_sheet, photo_rows, track_rows, write_report
 from refface.restoration.run_record import RunRecord
+from refface.restoration.video_restorer import TrackResult, VideoRestorer, VideoResult
 
 FACE_FOLDERS = ("cropped_faces", "restored_faces", "cmp")
 
@@ -38,9 +40,17 @@ class ArchiveSummary:
     seconds: float
     problems: list[str] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
+    clips_written: int = 0
+
+
+VIDEO_FOLDER = "restored_videos"
+VIDEO_WORK = ".video-work"
 
 
 def result_path(output: Path, photo: ArchivePhoto) -> Path:
+    """The restored photo; for a clip, its name without the suffix its container decides (.mp4, .mkv, ...)."""
+    if photo.is_video:
+        return output / VIDEO_FOLDER / photo.name
     return output / "restored_imgs" / f"{photo.name}.png"
 
 
@@ -51,7 +61,11 @@ def face_file(photo: ArchivePhoto, kind: str, index: int) -> str:
 
 def _existing_output(output: Path, photo: ArchivePhoto) -> Path | None:
     target = result_path(output, photo)
-    if target.exists():
+    if photo.is_video:
+        found = sorted(target.parent.glob(f"{target.name}.*")) if target.parent.is_dir() else []
+        if found:
+            return found[0]
+    elif target.exists():
         return target
     stem = Path(photo.name)
     for kind in FACE_FOLDERS:
@@ -61,6 +75,14 @@ def _existing_output(output: Path, photo: ArchivePhoto) -> Path | None:
             if found:
                 return found[0]
     return None
+
+
+def _check_clip_output(target: Path, source: Path) -> None:
+    """A clip's output (whichever container it gets) must never be the clip itself."""
+    for suffix in {".mp4", ".mkv", source.suffix.lower()}:
+        candidate = target.with_suffix(suffix)
+        if candidate.resolve() == source.resolve():
+            raise RefFaceError(f"The output file {candidate} is also an input; refface never overwrites its inputs.")
 
 
 def prepare_archive(output: str | Path, photos: Sequence[ArchivePhoto], settings: dict, overwrite: bool) -> bool:
@@ -75,28 +97,63 @@ def prepare_archive(output: str | Path, photos: Sequence[ArchivePhoto], settings
     if resuming:
         record.check()
     for photo in photos:
-        check_output_path(result_path(output, photo), [photo.path], overwrite=True)
+        if photo.is_video:
+            _check_clip_output(result_path(output, photo), photo.path)
+        else:
+            check_output_path(result_path(output, photo), [photo.path], overwrite=True)
         if not (resuming or overwrite) and (existing := _existing_output(output, photo)) is not None:
             raise RefFaceError(f"The output file {existing} already exists; pass --overwrite to replace it.")
     return resuming
 
 
+def write_face(output: Path, photo: ArchivePhoto, face: FaceResult) -> str:
+    """A face's crop, restored crop and comparison; returns the restored crop's file ("" when not restored)."""
+    save_image(Image.fromarray(face.crop), output / face_file(photo, "cropped_faces", face.index))
+    if face.restored is None:
+        return ""
+    restored_file = face_file(photo, "restored_faces", face.index)
+    save_image(Image.fromarray(face.restored), output / restored_file)
+    references = face.person.references if face.references else []
+    comparison = comparison_image(face.crop, face.restored, references)
+    save_image(comparison, output / face_file(photo, "cmp", face.index))
+    return restored_file
+
+
 def write_photo(output: Path, photo: ArchivePhoto, result: PhotoResult) -> list[str]:
     """The photo's files (restored photo, per-face crops and comparisons); returns each face's restored file."""
-    restored_files = []
-    for face in result.faces:
-        save_image(Image.fromarray(face.crop), output / face_file(photo, "cropped_faces", face.index))
-        restored_file = ""
-        if face.restored is not None:
-            restored_file = face_file(photo, "restored_faces", face.index)
-            save_image(Image.fromarray(face.restored), output / restored_file)
-            references = face.person.references if face.references else []
-            comparison = comparison_image(face.crop, face.restored, references)
-            save_image(comparison, output / face_file(photo, "cmp", face.index))
-        restored_files.append(restored_file)
+    restored_files = [write_face(output, photo, face) for face in result.faces]
     if result.photo is not None and result.faces:  # a photo without faces is left where it is, not copied
         save_image(Image.fromarray(np.asarray(result.photo)), result_path(output, photo))
     return restored_files
+
+
+def _restore_clip(
+    videos: VideoRestorer,
+    clip: ArchivePhoto,
+    output: Path,
+    problems: list[str],
+    on_video: Callable[[ArchivePhoto, VideoResult], None] | None,
+) -> list[dict]:
+    """One clip into restored_videos/ (resuming its own unfinished segments); its report rows."""
+
+    def keep_track(track: TrackResult) -> None:
+        write_face(output, clip, track.face)
+
+    videos.on_track = keep_track
+    try:
+        result = videos.restore(clip.path, result_path(output, clip), work=output / VIDEO_WORK / clip.name)
+    except RefFaceError as error:
+        problems.append(str(error))
+        return [error_row(clip.name, str(error))]
+    files = []
+    for track in result.tracks:
+        restored_file = face_file(clip, "restored_faces", track.face.index)
+        if track.face.restored is None and not (output / restored_file).is_file():
+            restored_file = write_face(output, clip, track.face)  # not restored: its crop only
+        files.append(restored_file)
+    if on_video is not None:
+        on_video(clip, result)
+    return track_rows(clip.name, result, files)
 
 
 def run_archive(
@@ -109,9 +166,12 @@ def run_archive(
     state=None,
     progress: bool = True,
     on_photo: Callable[[ArchivePhoto, PhotoResult], None] | None = None,
+    videos: VideoRestorer | None = None,
+    on_video: Callable[[ArchivePhoto, VideoResult], None] | None = None,
 ) -> ArchiveSummary:
-    """Restore every photo not done yet into `output` (restored_imgs/, cropped_faces/, restored_faces/, cmp/,
-    report.csv, report.json, people.png). `state`: Accelerate's PartialState when several processes share it."""
+    """Restore every photo and clip not done yet into `output` (restored_imgs/, restored_videos/, cropped_faces/,
+    restored_faces/, cmp/, report.csv, report.json, people.png). `state`: Accelerate's PartialState when several
+    processes share it. `videos`: how clips are restored (default: with `restorer` and default video options)."""
     output = Path(output)
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     is_main = state is None or state.is_main_process
@@ -128,8 +188,9 @@ def run_archive(
     started, restored_before = time.perf_counter(), restorer.faces_restored
     problems: list[str] = []
     bar = tqdm(total=len(mine), desc="restoring photos", unit="photo", disable=not progress)
-    loaders = ((str(photo.path), lambda path=photo.path: load_image(path)) for photo in mine)
-    for photo, result in zip(mine, restorer.restore_many(loaders), strict=True):
+    stills = [photo for photo in mine if not photo.is_video]
+    loaders = ((str(photo.path), lambda path=photo.path: load_image(path)) for photo in stills)
+    for photo, result in zip(stills, restorer.restore_many(loaders), strict=True):
         if result.error is not None:
             problems.append(result.error)
         rows = photo_rows(photo.name, result, write_photo(output, photo, result))
@@ -139,16 +200,26 @@ def run_archive(
         bar.update(1)
         elapsed = max(time.perf_counter() - started, 1e-9)
         bar.set_postfix(faces_per_s=f"{(restorer.faces_restored - restored_before) / elapsed:.2f}")
+    clips = [photo for photo in mine if photo.is_video]
+    if clips:
+        videos = videos or VideoRestorer(restorer)
+    clips_written = 0
+    for clip in clips:
+        rows = _restore_clip(videos, clip, output, problems, on_video)
+        clips_written += rows[0]["status"] != ERROR
+        record.record(clip.name, rows)
+        bar.update(1)
     bar.close()
     summary = ArchiveSummary(
-        len(mine), resumed, restorer.faces_restored - restored_before, time.perf_counter() - started, problems
-    )
+        len(mine), resumed, restorer.faces_restored - restored_before, time.perf_counter() - started, problems,
+        clips_written=clips_written,
+    )  # fmt: skip
     if state is not None:
         state.wait_for_everyone()
     if is_main:
         finished = record.finished()
         summary.rows = [row for photo in photos for row in finished.get(photo.name, [])]
-        if not any(isinstance(row["face"], int) for row in summary.rows):
+        if not any(isinstance(row["face"], int) for row in summary.rows) and not summary.clips_written:
             record.discard()  # no photo had a face: nothing to resume or report
             return summary
         write_report(output, summary.rows, settings, restorer.people)

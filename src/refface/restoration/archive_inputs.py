@@ -1,4 +1,5 @@
-"""The photos of an archive run: files and folders (recursive, sorted), each with the name its results get.
+"""The photos and video clips of an archive run: files and folders (recursive, sorted), each with the name its
+results get.
 
 Folders are walked with symlinks followed, but a folder reached twice (a symlink loop, or two links to one
 place) is read once; the output folder is never scanned even when it sits inside an input folder; hidden
@@ -15,14 +16,22 @@ from pathlib import Path, PurePosixPath
 
 from refface.errors import RefFaceError
 from refface.imaging import SAVE_FORMATS
+from refface.video.media import VIDEO_SUFFIXES
+
+MEDIA_SUFFIXES = frozenset(SAVE_FORMATS) | VIDEO_SUFFIXES
 
 
 @dataclass(frozen=True)
 class ArchivePhoto:
-    """A photo to restore and the name of its results (a relative POSIX path without suffix, e.g. "1962/beach")."""
+    """A photo or clip to restore and the name of its results (a relative POSIX path without suffix, e.g.
+    "1962/beach")."""
 
     path: Path
     name: str
+
+    @property
+    def is_video(self) -> bool:
+        return self.path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -30,7 +39,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _walk(folder: Path, output: Path, notes: list[str]) -> list[Path]:
-    """Image files under `folder`, sorted, each real folder read once, the output folder left out."""
+    """Photo and video files under `folder`, sorted, each real folder read once, the output folder left out."""
     seen: set[Path] = set()
     found: list[Path] = []
     for top, folders, files in os.walk(folder, followlinks=True):
@@ -47,13 +56,13 @@ def _walk(folder: Path, output: Path, notes: list[str]) -> list[Path]:
             continue
         folders[:] = sorted(name for name in folders if not name.startswith("."))
         found.extend(
-            here / name for name in files if not name.startswith(".") and Path(name).suffix.lower() in SAVE_FORMATS
+            here / name for name in files if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_SUFFIXES
         )
     return sorted(found, key=lambda path: path.relative_to(folder).parts)
 
 
 def list_photos(inputs: Sequence[str | Path], output: str | Path) -> tuple[list[ArchivePhoto], list[str]]:
-    """Every photo the inputs name, in order, with their result names, and notes on what was left out."""
+    """Every photo and clip the inputs name, in order, with their result names, and notes on what was left out."""
     output_real = Path(output).resolve()
     notes: list[str] = []
     photos: list[ArchivePhoto] = []
@@ -66,7 +75,7 @@ def list_photos(inputs: Sequence[str | Path], output: str | Path) -> tuple[list[
             files = _walk(given, output_real, notes)
             if not files:
                 raise RefFaceError(
-                    f"The input folder {given} holds no photos ({', '.join(sorted(SAVE_FORMATS))}), "
+                    f"The input folder {given} holds no photos or videos ({', '.join(sorted(MEDIA_SUFFIXES))}), "
                     "counting its sub-folders."
                 )
             named = [(path, PurePosixPath(*path.relative_to(given).with_suffix("").parts).as_posix()) for path in files]
@@ -79,8 +88,8 @@ def list_photos(inputs: Sequence[str | Path], output: str | Path) -> tuple[list[
             read.add(real)
             if name in where:
                 raise RefFaceError(
-                    f"{where[name]} and {path} would both be written as {name}.png; rename one or restore them "
-                    "in separate runs."
+                    f"{where[name]} and {path} would both have their results named {name}; rename one or restore "
+                    "them in separate runs."
                 )
             where[name] = path
             photos.append(ArchivePhoto(path, name))

@@ -47,6 +47,7 @@ class FaceResult:
     status: str  # restored, restored-without-references, skipped
     restored: np.ndarray | None = None
     message: str = ""
+    seed: int | None = None  # this face's noise seed; None: the restorer's
 
     @property
     def references(self) -> list[str]:
@@ -143,17 +144,30 @@ class PhotoRestorer:
 
     def _plan(self, crops: list[np.ndarray], aligned: Sequence[AlignedFace | None], source: str) -> list[FaceResult]:
         matches = self._match(crops)
-        faces = []
-        for index, (crop, where, match) in enumerate(zip(crops, aligned, matches, strict=True)):
-            face = FaceResult(index, crop, where, match.person, match.distance, "")
-            self._check_named(face, source)
-            faces.append(self._with_status(face))
-        return faces
+        return [
+            self.planned(index, crop, where, match, source)
+            for index, (crop, where, match) in enumerate(zip(crops, aligned, matches, strict=True))
+        ]
+
+    def planned(
+        self, index: int, crop: np.ndarray, aligned: AlignedFace | None, match: Match, source: str
+    ) -> FaceResult:
+        """A face matched elsewhere (e.g. a video's face track, by its identity over many frames), checked
+        against its person's references and given its status, as a face of a photo would be."""
+        face = FaceResult(index, crop, aligned, match.person, match.distance, "")
+        self._check_named(face, source)
+        return self._with_status(face)
+
+    def match_vectors(self, vectors: np.ndarray) -> list[Match]:
+        """Identity vectors of faces seen together, each matched to a different person (or to nobody)."""
+        if not len(self.people) or not len(vectors):
+            return [Match(None, None) for _ in range(len(vectors))]
+        return self.people.match(vectors)
 
     def _match(self, crops: list[np.ndarray]) -> list[Match]:
         if not len(self.people) or not crops:
             return [Match(None, None) for _ in crops]
-        return self.people.match(self.people.embedder.embed(crops))
+        return self.match_vectors(self.people.embedder.embed(crops))
 
     def _check_named(self, face: FaceResult, source: str) -> None:
         """A face the user named whose identity differs from the references: warned, or refused with --strict."""
@@ -212,18 +226,20 @@ class PhotoRestorer:
             for start in range(0, len(group), self.batch_size)
         ]
 
-    def _restore_planned(self, faces: list[FaceResult]) -> None:
-        """Restore the faces that need it, those of one person together in batches of `batch_size`."""
+    def restore_faces(self, faces: Sequence[FaceResult]) -> None:
+        """Restore the faces that need it (their `restored` is set), those of one person together in batches of
+        `batch_size`, each from its own `seed` when it has one."""
         batches = self.batches(faces)
         for number, (person, batch) in enumerate(batches, start=1):
             references = self.store.encoded(person)
             if self.batch_callback is not None:
                 self.batch_callback(number, len(batches), batch)
             crops = [Image.fromarray(face.crop) for face in batch]
+            own_seeds = any(face.seed is not None for face in batch)
+            seed = [self.seed if face.seed is None else face.seed for face in batch] if own_seeds else self.seed
             output = self.pipe(
-                crops, references, seed=self.seed, progress=self.progress, step_callback=self.step_callback,
-                **self.options,
-            )  # fmt: skip
+                crops, references, seed=seed, progress=self.progress, step_callback=self.step_callback, **self.options
+            )
             for face, image in zip(batch, output.images, strict=True):
                 face.restored = np.asarray(image.convert("RGB"))
             self.faces_restored += len(batch)
@@ -256,7 +272,7 @@ class PhotoRestorer:
         if people_of:
             self.assign(faces, people_of)
         planned = _Planned(source, as_rgb_array(photo), faces, notes)
-        self._restore_planned(faces)
+        self.restore_faces(faces)
         return self._paste(planned)
 
     def restore_many(
@@ -293,7 +309,7 @@ class PhotoRestorer:
         return _Planned(source, pixels, faces, notes)
 
     def _finish(self, pending: list[_Planned]) -> list[PhotoResult]:
-        self._restore_planned([face for planned in pending for face in planned.faces])
+        self.restore_faces([face for planned in pending for face in planned.faces])
         return [self._paste(planned) for planned in pending]
 
     def restore_crops(self, crops: Sequence[Image.Image | np.ndarray], source: str = "the crop") -> list[FaceResult]:
@@ -304,5 +320,5 @@ class PhotoRestorer:
             face = self._plan([crop], [None], f"{source} {number}" if len(arrays) > 1 else source)[0]
             face.index = number
             faces.append(face)
-        self._restore_planned(faces)
+        self.restore_faces(faces)
         return faces

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from refface.restoration.people import People
 from refface.restoration.photo_restorer import ERROR, SKIPPED, PhotoResult
+from refface.restoration.video_restorer import VideoResult
 
 COLUMNS = ("photo", "face", "person", "references", "distance", "status", "message", "output")
 THUMB = 96
@@ -26,24 +27,45 @@ FACES_SHOWN = 8
 LABEL_WIDTH = 150
 
 
+def error_row(name: str, message: str) -> dict:
+    """The one row of a photo or clip that could not be read."""
+    return _row(name, status=ERROR, message=message)
+
+
+def _face_row(name: str, face, file: str, message: str) -> dict:
+    return _row(
+        name,
+        face=face.index,
+        person=face.person_name,
+        references=";".join(face.references),
+        distance="" if face.distance is None else round(face.distance, 4),
+        status=face.status,
+        message=message,
+        output=file,
+    )
+
+
 def photo_rows(name: str, result: PhotoResult, face_files: Sequence[str]) -> list[dict]:
     """The report rows of one photo: one per face, or one for the photo when it had none (or failed)."""
     if result.error is not None:
-        return [_row(name, status=ERROR, message=result.error)]
+        return [error_row(name, result.error)]
     if not result.faces:
         return [_row(name, status=SKIPPED, message="; ".join(result.notes))]
     return [
-        _row(
-            name,
-            face=face.index,
-            person=face.person_name,
-            references=";".join(face.references),
-            distance="" if face.distance is None else round(face.distance, 4),
-            status=face.status,
-            message=face.message,
-            output=file if face.restored is not None else "",
-        )
+        _face_row(name, face, file if face.restored is not None else "", face.message)
         for face, file in zip(result.faces, face_files, strict=True)
+    ]
+
+
+def track_rows(name: str, result: VideoResult, face_files: Sequence[str]) -> list[dict]:
+    """The report rows of one clip: one per face track (`face` is the track's number, the message names its
+    frames and the restored clip), or one for the clip when no face was restored."""
+    video = f"{result.output.parent.name}/{result.output.name}" if result.output is not None else ""
+    if not result.tracks:
+        return [_row(name, status=SKIPPED, message="; ".join(result.notes))]
+    return [
+        _face_row(name, track.face, file, "; ".join(part for part in (track.frames, video, track.face.message) if part))
+        for track, file in zip(result.tracks, face_files, strict=True)
     ]
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from benchmarks.timing import peak_rss_gb  # noqa: E402
 from PIL import Image  # noqa: E402
 from tests.face.photos import astronaut, degrade, grace_hopper, place  # noqa: E402
 from tests.face.test_album import write_album  # noqa: E402
@@ -60,21 +60,6 @@ def make_archive(folder: Path, count: int) -> Path:
 def restore_command(model: Path, output: Path, *arguments: str) -> list[str]:
     return [sys.executable, "-m", "refface.cli", "restore", *arguments, "--output", str(output), "--model",
             str(model), "--steps", TINY_STEPS, "--device", "cpu", "--overwrite", "-q"]  # fmt: skip
-
-
-def peak_rss_gb(command: list[str], env: dict) -> tuple[float, float, str]:
-    """Wall time, the command's peak RSS in GB (its own rusage, read by a small wrapper process) and its stdout."""
-    start = time.perf_counter()
-    wrapper = [sys.executable, "-c", (
-        "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
-        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
-    ), *command]  # fmt: skip
-    done = subprocess.run(wrapper, capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"refface restore failed:\n{done.stderr[-2000:]}")
-    peak = int(re.search(r"PEAK_RSS_KB (\d+)", done.stdout).group(1)) / 1024**2
-    return seconds, peak, done.stdout
 
 
 def stage_archive(work: Path, model: Path, count: int, env: dict) -> dict:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -55,3 +58,18 @@ def peak_allocated_bytes(action: Callable[[], object]) -> int:
         current += change
         peak = max(peak, current)
     return peak
+
+
+def peak_rss_gb(command: list[str], env: dict) -> tuple[float, float, str]:
+    """Wall time, the command's peak RSS in GB (its own rusage, read by a small wrapper process) and its stdout."""
+    start = time.perf_counter()
+    wrapper = [sys.executable, "-c", (
+        "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+        "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+    ), *command]  # fmt: skip
+    done = subprocess.run(wrapper, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"refface restore failed:\n{done.stderr[-2000:]}")
+    peak = int(re.search(r"PEAK_RSS_KB (\d+)", done.stdout).group(1)) / 1024**2
+    return seconds, peak, done.stdout

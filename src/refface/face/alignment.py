@@ -126,9 +126,15 @@ def _prefiltered(photo: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.n
 def _padding_blend(crop: np.ndarray, matrix: np.ndarray, photo_shape: tuple[int, int], quad_size: float) -> np.ndarray:
     """FFHQ's padding: beyond the photo edge, fade the mirrored content into blur and then the median colour."""
     size = crop.shape[0]
+    height, width = photo_shape
+    # How far outside the photo a crop pixel lies is convex in the pixel, so its largest value over the crop is
+    # at a corner: a crop inside the photo needs no padding (most faces; it spares a per-pixel pass).
+    corners = transform_points(invert_matrix(matrix), np.array([[0, 0], [0, size - 1], [size - 1, 0], [size - 1] * 2]))
+    if max(-corners[:, 0].min(), corners[:, 0].max() - (width - 1), -corners[:, 1].min(),
+           corners[:, 1].max() - (height - 1)) <= 1.0:  # fmt: skip
+        return crop
     grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), axis=-1).reshape(-1, 2)
     photo_points = transform_points(invert_matrix(matrix), grid)
-    height, width = photo_shape
     outside = np.maximum.reduce(
         [-photo_points[:, 0], photo_points[:, 0] - (width - 1), -photo_points[:, 1], photo_points[:, 1] - (height - 1)]
     ).reshape(size, size)

@@ -49,16 +49,20 @@ from refface.video.synthetic_clip import render_frames, smooth_path, tone, write
 from refface.video.tracks import TrackBuilder  # noqa: E402
 
 FPS = 24
+STAGES = ("jitter", "flicker", "throughput", "memory")
 
 
 def cpu_name() -> str:
+    """The CPU, its core count and its vector extensions (the figures depend on them)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+        return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    extensions = [label for flag, label in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if flag in flags]
+    extensions = extensions or (["AVX2"] if "avx2" in flags else [])
+    return f"{name} ({os.cpu_count()} cores, {', '.join(extensions) or 'no AVX2'})"
 
 
 def make_clip(path: Path, seconds: float, size=(256, 256), still: bool = False, noise: float = 6.0,
@@ -193,6 +197,7 @@ def main() -> None:
     parser.add_argument("--short", type=float, default=10.0, help="seconds of the short memory clip")
     parser.add_argument("--long", type=float, default=60.0, help="seconds of the long memory clip")
     parser.add_argument("--fresh", action="store_true", help="measure every stage again")
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run")
     args = parser.parse_args()
 
     work = Path(args.out)
@@ -202,6 +207,8 @@ def main() -> None:
     results["machine"] = cpu_name()
 
     def stage(name: str, measure) -> None:
+        if name not in args.stages:
+            return
         if name in results:
             print(f"{name}: done before, kept ({results_path})")
             return

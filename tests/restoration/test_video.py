@@ -45,6 +45,7 @@ def clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("clips")
     return {
         "moving": moving_clip(root / "walk.mp4")[0],
+        "short": moving_clip(root / "short.mp4", frames=14)[0],
         "still": still_clip(root / "still.mkv", frames=10),
     }
 
@@ -118,18 +119,19 @@ class Interrupting:
 
 @pytest.mark.parametrize("temporal_smoothing", [1.0])
 def test_an_interrupted_run_resumes_into_the_same_file(pipe, detector, clips, tmp_path, temporal_smoothing):
-    options = VideoOptions(encoding=LOSSLESS, segment_frames=5, temporal_smoothing=temporal_smoothing)
-    whole = VideoRestorer(restorer(pipe, detector), options).restore(clips["moving"], tmp_path / "whole" / "walk")
+    options = VideoOptions(encoding=LOSSLESS, segment_frames=4, temporal_smoothing=temporal_smoothing)
+    clip = clips["short"]
+    whole = VideoRestorer(restorer(pipe, detector), options).restore(clip, tmp_path / "whole" / "walk")
     interrupting = Interrupting(pipe, stop_at=5)
     with pytest.raises(KeyboardInterrupt):
-        VideoRestorer(restorer(interrupting, detector), options).restore(clips["moving"], tmp_path / "cut" / "walk")
+        VideoRestorer(restorer(interrupting, detector), options).restore(clip, tmp_path / "cut" / "walk")
     assert not (tmp_path / "cut" / "walk.mkv").exists()
     work = tmp_path / "cut" / ".walk.work"
-    assert sorted(p.name for p in work.glob("segment-*.npz"))[:1] == ["segment-00000.npz"]
+    assert [p.name for p in sorted(work.glob("segment-*.npz"))] == ["segment-00000.npz", "segment-00001.npz"]
     counting = Interrupting(pipe, stop_at=0)
-    resumed = VideoRestorer(restorer(counting, detector), options).restore(clips["moving"], tmp_path / "cut" / "walk")
-    assert resumed.resumed_frames >= 5 and any("resumed after" in note for note in resumed.notes)
-    assert counting.calls < 8  # 24 frames in groups of 3: the finished segments were not restored again
+    resumed = VideoRestorer(restorer(counting, detector), options).restore(clip, tmp_path / "cut" / "walk")
+    assert resumed.resumed_frames == 8 and any("resumed after 8 frame(s)" in note for note in resumed.notes)
+    assert counting.calls == 3  # frames 6 to 13 in groups of 3 (from 6, which frame 8's blend reaches back to)
     assert resumed.output.read_bytes() == whole.output.read_bytes()
 
 

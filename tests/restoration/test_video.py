@@ -244,3 +244,31 @@ def test_cli_bad_clips_each_get_one_sentence_and_nothing_is_lost(tiny_model, cli
         VideoOptions(temporal_smoothing=-1)
     assert main(restore_command(tiny_model, tmp_path / "o4", clips["still"], extra=["--aligned"])) == 1
     assert "is a video; leave --aligned out" in capsys.readouterr().err
+
+
+def test_cli_an_interrupted_clip_is_finished_by_the_same_command(tiny_model, clips, tmp_path, monkeypatch, capsys):
+    from refface.pipelines.refldm import RefLDMPipeline
+
+    calls = {"count": 0}
+    original = RefLDMPipeline.__call__
+
+    def interrupted(self, *args, **options):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **options)
+
+    monkeypatch.setattr(RefLDMPipeline, "__call__", interrupted)
+    out = tmp_path / "out"
+    command = restore_command(tiny_model, out, clips["short"], extra=["--lossless"])
+    assert main(command) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (out / "restored_videos" / "short.mkv").exists()
+    assert (out / ".video-work" / "short" / "tracks.npz").is_file()  # the faces found are kept
+    assert main(command) == 0
+    assert probe_video(out / "restored_videos" / "short.mkv").frames == 14
+    assert not (out / ".video-work" / "short").exists()
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [(row["photo"], row["face"], row["status"]) for row in rows] == [
+        ("short", "0", "restored-without-references")
+    ]

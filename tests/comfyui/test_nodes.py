@@ -111,6 +111,12 @@ def test_a_face_of_nobody_connected_can_be_left_untouched(model, people):
     assert float(only[0, :, 540:].max()) == 0.0 and float(only[0, :, :500].max()) > 0.9  # face 1: the astronaut
 
 
+def test_an_image_without_a_face_passes_through_with_an_empty_mask(model):
+    image = torch.full((1, 120, 160, 3), 128 / 255)
+    restored, mask = RestoreFaces().restore(model, image, **SAMPLING, faces="all", face_number=0, unknown="no-refs")
+    assert torch.equal(restored, image) and mask.shape == (1, 120, 160) and float(mask.max()) == 0.0
+
+
 def test_comfyui_progress_and_cancel_are_used_inside_comfyui(model, people, monkeypatch):
     bars, checks = [], []
 

@@ -61,8 +61,9 @@ class Progress:
         self._show((self.begun - 1) * self.steps + min(index + 1, self.steps))
 
     def finish(self) -> None:
-        """Every call ran: the bar is full (also where `strength` below 1 took fewer steps)."""
-        self._show((self.calls or 0) * self.steps)
+        """Every call ran: the bar is full (also where `strength` below 1 took fewer steps); no calls, no bar."""
+        if self.calls:
+            self._show(self.calls * self.steps)
 
     def close(self) -> None:
         if self._tqdm is not None:

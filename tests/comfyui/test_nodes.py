@@ -111,16 +111,23 @@ def test_a_face_of_nobody_connected_can_be_left_untouched(model, people):
     assert float(only[0, :, 540:].max()) == 0.0 and float(only[0, :, :500].max()) > 0.9  # face 1: the astronaut
 
 
+def test_an_image_without_a_face_passes_through_with_an_empty_mask(model):
+    image = torch.full((1, 120, 160, 3), 128 / 255)
+    restored, mask = RestoreFaces().restore(model, image, **SAMPLING, faces="all", face_number=0, unknown="no-refs")
+    assert torch.equal(restored, image) and mask.shape == (1, 120, 160) and float(mask.max()) == 0.0
+
+
 def test_comfyui_progress_and_cancel_are_used_inside_comfyui(model, people, monkeypatch):
     bars, checks = [], []
 
-    class ProgressBar:
-        def __init__(self, total):
-            self.total, self.done = total, 0
+    class ProgressBar:  # comfy.utils.ProgressBar's interface
+        def __init__(self, total, node_id=None):
+            self.total, self.shown = total, []
             bars.append(self)
 
-        def update(self, value):
-            self.done += value
+        def update_absolute(self, value, total=None, preview=None):
+            self.total = total if total is not None else self.total
+            self.shown.append(value)
 
     class Interrupted(Exception):
         pass
@@ -140,13 +147,32 @@ def test_comfyui_progress_and_cancel_are_used_inside_comfyui(model, people, monk
     with pytest.raises(Interrupted):  # the user's Cancel stops the node between sampling steps
         RestoreFaces().restore(model, image, **{**SAMPLING, "steps": 5}, faces="all", face_number=0,
                                unknown="no-refs", person=grace, person_2=eileen)  # fmt: skip
-    assert bars[-1].total == 2 and len(checks) == 4  # two pipeline calls planned; stopped in the first
+    assert bars[-1].total == 2 * 5 and len(checks) == 4  # two pipeline calls of 5 steps planned
+    assert bars[-1].shown == [0, 1, 2]  # stopped in the first call, at its third step
     checks.clear()  # no cancel this time
     monkeypatch.setitem(sys.modules, "comfy.model_management", types.SimpleNamespace(
         throw_exception_if_processing_interrupted=lambda: checks.append(1)))  # fmt: skip
     RestoreFaces().restore(model, image, **SAMPLING, faces="all", face_number=0, unknown="no-refs", person=grace,
                            person_2=eileen)  # fmt: skip
-    assert bars[-1].done == bars[-1].total == 2 and len(checks) == 2 + 2 * 2  # a check per call and per step
+    assert bars[-1].total == 2 * 2 and len(checks) == 2 + 2 * 2  # a check per call and per step
+    assert bars[-1].shown == [0, 1, 2, 2, 3, 4, 4]  # a unit per sampling step, full at the end
+    RestoreAlignedFace().restore(model, torch.rand(2, 32, 32, 3), **SAMPLING, person=grace)
+    assert bars[-1].total == 1 * 2 and bars[-1].shown == [0, 1, 2, 2]  # one call (told at its start)
+    lighter = RestoreFaces().restore(model, image, **{**SAMPLING, "steps": 4, "strength": 0.5}, faces="largest",
+                                     face_number=0, unknown="no-refs", person=grace)  # fmt: skip
+    assert lighter[0].shape == image.shape and bars[-1].shown[-1] == bars[-1].total == 4  # fewer steps, still full
+
+
+def test_the_nodes_run_under_inference_mode_as_comfyui_runs_them(tmp_path):
+    """ComfyUI executes every node inside torch.inference_mode(): the model loaded there must restore there."""
+    make_tiny_pipeline(seed=3).save_pretrained(tmp_path / "model")
+    image = _image(group_photo())
+    with torch.inference_mode():
+        model = LoadRefLDM().load(str(tmp_path / "model"), "cpu", "fp32")[0]
+        grace = EncodePerson().encode(model, _image(place(grace_hopper(), 0, 0.9)[0]), "Grace")[0]
+        restored, mask = RestoreFaces().restore(model, image, **SAMPLING, faces="largest", face_number=0,
+                                                unknown="no-refs", person=grace)  # fmt: skip
+    assert restored.shape == image.shape and float(mask.max()) == 1.0
 
 
 def test_aligned_crops_come_back_at_their_size_and_depend_on_the_person(model, people):

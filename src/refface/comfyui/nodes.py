@@ -84,8 +84,11 @@ class LoadRefLDM:
         }
 
     def load(self, model_folder: str, device: str, dtype: str) -> tuple[RefFaceModel]:
-        method, pipe = _load_pipeline(model_folder)
-        pipe = pipe.to(device=resolve_device(device, "The device"), dtype=DTYPES[dtype])
+        # ComfyUI runs every node under torch.inference_mode(), where new tensors are inference tensors
+        # without a version counter, which the pipeline's weight-derived caches check: load normal ones.
+        with torch.inference_mode(False):
+            method, pipe = _load_pipeline(model_folder)
+            pipe = pipe.to(device=resolve_device(device, "The device"), dtype=DTYPES[dtype])
         detector = DlibDetector()
         embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
         return (RefFaceModel(method, pipe, detector, embedder, ReferenceStore(pipe, cache_dir() / "people")),)
@@ -209,9 +212,9 @@ class RestoreFaces:
             except NoFaceFound as nothing:
                 print(f"refface: note: {nothing} It is passed through unchanged.")
                 planned.append([])
-        progress = Progress(sum(len(restorer.batches(found)) for found in planned))
-        restorer.step_callback = progress.check
-        restorer.batch_callback = lambda number, total, batch: progress.advance()
+        progress = Progress(sum(len(restorer.batches(found)) for found in planned), steps)
+        restorer.step_callback = progress.step
+        restorer.batch_callback = lambda number, total, batch: progress.begin()
         outputs, masks = [], []
         try:
             for number, (pixels, found) in enumerate(zip(photos, planned, strict=True)):
@@ -221,6 +224,7 @@ class RestoreFaces:
                 for face in result.restored_faces if result is not None else []:
                     mask = np.maximum(mask, face_mask(face.aligned, pixels.shape[:2], face.restored.shape[0]))
                 masks.append(mask)
+            progress.finish()
         finally:
             progress.close()
         return to_image(outputs), to_mask(masks)
@@ -260,11 +264,12 @@ class RestoreAlignedFace:
             options=_sampling(model, steps, guidance, solver, strength), store=model.store,
         )  # fmt: skip
         arrays = to_arrays(crops, "crops IMAGE")
-        progress = Progress(len(arrays))
-        restorer.step_callback = progress.check
-        restorer.batch_callback = lambda number, total, batch: progress.advance(len(batch))
+        progress = Progress(None, steps)  # the number of calls (the restorer's batches) comes with the first
+        restorer.step_callback = progress.step
+        restorer.batch_callback = lambda number, total, batch: progress.begin(total)
         try:
             faces = restorer.restore_crops(arrays, "the crop")
+            progress.finish()
         finally:
             progress.close()
         size = arrays[0].shape[1::-1]

@@ -92,7 +92,7 @@ def describe(pipe: RefLDMPipeline, folder: Path, files: dict[str, str], opset: i
             "null_condition": "unet_reference on one all-zero latent, its tokens repeated once per reference",
         },
         "graphs": graphs,
-        "host_flags": {"inputs": list(HOST_FLAGS), "effect": "none; accepted for hosts that bind them"},
+        "host_flags": {"inputs": list(HOST_FLAGS), "feed": [True], "effect": "none; for hosts that bind them"},
         "attention_layers": layers,
         "sampling": {
             "solver": "ddim",

@@ -2,8 +2,9 @@
 
 The hosts that run ReF-LDM as a denoiser bind `is_ref_flag_input` and
 `use_reference_exclusive_path_globally_input` (bool [1]) on every U-Net call, through IOBinding, which refuses
-a name the graph does not use. refface's `unet.onnx` therefore takes both, with a default (True) so that other
-callers may leave them out, and adds `0 * (a + b)` to its output: exactly nothing, but a use of each input.
+a name the graph does not use and cannot bind an input that has a default (an initializer). refface's
+`unet.onnx` therefore takes both as plain inputs (any value) and adds `0 * (a + b)` to its output: exactly
+nothing, but a use of each input.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ HOST_FLAGS = ("is_ref_flag_input", "use_reference_exclusive_path_globally_input"
 
 
 def accept_host_flags(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
-    """`model` with the two optional flag inputs, each used in a no-op on the graph output `output`."""
+    """`model` with the two flag inputs, each used in a no-op on the graph output `output`."""
     graph = model.graph
     raw = f"{output}_before_flags"
     for node in graph.node:
         node.output[:] = [raw if name == output else name for name in node.output]
     casts = []
     for flag in HOST_FLAGS:
-        graph.initializer.append(numpy_helper.from_array(np.array([True]), flag))
         graph.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, [1]))
         casts.append(f"{flag}_as_float")
         graph.node.append(helper.make_node("Cast", [flag], [casts[-1]], to=TensorProto.FLOAT))

@@ -132,6 +132,9 @@ class OnnxRestorer:
         self.latent_size = int(self.description["latent"]["size"])
         unet_inputs = self.description["graphs"]["unet"]["inputs"]
         self._sample_name, self._timestep_name = unet_inputs[0]["name"], unet_inputs[1]["name"]
+        # inputs face-swap hosts bind, which change nothing (any value will do)
+        flags = self.description.get("host_flags", {})
+        self._flags = {name: np.array(flags.get("feed", [True])) for name in flags.get("inputs", [])}
         self._null: dict[str, np.ndarray] | None = None
 
     # ----------------------------------------------------------------------------- graphs
@@ -152,6 +155,7 @@ class OnnxRestorer:
         """One U-Net call: `sample` [B, 2C, h, w], keys/values [B, heads, head_dim, tokens] -> eps [B, C, h, w]."""
         feeds = {self._sample_name: sample, self._timestep_name: np.full(sample.shape[0], timestep, np.int64)}
         feeds.update(keys_values)
+        feeds.update(self._flags)
         return self.sessions["unet"].run(None, feeds)[0]
 
     # ----------------------------------------------------------------------------- references

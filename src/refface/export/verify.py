@@ -16,6 +16,7 @@ import torch
 from refface.export.description import read_description
 from refface.export.errors import ExportError
 from refface.export.graphs import UNetGraph, UNetReferenceGraph, VQDecoderGraph, VQEncoderGraph
+from refface.export.host_flags import HOST_FLAGS
 from refface.pipelines.refldm import RefLDMPipeline
 
 
@@ -85,6 +86,7 @@ def verify_export(
         names = [name for layer in unet.layers for name in (layer.key_name, layer.value_name)]
         feeds = {"x_noisy_plus_lq_latent": sample.numpy(), "timesteps": timesteps.numpy()}
         feeds.update({name: t.numpy() for name, t in zip(names, kv, strict=True)})
+        feeds.update({flag: np.array([True]) for flag in HOST_FLAGS})
         got = ort_session(files["unet"]).run(None, feeds)
         results["unet"] = _max_difference(got, [want])
     return results

@@ -30,6 +30,11 @@ from refface import RefLDMPipeline, released_architecture, tiny_architecture
 from refface.export.onnx_export import export_onnx
 from refface.export.onnx_sampler import OnnxRestorer, Schedule, ddim_timesteps, to_model_input
 from refface.export.verify import verify_export
+from refface.models.cache_kv import ReferenceBatch
+from refface.models.unet import denoise_copies
+from refface.models.vq import encode_unquantized
+from refface.pipelines.schedule import sampling_scheduler
+from refface.speedups import kept_transformed_weights
 
 ARCHES = {"released": released_architecture, "tiny": tiny_architecture}
 
@@ -54,40 +59,46 @@ def cpu_flags() -> str:
     return ", ".join(name for name in ("avx2", "avx512f", "amx_tile") if name in flags) or "none of avx2/avx512f/amx"
 
 
-def refface_step_times(pipe: RefLDMPipeline, lq: torch.Tensor, refs: torch.Tensor, steps: int) -> list[float]:
-    """Wall time of each guided step of refface's exact mode (the pipeline's own loop, step callback stamps)."""
-    cache = pipe.encode_references(refs)
-    pipe.null_references(cache.num_references)  # per model, made before the clock as in a served model
-    stamps: list[float] = []
-    pipe(
-        lq,
-        cache,
-        num_inference_steps=steps,
-        progress=False,
-        seed=0,
-        step_callback=lambda *_: stamps.append(time.perf_counter()),
-    )
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+def interleaved_step_times(
+    pipe: RefLDMPipeline, restorer: OnnxRestorer, lq: np.ndarray, refs: np.ndarray, steps: int
+) -> tuple[list[float], list[float]]:
+    """Wall time of each guided DDIM step both ways, alternating, so load from other processes hits both alike.
 
+    refface: its exact mode's step as its sampling loop runs it (the CPU speed-ups on, transformed weights
+    kept for the loop, the layers before the first attention shared by the two guidance branches, the null
+    references attended once with a log-count bias). onnxruntime: `onnx_sampler`'s step, one unet.onnx call
+    for the batch [null, references] and the numpy DDIM update.
+    """
+    lq_t = torch.from_numpy(lq).permute(0, 3, 1, 2).float() / 127.5 - 1
+    refs_t = torch.from_numpy(refs).permute(0, 3, 1, 2).float() / 127.5 - 1
+    cache = pipe.encode_references(refs_t)
+    context = ReferenceBatch(((1, pipe.null_references(cache.num_references)), (1, cache)))
+    lq_latent = encode_unquantized(pipe.vqvae, lq_t)
+    scheduler = sampling_scheduler(pipe.scheduler, steps, "uniform_trailing")
+    x = pipe.initial_noise(1, 0)
 
-def onnx_step_times(restorer: OnnxRestorer, lq: np.ndarray, refs: np.ndarray, steps: int) -> list[float]:
-    """Wall time of each guided step of the numpy sampler: one unet.onnx call (both branches) and the update."""
     keys_values = restorer.encode_references(refs)
-    count = restorer.reference_count(keys_values)
-    null = restorer.null_references(count)
-    context = {name: np.concatenate([null[name], keys_values[name]]) for name in restorer.kv_names}
-    lq_latent = restorer.encode(to_model_input(lq, restorer.image_size))
+    null = restorer.null_references(restorer.reference_count(keys_values))
+    onnx_context = {name: np.concatenate([null[name], keys_values[name]]) for name in restorer.kv_names}
+    onnx_lq = restorer.encode(to_model_input(lq, restorer.image_size))
     schedule = Schedule(restorer.alphas_cumprod, steps)
-    latents = np.random.default_rng(0).standard_normal(lq_latent.shape, dtype=np.float32)
-    times = []
-    for t in ddim_timesteps(schedule.total, steps, "uniform_trailing"):
-        start = time.perf_counter()
-        sample = np.concatenate([np.concatenate([latents, latents]), np.concatenate([lq_latent, lq_latent])], axis=1)
-        eps = restorer.denoise(sample, int(t), context)
-        eps = eps[:1] + np.float32(1.5) * (eps[1:] - eps[:1])
-        latents = schedule.step(eps, int(t), latents)
-        times.append(time.perf_counter() - start)
-    return times[1:]
+    latents = x.numpy()
+
+    ours, theirs = [], []
+    with kept_transformed_weights():
+        for t in ddim_timesteps(schedule.total, steps, "uniform_trailing"):
+            start = time.perf_counter()
+            eps = denoise_copies(pipe.unet, torch.cat([x, lq_latent], dim=1), torch.tensor(t), context, copies=2)
+            eps_null, eps_ref = eps.chunk(2)
+            x = scheduler.step(eps_null + 1.5 * (eps_ref - eps_null), torch.tensor(t), x).prev_sample
+            ours.append(time.perf_counter() - start)
+
+            start = time.perf_counter()
+            sample = np.concatenate([np.concatenate([latents, latents]), np.concatenate([onnx_lq, onnx_lq])], axis=1)
+            eps = restorer.denoise(sample, int(t), onnx_context)
+            latents = schedule.step(eps[:1] + np.float32(1.5) * (eps[1:] - eps[:1]), int(t), latents)
+            theirs.append(time.perf_counter() - start)
+    return ours[1:], theirs[1:]  # the first step of each warms caches up
 
 
 def main() -> int:
@@ -97,13 +108,17 @@ def main() -> int:
     parser.add_argument("--timed-steps", type=int, default=4, help="guided steps timed per runtime (median)")
     parser.add_argument("--restore-steps", type=int, default=3, help="DDIM steps of the whole-restoration check")
     parser.add_argument("--folder", help="export here (default: a temporary folder, removed at the end)")
+    parser.add_argument("--threads", type=int, help="threads for both runtimes (default: PyTorch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = args.threads or torch.get_num_threads()
 
     torch.manual_seed(0)
     pipe = RefLDMPipeline.from_architecture(ARCHES[args.arch]()).eval_mode()
     size = pipe.image_size
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores; {cpu_flags()})")
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}")
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads each")
     print(f"architecture: {args.arch} ({size} px), random weights, fp32\n")
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -124,15 +139,18 @@ def main() -> int:
         def as_tensor(images: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
-        restorer = OnnxRestorer(folder)
-        timed = args.timed_steps + 1  # the first step is not timed (it warms caches up)
+        restorer = OnnxRestorer(folder, threads=args.threads)
+        print(f"\nload average before timing: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         with torch.no_grad():
-            ours = statistics.median(refface_step_times(pipe, as_tensor(lq), as_tensor(refs), timed))
-        ort = statistics.median(onnx_step_times(restorer, lq, refs, timed))
+            ours, theirs = interleaved_step_times(pipe, restorer, lq, refs, args.timed_steps + 1)
+        print(f"load average after timing: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
         print(
-            f"\nguided step ({args.refs} reference(s), batch [null, references], median of {args.timed_steps}): "
-            f"refface exact mode {ours:.3f} s, onnxruntime {ort:.3f} s (onnxruntime / refface = {ort / ours:.2f})"
+            f"guided step ({args.refs} reference(s), median of {args.timed_steps}, alternating): refface exact mode "
+            f"{ours_s:.3f} s, onnxruntime {theirs_s:.3f} s (onnxruntime / refface = {theirs_s / ours_s:.2f})"
         )
+        print(f"  refface steps: {', '.join(f'{t:.2f}' for t in ours)}")
+        print(f"  onnxruntime steps: {', '.join(f'{t:.2f}' for t in theirs)}")
 
         noise = pipe.initial_noise(1, 7)
         want = pipe(as_tensor(lq), as_tensor(refs), num_inference_steps=args.restore_steps, noise=noise, progress=False)

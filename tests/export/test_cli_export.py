@@ -12,13 +12,6 @@ from refface.export import onnx_export
 from tests.conftest import make_tiny_pipeline
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    make_tiny_pipeline(seed=4).save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
 def _error(capsys, argv) -> str:
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
@@ -26,21 +19,19 @@ def _error(capsys, argv) -> str:
     return err
 
 
-def test_export_a_model_folder_with_verify(tiny_folder, tmp_path, capsys):
-    out = tmp_path / "onnx"
-    assert main(["export", "onnx", str(out), "--model", str(tiny_folder), "--verify", "--opset", "20"]) == 0
-    printed = capsys.readouterr().out
-    differences = {
-        line.split(":")[0]: float(line.rsplit(" ", 1)[1]) for line in printed.splitlines() if "max abs" in line
-    }
+def test_export_with_verify_prints_each_graphs_difference(slim_export, slim, capsys):
+    assert slim_export.exit_code == 0
+    lines = slim_export.printed.splitlines()
+    assert [line for line in lines if line.startswith("exporting")] == [
+        f"exporting {name}.onnx" for name in ("vq_encoder", "vq_decoder", "unet_reference", "unet")
+    ]
+    differences = {line.split(":")[0]: float(line.rsplit(" ", 1)[1]) for line in lines if "max abs" in line}
     assert set(differences) == {"vq_encoder", "vq_decoder", "unet_reference", "unet"}
     assert max(differences.values()) < 1e-4
-    description = json.loads((out / "refface_onnx.json").read_text())
-    assert description["opset"] == 20 and description["image"]["size"] == 16
-    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]  # no staging folder left beside it
+    assert [p.name for p in slim_export.folder.parent.iterdir()] == ["onnx"]  # no staging folder left beside it
 
-    err = _error(capsys, ["export", "onnx", str(out), "--model", str(tiny_folder)])
-    assert "exists and is not empty; pass --overwrite" in err
+    again = ["export", "onnx", str(slim_export.folder), "--checkpoint", str(slim / "refldm.ckpt")]
+    assert "exists and is not empty; pass --overwrite" in _error(capsys, again)
 
 
 def test_interrupted_export_leaves_nothing_and_keeps_the_old_folder(tmp_path, monkeypatch):
@@ -49,7 +40,7 @@ def test_interrupted_export_leaves_nothing_and_keeps_the_old_folder(tmp_path, mo
     def interrupted(spec, target, opset):
         calls.append(spec.name)
         target.write_bytes(b"half")
-        if len(calls) == 2:
+        if spec.name == "vq_decoder":  # the second graph
             raise KeyboardInterrupt
 
     monkeypatch.setattr(onnx_export, "_export_graph", interrupted)
@@ -63,6 +54,7 @@ def test_interrupted_export_leaves_nothing_and_keeps_the_old_folder(tmp_path, mo
     (old / "keep.txt").write_text("previous export")
     with pytest.raises(KeyboardInterrupt):
         onnx_export.export_onnx(pipe, old, overwrite=True)
+    assert calls == ["vq_encoder", "vq_decoder"] * 2
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
     assert (old / "keep.txt").read_text() == "previous export"
 

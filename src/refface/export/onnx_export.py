@@ -72,7 +72,10 @@ def graph_specs(pipe: RefLDMPipeline) -> list[GraphSpec]:
 
     size, latent, channels = pipe.image_size, pipe.latent_size, pipe.latent_channels
     factor = size // latent
-    batch, references = Dim("batch"), Dim("references")
+    # diffusers' upsamplers branch on a batch of 64 or more (a memory-layout choice, the same numbers); bounding
+    # the traced range below it lets torch.export trace once instead of failing and retracing with looser axes.
+    # ONNX keeps no bound: the graphs run any batch.
+    batch, references = Dim("batch", max=63), Dim("references", max=63)
     height, width = Dim("latent_height"), Dim("latent_width")
 
     encoder = VQEncoderGraph(pipe.vqvae)

@@ -1,6 +1,7 @@
 """ONNX export at full size: per-graph onnxruntime-vs-PyTorch differences and step times against refface.
 
-With random weights in the released architecture (timing and float agreement do not depend on the weights) it
+With random weights in the released architecture (timing and float agreement do not depend on the weights;
+the VQ codebook is drawn N(0, 1), spread out like a trained one) it
 exports the four graphs, runs each in onnxruntime on random inputs against refface's PyTorch path (fp32, CPU,
 `refface.export.verify`), times one guided sampling step both ways in this one process (refface's exact mode
 with its default speed-ups, and `onnx_sampler`'s step: one unet.onnx call for both guidance branches plus the
@@ -107,7 +108,9 @@ def main() -> int:
     parser.add_argument("--refs", type=int, default=1, help="references for the step times and the restoration")
     parser.add_argument("--timed-steps", type=int, default=4, help="guided steps timed per runtime (median)")
     parser.add_argument("--restore-steps", type=int, default=3, help="DDIM steps of the whole-restoration check")
-    parser.add_argument("--folder", help="export here (default: a temporary folder, removed at the end)")
+    parser.add_argument(
+        "--folder", help="export here and keep it (one already there is reused; default: a temporary folder)"
+    )
     parser.add_argument("--threads", type=int, help="threads for both runtimes (default: PyTorch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -116,6 +119,10 @@ def main() -> int:
 
     torch.manual_seed(0)
     pipe = RefLDMPipeline.from_architecture(ARCHES[args.arch]()).eval_mode()
+    with torch.no_grad():
+        # A trained codebook's vectors are spread out; diffusers' initialisation U(-1/n, 1/n) puts all 8192 within
+        # 1e-4 of each other, where the decoder's nearest-code search is a float-rounding tie at every position.
+        pipe.vqvae.quantize.embedding.weight.normal_(generator=torch.Generator().manual_seed(0))
     size = pipe.image_size
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores; {cpu_flags()})")
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads each")
@@ -123,13 +130,17 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(args.folder) if args.folder else Path(scratch) / "onnx"
-        start = time.perf_counter()
-        export_onnx(pipe, folder, overwrite=True)
-        print(f"export: {time.perf_counter() - start:.0f} s")
+        if args.folder and (folder / "refface_onnx.json").is_file():
+            print(f"reusing the export in {folder} (same seed, same random weights)")
+        else:
+            start = time.perf_counter()
+            export_onnx(pipe, folder, overwrite=True)
+            print(f"export: {time.perf_counter() - start:.0f} s")
         sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.0f} MB" for p in sorted(folder.glob("*.onnx")))
         print(f"files: {sizes}\n")
 
-        for name, difference in verify_export(pipe, folder, batch=2, references=2).items():
+        # batch 1, as hosts run it (PyTorch's own VQ decoder is less exact at batch 2: docs/onnx.md)
+        for name, difference in verify_export(pipe, folder, batch=1, references=2).items():
             print(f"max abs difference, onnxruntime vs PyTorch, {name}: {difference:.2e}")
 
         generator = torch.Generator().manual_seed(1)

@@ -28,7 +28,13 @@ from torch import nn
 
 from refface.export.description import DESCRIPTION_FILE, describe, write_description
 from refface.export.errors import ExportError
-from refface.export.graphs import UNetGraph, UNetReferenceGraph, VQDecoderGraph, VQEncoderGraph
+from refface.export.graphs import (
+    UNetGraph,
+    UNetReferenceGraph,
+    VQDecoderGraph,
+    VQEncoderGraph,
+    with_nested_group_norms,
+)
 from refface.export.host_flags import accept_host_flags
 from refface.export.settings import DEFAULT_OPSET, GRAPH_FILES, SAMPLER_FILE, check_opset, check_output_folder
 from refface.pipelines.refldm import RefLDMPipeline
@@ -78,8 +84,9 @@ def graph_specs(pipe: RefLDMPipeline) -> list[GraphSpec]:
     batch, references = Dim("batch", max=63), Dim("references", max=63)
     height, width = Dim("latent_height"), Dim("latent_width")
 
-    encoder = VQEncoderGraph(pipe.vqvae)
-    decoder = VQDecoderGraph(pipe.vqvae)
+    vq = with_nested_group_norms(pipe.vqvae)  # a copy: onnxruntime's GroupNorm is inexact at 512 x 512
+    encoder = VQEncoderGraph(vq)
+    decoder = VQDecoderGraph(vq)
     reference = UNetReferenceGraph(pipe.unet)
     unet = UNetGraph(pipe.unet)
     layers = unet.layers

@@ -4,7 +4,8 @@ Each wrapper calls refface's own inference functions (`encode_unquantized`, `dec
 `reference_pass`, `denoise` with the CacheKV processor), so the exported graphs compute what refface computes;
 only the CacheKV cache changes hands: the reference pass returns every layer's keys/values as outputs and
 the denoiser takes them as inputs. Keys/values use the layout face-swap hosts bind: [batch, heads, head_dim,
-tokens], head width before tokens, references laid end to end along the tokens.
+tokens], head width before tokens, references laid end to end along the tokens. The VQ graphs are traced from
+a copy whose GroupNorms are `NestedGroupNorm`s (the same function, exact in onnxruntime at 512 x 512).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from refface.errors import RefFaceError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from refface.cli import data, evaluate, restore, serve, train
+    from refface.cli import data, evaluate, export, restore, serve, train
 
     parser = argparse.ArgumentParser(prog="refface", description="Reference-based face restoration.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_commands(commands)
     evaluate.add_commands(commands)
     serve.add_commands(commands)
+    export.add_commands(commands)
     return parser
 
 

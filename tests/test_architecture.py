@@ -21,6 +21,8 @@ LAYERS = (
     ("refface.speedups", (*UPPER, "pipelines", "models")),  # stand-ins for diffusers modules, beside the models
     ("refface.pipelines", ("cli", "web", "comfyui", "evaluation", "train", "methods")),
     ("refface.face", ("data", "cli", "web", "comfyui", "restoration", "video")),
+    # ONNX export: the models and the ReF-LDM pipeline, nothing of the workflow or the front ends
+    ("refface.export", ("face", "data", "cli", "web", "comfyui", "evaluation", "train", "methods", "restoration")),
     # reading, tracking and writing clips: faces yes; no models, no workflow
     ("refface.video", tuple(layer for layer in (*UPPER, "pipelines", "models", "speedups") if layer != "face")),
     # the workflow the front ends call

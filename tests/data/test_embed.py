@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ from PIL import Image
 
 from refface.data.embed import check_images_exist, embed_images, load_embeddings, read_names
 from refface.errors import RefFaceError
+from tests.distributed import failure, torchrun
 
 
 class ColourEmbedder:
@@ -147,12 +146,8 @@ def test_two_processes_share_the_chunks_and_agree(tmp_path):
     names = write_faces(tmp_path / "faces", 9)
     (tmp_path / "out").mkdir()
     script = Path(__file__).with_name("shard_embedding.py")
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-         str(tmp_path / "faces"), str(tmp_path / "work"), str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun(str(script), str(tmp_path / "faces"), str(tmp_path / "work"), str(tmp_path / "out"))
+    assert done.returncode == 0, failure(done)
     counts = [int((tmp_path / "out" / f"rank{r}.count").read_text()) for r in (0, 1)]
     assert counts == [5, 4]  # chunks 0, 2, 4 (2 + 2 + 1 images) and chunks 1, 3
     single = embed_images(names, tmp_path / "faces", ColourEmbedder(), tmp_path / "single", 2, progress=False)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from refface.evaluation.paper_sets import locate_set
 from refface.imaging import load_image, resize_square
 from refface.models.config import tiny_architecture
 from refface.pipelines.refldm import RefLDMPipeline
+from tests.distributed import failure, torchrun
 
 STEPS = 2
 # Five targets; t3 has a single reference, so every reference count gives it the same restoration.
@@ -190,12 +189,8 @@ def test_processes_share_the_cases_without_overlap(dataset, tmp_path):
 def test_two_processes_split_the_restorations_and_one_evaluates(dataset, tmp_path):
     """A real two-process job (torchrun, gloo on CPU): every image is restored once, the main process scores."""
     script = Path(__file__).with_name("shard_benchmark.py")
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-         str(dataset["data"]), str(dataset["images"]), str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun(str(script), str(dataset["data"]), str(dataset["images"]), str(tmp_path))
+    assert done.returncode == 0, failure(done)
     lq_dir = dataset["data"] / "test_images" / "severe_degrad"
     name_of = {hashlib.sha1(load_image(p).tobytes()).hexdigest(): p.stem for p in lq_dir.glob("*.png")}
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -6,14 +6,13 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 
 from refface.cli import main
 from refface.imaging import load_image
+from tests.distributed import failure, torchrun
 from tests.face.photos import grace_hopper, place
 
 
@@ -190,19 +189,10 @@ def test_two_processes_share_an_archive_and_the_main_one_writes_the_report(peopl
     for number in range(4):
         shutil.copy(people_workspace / "group.jpg", archive / f"photo{number}.jpg")
     out = tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "refface.cli",
-        *_restore(people_workspace, out, "--refs-dir", str(people_workspace / "album"), inputs=[str(archive)]),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "REFFACE_CACHE": str(tmp_path / "cache")})  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    arguments = _restore(people_workspace, out, "--refs-dir", str(people_workspace / "album"), inputs=[str(archive)])
+    done = torchrun("-m", "refface.cli", *arguments, timeout=600,
+                    env={**os.environ, "REFFACE_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    assert done.returncode == 0, failure(done)
     rows = _report(out)
     assert [row["photo"] for row in rows] == [f"photo{n}" for n in range(4) for _ in range(2)]
     assert all(row["status"] == "restored" for row in rows)

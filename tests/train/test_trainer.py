@@ -6,7 +6,6 @@ import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from refface.train.config import load_config
 from refface.train.diffusion_stage import DiffusionStage
 from refface.train.run_folder import read_metrics
 from refface.train.trainer import Trainer, train
+from tests.distributed import failure, torchrun
 
 FAST = {
     "data.identities": 12,
@@ -114,21 +114,13 @@ def test_killed_process_resumes_bit_exactly(reference_run, tmp_path):
     assert losses(output) == losses(reference_run)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_process_gloo_run(tmp_path):
     output = tmp_path / "ddp"
     overrides = {**FAST, "run.batch_size": 2, "run.sample_every": 4}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(_free_port()), "-m", "refface.cli", "train", "tiny-refldm",
-               "--output", str(output), "--max-steps", "4", "-q"]  # fmt: skip
-    command += [f"--set={key}={value}" for key, value in overrides.items()]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    arguments = ["-m", "refface.cli", "train", "tiny-refldm", "--output", str(output), "--max-steps", "4", "-q"]
+    arguments += [f"--set={key}={value}" for key, value in overrides.items()]
+    done = torchrun(*arguments)
+    assert done.returncode == 0, failure(done)
     checkpoint = output / "checkpoints" / "step_00000004"
     assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
     records = read_metrics(output / "metrics.jsonl")

@@ -276,3 +276,20 @@ def test_cli_an_interrupted_clip_is_finished_by_the_same_command(tiny_model, cli
     assert [(row["photo"], row["face"], row["status"]) for row in rows] == [
         ("short", "0", "restored-without-references")
     ]
+
+
+def test_an_earlier_result_blocks_only_its_own_clip(tmp_path):
+    from refface.restoration.archive import prepare_archive
+    from refface.restoration.archive_inputs import ArchivePhoto
+
+    clip = tmp_path / "walk.mp4"
+    clip.write_bytes(b"")
+    out = tmp_path / "out" / "restored_videos"
+    out.mkdir(parents=True)
+    (out / "walk.v2.mp4").write_bytes(b"another clip's result")
+    assert prepare_archive(tmp_path / "out", [ArchivePhoto(clip, "walk")], {}, overwrite=False) is False
+    (out / "walk.mkv").write_bytes(b"this clip's lossless result")
+    with pytest.raises(RefFaceError, match=r"walk\.mkv already exists; pass --overwrite"):
+        prepare_archive(tmp_path / "out", [ArchivePhoto(clip, "walk")], {}, overwrite=False)
+    with pytest.raises(RefFaceError, match="is also an input"):
+        prepare_archive(tmp_path, [ArchivePhoto(clip, "../walk")], {}, overwrite=True)

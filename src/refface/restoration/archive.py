@@ -26,6 +26,7 @@ from refface.restoration.photo_restorer import ERROR, FaceResult, PhotoRestorer,
 from refface.restoration.report import error_row, people_sheet, photo_rows, track_rows, write_report
 from refface.restoration.run_record import RunRecord
 from refface.restoration.video_restorer import TrackResult, VideoRestorer, VideoResult
+from refface.video.encoding import CONTAINERS
 
 FACE_FOLDERS = ("cropped_faces", "restored_faces", "cmp")
 
@@ -62,7 +63,7 @@ def face_file(photo: ArchivePhoto, kind: str, index: int) -> str:
 def _existing_output(output: Path, photo: ArchivePhoto) -> Path | None:
     target = result_path(output, photo)
     if photo.is_video:
-        found = sorted(target.parent.glob(f"{target.name}.*")) if target.parent.is_dir() else []
+        found = [path for path in clip_outputs(target, photo.path) if path.exists()]
         if found:
             return found[0]
     elif target.exists():
@@ -77,10 +78,15 @@ def _existing_output(output: Path, photo: ArchivePhoto) -> Path | None:
     return None
 
 
+def clip_outputs(target: Path, source: Path) -> list[Path]:
+    """Every file a clip's result can be: `target` in each container, or in the clip's own (copied through)."""
+    suffixes = dict.fromkeys([*CONTAINERS, source.suffix.lower()])
+    return [target.with_suffix(suffix) for suffix in suffixes]
+
+
 def _check_clip_output(target: Path, source: Path) -> None:
     """A clip's output (whichever container it gets) must never be the clip itself."""
-    for suffix in {".mp4", ".mkv", source.suffix.lower()}:
-        candidate = target.with_suffix(suffix)
+    for candidate in clip_outputs(target, source):
         if candidate.resolve() == source.resolve():
             raise RefFaceError(f"The output file {candidate} is also an input; refface never overwrites its inputs.")
 
@@ -139,9 +145,10 @@ def _restore_clip(
     def keep_track(track: TrackResult) -> None:
         write_face(output, clip, track.face)
 
-    videos.on_track = keep_track
     try:
-        result = videos.restore(clip.path, result_path(output, clip), work=output / VIDEO_WORK / clip.name)
+        result = videos.restore(
+            clip.path, result_path(output, clip), work=output / VIDEO_WORK / clip.name, on_track=keep_track
+        )
     except RefFaceError as error:
         problems.append(str(error))
         return [error_row(clip.name, str(error))]

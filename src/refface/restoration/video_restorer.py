@@ -116,24 +116,14 @@ def aligned_from_quad(pixels: np.ndarray, quad: FaceQuad, size: int) -> AlignedF
 
 
 class VideoRestorer:
-    """Restores the faces of video clips through a `PhotoRestorer` (its people, references, pipeline, seed).
+    """Restores the faces of video clips through a `PhotoRestorer` (its people, references, pipeline, seed)."""
 
-    `on_track(result)` hears each track's representative face once it is restored (the CLI writes its crops).
-    """
-
-    def __init__(
-        self,
-        restorer: PhotoRestorer,
-        options: VideoOptions | None = None,
-        *,
-        progress: bool = False,
-        on_track: Callable[[TrackResult], None] | None = None,
-    ) -> None:
+    def __init__(self, restorer: PhotoRestorer, options: VideoOptions | None = None, *, progress: bool = False) -> None:
         if restorer.detector is None:
             raise RefFaceError("Videos need a face detector; pass one to the PhotoRestorer.")
         self.restorer = restorer
         self.options = options or VideoOptions()
-        self.progress, self.on_track = progress, on_track
+        self.progress = progress
 
     # ------------------------------------------------------------------------------ pass 1: tracks
     def find_tracks(self, info: VideoInfo) -> list[FaceTrack]:
@@ -198,10 +188,18 @@ class VideoRestorer:
         """Where `restore` writes: `target` with the suffix of the container the output needs."""
         return Path(target).with_suffix(self.options.encoding.container_suffix(info))
 
-    def restore(self, path: str | Path, target: str | Path, work: str | Path | None = None) -> VideoResult:
+    def restore(
+        self,
+        path: str | Path,
+        target: str | Path,
+        work: str | Path | None = None,
+        on_track: Callable[[TrackResult], None] | None = None,
+    ) -> VideoResult:
         """Restore the clip at `path` into `target`, whose suffix is set to fit: .mp4 (H.264), .mkv (lossless, or
         sound MP4 cannot hold) or, for a clip with no face to restore, copied unchanged, the input's own.
-        `work`: the folder of the resumable state (default: beside the output); removed when the clip is done."""
+        `work`: the folder of the resumable state (default: beside the output); removed when the clip is done.
+        `on_track(result)` hears each track's representative face as soon as it is restored (an archive run writes
+        its crops then, so they survive an interruption)."""
         started = time.perf_counter()
         info = probe_video(path)
         target = self.output_path(info, target)
@@ -224,7 +222,7 @@ class VideoRestorer:
             shutil.rmtree(work, ignore_errors=True)
             return VideoResult(source, target, results, info.frames, notes, 0, time.perf_counter() - started)
         target.parent.mkdir(parents=True, exist_ok=True)
-        resumed = self._encode(info, results, work)
+        resumed = self._encode(info, results, work, on_track)
         assemble(self._segments(work, info), info, self.options.encoding, target)
         shutil.rmtree(work, ignore_errors=True)
         if resumed:
@@ -275,7 +273,7 @@ class VideoRestorer:
         count = math.ceil(info.frames / self.options.segment_frames)
         return [work / f"segment-{number:05d}{SEGMENT_SUFFIX}" for number in range(count)]
 
-    def _encode(self, info: VideoInfo, results: list[TrackResult], work: Path) -> int:
+    def _encode(self, info: VideoInfo, results: list[TrackResult], work: Path, on_track=None) -> int:
         """Restore and encode every frame into the missing segments; returns the frames done before."""
         segments = self._segments(work, info)
         first_missing = next((n for n, path in enumerate(segments) if not path.is_file()), len(segments))
@@ -312,8 +310,8 @@ class VideoRestorer:
                 crops[(result.track.number, index)] = face.restored
                 if representative[result.track.number] == index:
                     result.face.restored = face.restored
-                    if self.on_track is not None:
-                        self.on_track(result)
+                    if on_track is not None:
+                        on_track(result)
 
         def ready(frame: Frame) -> bool:
             if frame.index < begin:  # restored only for later frames to blend with

@@ -24,6 +24,7 @@ from refface.files import atomic_output
 from refface.video.media import VideoInfo, _import_av, ffmpeg_reason, stored
 
 SEGMENT_SUFFIX = ".npz"
+CONTAINERS = (".mp4", ".mkv")  # what restored clips are written as (see `Encoding.container_suffix`)
 # Audio codecs the MP4 muxer takes as they are; anything else goes into Matroska, which takes every codec.
 MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"})
 
@@ -42,9 +43,8 @@ class Encoding:
 
     def container_suffix(self, info: VideoInfo) -> str:
         """.mkv for lossless output or sound MP4 cannot hold; .mp4 otherwise."""
-        if self.lossless or any(codec not in MP4_AUDIO for codec in info.audio_codecs):
-            return ".mkv"
-        return ".mp4"
+        mp4, mkv = CONTAINERS
+        return mkv if self.lossless or any(codec not in MP4_AUDIO for codec in info.audio_codecs) else mp4
 
     def pixel_format(self, info: VideoInfo) -> str:
         if self.lossless:

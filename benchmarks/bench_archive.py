@@ -108,6 +108,7 @@ def stage_full(work: Path, count: int, batch_sizes: list[int]) -> dict:
     from refface.imaging import load_image
     from refface.restoration import PhotoRestorer, ReferenceStore
     from refface.restoration.people import people_from_album
+    from refface.restoration.settings import RestoreSettings
 
     torch.manual_seed(0)
     pipe = RefLDMPipeline.from_architecture(released_architecture()).eval_mode()
@@ -115,11 +116,11 @@ def stage_full(work: Path, count: int, batch_sizes: list[int]) -> dict:
     people = people_from_album(work / "album", detector, embedder, 5, cache_root=work / "scan", progress=False)
     archive = make_archive(work / "archive_full", count)
     photos = [(p.name, lambda p=p: load_image(p)) for p in sorted(archive.iterdir())]
-    options = {"num_inference_steps": 20, "solver": "dpm++"}
     results = {}
     for batch in batch_sizes:
         store = ReferenceStore(pipe)
-        restorer = PhotoRestorer(pipe, people, detector, batch_size=batch, options=options, store=store)
+        settings = RestoreSettings.build(fast=True, batch_size=batch)
+        restorer = PhotoRestorer(pipe, people, detector, settings, store=store)
         start = time.perf_counter()
         faces = sum(len(result.restored_faces) for result in restorer.restore_many(photos))
         seconds = time.perf_counter() - start

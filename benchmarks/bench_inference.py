@@ -43,10 +43,12 @@ from pathlib import Path
 import torch
 
 from refface import RefLDMPipeline, released_architecture, tiny_architecture
-from refface.cli.common import DTYPES, checked_dtype
+from refface.cli.common import checked_dtype
+from refface.devices import DTYPE_NAMES, torch_dtype
 from refface.models.unet import denoise
 from refface.models.vq import decode_quantized, encode_unquantized
-from refface.pipelines.schedule import FAST_STEPS, sampling_scheduler
+from refface.pipelines.base import FAST_STEPS, REFLDM_OPTIONS
+from refface.pipelines.schedule import sampling_scheduler
 from refface.speedups.winograd import kept_transformed_weights
 from timing import peak_memory_gb
 
@@ -84,7 +86,7 @@ def run_child(
     """Each phase of one restoration timed apart. On CUDA the phases run once untimed first (warm-up)."""
     torch.manual_seed(0)
     target = torch.device(device)
-    pipe = RefLDMPipeline.from_architecture(ARCHES[arch_name]()).eval_mode().to(device=target, dtype=DTYPES[dtype])
+    pipe = RefLDMPipeline.from_architecture(ARCHES[arch_name]()).eval_mode().to(device=target, dtype=torch_dtype(dtype))
     size = pipe.image_size
     lq = (torch.rand(1, 3, size, size) * 2 - 1).to(target, pipe.unet.dtype)
     ref_images = (torch.rand(refs, 3, size, size) * 2 - 1).to(target, pipe.unet.dtype)
@@ -113,7 +115,7 @@ def run_child(
             step_times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
         else:
             result["reference_pass_s"] = 0.0
-            scheduler = sampling_scheduler(pipe.scheduler, timed_steps, "uniform_trailing")
+            scheduler = sampling_scheduler(pipe.scheduler, REFLDM_OPTIONS.with_changes(steps=timed_steps))
             with kept_transformed_weights():  # as the pipeline's own sampling loop
                 for t in scheduler.timesteps:
                     start = _clock(target)
@@ -152,7 +154,7 @@ def run_restoration(
     torch.manual_seed(0)
     target = torch.device(device)
     pipe = RefLDMPipeline.from_architecture(ARCHES[arch_name]()).eval_mode()
-    pipe.to(device=target, dtype=torch.float32 if path == "official" else DTYPES[dtype])
+    pipe.to(device=target, dtype=torch.float32 if path == "official" else torch_dtype(dtype))
     generator = torch.Generator().manual_seed(1)
     size = pipe.image_size
     lq = torch.rand(1, 3, size, size, generator=generator) * 2 - 1
@@ -299,7 +301,7 @@ def main() -> int:
     parser.add_argument("--fast", action="store_true", help="with --compare-official: also time the fast mode")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
-        "--dtype", choices=list(DTYPES), default="fp32", help="refface's dtype (default fp32; the official path: fp32)"
+        "--dtype", choices=DTYPE_NAMES, default="fp32", help="refface's dtype (default fp32; the official path: fp32)"
     )
     parser.add_argument(
         "--repeats", type=int, default=5, help="with --device cuda: timed restorations after one warm-up (default 5)"

@@ -34,6 +34,7 @@ from refface.export.verify import verify_export
 from refface.models.cache_kv import ReferenceBatch
 from refface.models.unet import denoise_copies
 from refface.models.vq import encode_unquantized
+from refface.pipelines.base import REFLDM_OPTIONS
 from refface.pipelines.schedule import sampling_scheduler
 from refface.speedups import kept_transformed_weights
 
@@ -75,7 +76,7 @@ def interleaved_step_times(
     cache = pipe.encode_references(refs_t)
     context = ReferenceBatch(((1, pipe.null_references(cache.num_references)), (1, cache)))
     lq_latent = encode_unquantized(pipe.vqvae, lq_t)
-    scheduler = sampling_scheduler(pipe.scheduler, steps, "uniform_trailing")
+    scheduler = sampling_scheduler(pipe.scheduler, REFLDM_OPTIONS.with_changes(steps=steps))
     x = pipe.initial_noise(1, 0)
 
     keys_values = restorer.encode_references(refs)

@@ -41,10 +41,12 @@ from refface.face.alignment import ffhq_quad  # noqa: E402
 from refface.face.detection import DlibDetector  # noqa: E402
 from refface.face.locate import detect_faces  # noqa: E402
 from refface.restoration import PhotoRestorer  # noqa: E402
-from refface.restoration.video_restorer import VideoOptions, VideoRestorer, aligned_from_quad  # noqa: E402
+from refface.restoration.settings import RestoreSettings  # noqa: E402
+from refface.restoration.video_restorer import VideoRestorer, aligned_from_quad  # noqa: E402
 from refface.video.encoding import Encoding  # noqa: E402
 from refface.video.measures import corner_jitter, face_region, flicker  # noqa: E402
 from refface.video.media import decode_frames, probe_video  # noqa: E402
+from refface.video.options import VideoOptions  # noqa: E402
 from refface.video.synthetic_clip import render_frames, smooth_path, tone, write_clip  # noqa: E402
 from refface.video.tracks import TrackBuilder  # noqa: E402
 
@@ -131,7 +133,7 @@ def stage_flicker(work: Path, model: str | None, frames: int, steps: int, sigma:
     }
     for frame_seeds in (False, True):
         for smoothing in (0.0, sigma):
-            restorer = PhotoRestorer(pipe, None, detector, seed=5, batch_size=4, options={"num_inference_steps": steps})
+            restorer = PhotoRestorer(pipe, None, detector, RestoreSettings.build(steps=steps, seed=5, batch_size=4))
             options = VideoOptions(
                 encoding=Encoding(lossless=True), temporal_smoothing=smoothing, frame_seeds=frame_seeds
             )
@@ -146,7 +148,7 @@ def stage_throughput(work: Path, full_faces: int) -> dict:
 
     clip = make_clip(work / "walk.mp4", 2.0)
     detector = DlibDetector()
-    tiny = PhotoRestorer(_pipeline(None), None, detector, batch_size=4, options={"num_inference_steps": 2})
+    tiny = PhotoRestorer(_pipeline(None), None, detector, RestoreSettings.build(steps=2, batch_size=4))
     start = time.perf_counter()
     result = VideoRestorer(tiny, VideoOptions(segment_frames=24)).restore(clip, work / "throughput-tiny")
     seconds = time.perf_counter() - start
@@ -156,8 +158,7 @@ def stage_throughput(work: Path, full_faces: int) -> dict:
         torch.manual_seed(0)
         pipe = RefLDMPipeline.from_architecture(released_architecture()).eval_mode()
         short = make_clip(work / f"full{full_faces}.mp4", full_faces / FPS)
-        restorer = PhotoRestorer(pipe, None, detector, batch_size=4,
-                                 options={"num_inference_steps": 20, "solver": "dpm++"})  # fmt: skip
+        restorer = PhotoRestorer(pipe, None, detector, RestoreSettings.build(fast=True, batch_size=4))
         start = time.perf_counter()
         result = VideoRestorer(restorer).restore(short, work / "throughput-full")
         seconds = time.perf_counter() - start

@@ -24,15 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.mechanism import DEGRADATION, PHOTOS, SEED, SIZE, VARIATION, Budget  # noqa: E402
 
+from refface import methods  # noqa: E402
 from refface.data.degradations import degrade  # noqa: E402
 from refface.data.reference_csv import ReferenceEntry, write_reference_csv  # noqa: E402
 from refface.data.synthetic import SyntheticReferenceDataset  # noqa: E402
 from refface.data.synthetic_identity import SyntheticIdentityScorer  # noqa: E402
 from refface.evaluation.benchmark import run_benchmark  # noqa: E402
 from refface.evaluation.evaluate import EvaluationOptions  # noqa: E402
-from refface.evaluation.methods import SamplingSettings, build_restorer  # noqa: E402
 from refface.evaluation.metrics import PSNR, SSIM, ImageMetric  # noqa: E402
 from refface.evaluation.paper_sets import SetLayout, locate_set  # noqa: E402
+from refface.evaluation.restorers import benchmark_sampling, build_restorer  # noqa: E402
 
 LAYOUT = SetLayout("synthetic-test", "Synthetic identities, 48 held-out people", "test_references.csv", "lq", "")
 
@@ -98,9 +99,10 @@ def main() -> None:
     def metrics(names, *_, **__):
         return [m for m in (metric, PSNR(), SSIM()) if m.name in names], {}
 
-    settings = SamplingSettings(steps=args.steps, spacing="uniform_trailing", seed=SEED)
+    refldm = methods.get("refldm")
+    options = benchmark_sampling(refldm, steps=args.steps, spacing="uniform_trailing", seed=SEED)
     for method in ("refldm", "refldm-no-refs"):
-        restorer = build_restorer(method, settings, model=model)
+        restorer = build_restorer(method, options, sources=refldm.sources(model=model))
         run_benchmark(data, restorer, method, args.out, max_refs=5, sweep=[1, 3], metrics=["ids", "psnr", "ssim"],
                       evaluation=EvaluationOptions(metric_factory=metrics))  # fmt: skip
     folder = args.out / LAYOUT.name

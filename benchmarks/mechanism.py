@@ -53,6 +53,7 @@ from refface.data.synthetic_identity import SyntheticIdentityScorer  # noqa: E40
 from refface.files import write_text_atomically  # noqa: E402
 from refface.imaging import save_image  # noqa: E402
 from refface.models.vq import decode_quantized, encode_unquantized  # noqa: E402
+from refface.pipelines.base import REFLDM_OPTIONS  # noqa: E402
 from refface.pipelines.schedule import sampling_scheduler  # noqa: E402
 from refface.train.config import load_config  # noqa: E402
 from refface.train.diffusion_step import encode_references_wide  # noqa: E402
@@ -292,7 +293,8 @@ def _guided_eps(model: TrainedDiffusionModel, latents, lq_latent, contexts, time
 def cost(model: TrainedDiffusionModel, count: int, budget: Budget) -> dict[str, float]:
     """Median ms of one guided step, and the peak MiB PyTorch allocates restoring (encode refs, 2 steps, decode)."""
     lq_latent, ref_latents = _timing_inputs(model, count)
-    timestep = sampling_scheduler(model.scheduler, budget.sample_steps, "uniform_trailing").timesteps[:1]
+    first = REFLDM_OPTIONS.with_changes(steps=budget.sample_steps)
+    timestep = sampling_scheduler(model.scheduler, first).timesteps[:1]
 
     def contexts() -> tuple:
         if ref_latents is None:

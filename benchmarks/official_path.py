@@ -29,6 +29,7 @@ from refface import speedups
 from refface.models.cache_kv import KVRecorder, ReferenceBatch
 from refface.models.unet import denoise, reference_pass
 from refface.models.vq import nearest_codes
+from refface.pipelines.base import REFLDM_OPTIONS
 from refface.pipelines.refldm import RefLDMPipeline
 from refface.pipelines.schedule import sampling_scheduler
 
@@ -130,7 +131,7 @@ def _restore(
     null = reference_pass(pipe.unet, torch.zeros_like(ref_latents))  # every photo, N zero latents
     cache = reference_pass(pipe.unet, ref_latents)
     context = ReferenceBatch(((1, null), (1, cache)))
-    scheduler = sampling_scheduler(pipe.scheduler, steps, "uniform_trailing")
+    scheduler = sampling_scheduler(pipe.scheduler, REFLDM_OPTIONS.with_changes(steps=steps))
     latents = noise.clone()
     for t in scheduler.timesteps:
         model_input = torch.cat([latents, lq_latent], dim=1)

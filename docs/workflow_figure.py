@@ -19,9 +19,10 @@ from tests.face.test_album import write_album
 from refface import RefLDMPipeline, tiny_architecture
 from refface.face.detection import DlibDetector
 from refface.face.identity import DlibEmbedder
-from refface.photo import comparison_image
 from refface.restoration import PhotoRestorer
 from refface.restoration.people import people_from_album
+from refface.restoration.report import comparison_image
+from refface.restoration.settings import RestoreSettings
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
         people = people_from_album(album, detector, embedder, 4, cache_root=Path(folder), progress=False)
     torch.manual_seed(0)
     pipe = RefLDMPipeline.from_architecture(tiny_architecture()).eval_mode()
-    restorer = PhotoRestorer(pipe, people, detector, select="largest", options={"num_inference_steps": 4})
+    restorer = PhotoRestorer(pipe, people, detector, RestoreSettings.build(steps=4, faces="largest"))
     restoration = restorer.restore(scene)
     face = restoration.faces[0]
     references, result = face.person.references, restoration.photo

@@ -1,4 +1,4 @@
-"""Shared test fixtures: the official-slim case from ../shared/fixtures and tiny random pipelines."""
+"""Shared test fixtures: the official-slim case from tests/fixtures and tiny random pipelines."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from refface import RefLDMPipeline, tiny_architecture
+from refface.pipelines.base import REFLDM_OPTIONS
+from refface.pipelines.schedule import sampling_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("REFFACE_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = Path(os.environ.get("REFFACE_FIXTURES", REPO / "tests" / "fixtures"))
 SLIM = FIXTURES / "official-slim"
 
 
@@ -60,3 +62,8 @@ def tiny_pipeline() -> RefLDMPipeline:
 def random_images(count: int, size: int, seed: int) -> torch.Tensor:
     """Random images in [-1, 1], [count, 3, size, size]."""
     return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def refldm_scheduler(template, steps: int, spacing: str = "uniform_trailing", solver: str = "ddim"):
+    """ReF-LDM's sampling scheduler for `steps` steps of `spacing` and `solver` (its options otherwise)."""
+    return sampling_scheduler(template, REFLDM_OPTIONS.with_changes(steps=steps, spacing=spacing, solver=solver))

@@ -25,8 +25,10 @@ LAYERS = (
     ("refface.export", ("face", "data", "cli", "web", "comfyui", "evaluation", "train", "methods", "restoration")),
     # reading, tracking and writing clips: faces yes; no models, no workflow
     ("refface.video", tuple(layer for layer in (*UPPER, "pipelines", "models", "speedups") if layer != "face")),
-    # the workflow the front ends call
-    ("refface.restoration", ("data", "cli", "web", "comfyui", "evaluation", "train", "methods")),
+    # the method registry: the pipelines' light base and, inside functions, the pipelines; nothing of the workflow
+    ("refface.methods", ("face", "data", "cli", "web", "comfyui", "evaluation", "train", "restoration", "video")),
+    # the workflow the front ends call: methods by name from the registry, never a front end
+    ("refface.restoration", ("data", "cli", "web", "comfyui", "evaluation", "train")),
     # front ends: none re-implements another's work or calls it
     ("refface.comfyui", ("cli", "web")),
     ("refface.web", ("cli", "comfyui")),

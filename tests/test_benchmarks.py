@@ -141,3 +141,11 @@ def test_the_archive_benchmark_counts_encodings_and_resumes_finished_stages(tmp_
     again = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0 and "measuring" not in again.stdout
     assert json.loads((tmp_path / "results.json").read_text()) == results
+
+
+def test_the_startup_benchmark_times_each_command():
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_startup.py"), "--runs", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| `refface")]
+    assert len(rows) == 4 and all(float(row.split("|")[2]) > 0 for row in rows)

@@ -127,14 +127,17 @@ def test_method_options_that_do_not_belong_together_are_one_line(slim, inputs, c
         [a for a in _restore_args(slim, inputs, out, *composite) if a not in _model_args(slim)], capsys
     )
     assert "ReF-LDM's official files" in _error_of(_restore_args(slim, inputs, out, *composite), capsys)
-    for extra in (["--schedule", "uniform"], ["--fast"], ["--solver", "dpm++"]):
-        assert "(--schedule, --solver, --fast) apply to ReF-LDM" in _error_of(
+    for extra, option in ((["--schedule", "uniform"], "timestep spacing"), (["--fast"], "solver"),
+                          (["--solver", "dpm++"], "solver")):  # fmt: skip
+        assert f"The {option} is not an option of Composite-Context" in _error_of(
             _restore_args(slim, inputs, out, *composite, *extra, model=tmp_path), capsys
         )
     assert "contradicts --solver ddim" in _error_of(
         _restore_args(slim, inputs, out, "--fast", "--solver", "ddim"), capsys
     )
-    assert "apply to the composite method only" in _error_of(_restore_args(slim, inputs, out, "--no-color-fix"), capsys)
+    assert "The colour fix is not an option of ReF-LDM" in _error_of(
+        _restore_args(slim, inputs, out, "--no-color-fix"), capsys
+    )
     assert "no readable model_index.json" in _error_of(
         _restore_args(slim, inputs, out, *composite, model=tmp_path), capsys
     )
@@ -147,12 +150,14 @@ def test_fast_mode_is_dpm_solver_with_fewer_steps(slim, inputs, monkeypatch):
 
     calls = []
     original = RefLDMPipeline.__call__
-    monkeypatch.setattr(RefLDMPipeline, "__call__", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    monkeypatch.setattr(
+        RefLDMPipeline, "__call__", lambda self, *a, **k: calls.append(k["options"]) or original(self, *a, **k)
+    )
     args = [a for a in _restore_args(slim, inputs, inputs / "fast.png", "--fast") if a not in ("--steps", "5")]
     assert main(args) == 0
-    assert (calls[-1]["solver"], calls[-1]["num_inference_steps"]) == ("dpm++", 20)
+    assert (calls[-1].solver, calls[-1].steps) == ("dpm++", 20)
     assert main(_restore_args(slim, inputs, inputs / "fast5.png", "--fast")) == 0
-    assert (calls[-1]["solver"], calls[-1]["num_inference_steps"]) == ("dpm++", 5)
+    assert (calls[-1].solver, calls[-1].steps) == ("dpm++", 5)
     fast = np.asarray(Image.open(inputs / "fast5.png"), dtype=int)
     official = np.asarray(Image.open(slim / "expected.png").convert("RGB"), dtype=int)
     assert fast.shape == official.shape and np.abs(fast - official).max() > 2

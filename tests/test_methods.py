@@ -13,7 +13,8 @@ import pytest
 from refface import methods
 from refface.cli import build_parser
 from refface.errors import RefFaceError
-from refface.evaluation.methods import PipelineRestorer, SamplingSettings, build_restorer
+from refface.evaluation.restorers import PipelineRestorer, benchmark_sampling, build_restorer
+from refface.pipelines.base import SamplingOptions
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "refface"
 
@@ -49,61 +50,79 @@ def test_an_unknown_method_is_one_sentence_listing_the_names():
 
 def test_each_method_s_defaults_and_option_checks():
     refldm, composite = methods.get("refldm"), methods.get("composite")
-    assert refldm.sampling_options() == {
-        "num_inference_steps": 50, "guidance_scale": 1.5, "spacing": "uniform_trailing", "solver": "ddim"
-    }  # fmt: skip
-    assert refldm.sampling_options(20, 2.0, spacing="uniform", solver="dpm++", strength=0.4) == {
-        "num_inference_steps": 20, "guidance_scale": 2.0, "spacing": "uniform", "solver": "dpm++", "strength": 0.4
-    }  # fmt: skip
-    assert composite.sampling_options(30) == {
-        "num_inference_steps": 30, "lq_guidance": 1.2, "reference_guidance": 1.2, "color_fix": True
-    }  # fmt: skip
-    assert composite.sampling_options(5, 1.4, 1.1, color_fix=False, strength=0.5) == {
-        "num_inference_steps": 5, "lq_guidance": 1.1, "reference_guidance": 1.4, "color_fix": False, "strength": 0.5
-    }  # fmt: skip
+    assert refldm.sampling() == SamplingOptions(
+        "ReF-LDM", steps=50, guidance=1.5, spacing="uniform_trailing", solver="ddim", strength=1.0, seed=2024
+    )
+    assert refldm.sampling(steps=20, guidance=2.0, spacing="uniform", solver="dpm++", strength=0.4) == SamplingOptions(
+        "ReF-LDM", steps=20, guidance=2.0, spacing="uniform", solver="dpm++", strength=0.4
+    )
+    assert refldm.sampling(solver="dpm++").steps == 20  # the fast mode's steps unless told
+    assert composite.sampling(steps=30) == SamplingOptions(
+        "Composite-Context", steps=30, guidance=1.2, lq_guidance=1.2, color_fix=True
+    )
+    assert composite.sampling(steps=5, guidance=1.4, lq_guidance=1.1, color_fix=False, strength=0.5) == (
+        SamplingOptions("Composite-Context", steps=5, guidance=1.4, lq_guidance=1.1, color_fix=False, strength=0.5)
+    )
     assert (refldm.fast_steps, composite.fast_steps) == (20, None)
     for method in (refldm, composite):
-        with pytest.raises(RefFaceError, match="must be at least 1, got 0"):
-            method.sampling_options(0)
+        with pytest.raises(RefFaceError, match="must be a whole number of at least 1, got 0"):
+            method.sampling(steps=0)
     for wrong in ({"spacing": "uniform"}, {"solver": "dpm++"}):
-        with pytest.raises(RefFaceError, match=r"\(--schedule, --solver, --fast\) apply to ReF-LDM"):
-            composite.sampling_options(10, **wrong)
+        refused = r"^The (timestep spacing|solver) is not an option of Composite-Context\.$"
+        with pytest.raises(RefFaceError, match=refused):
+            composite.sampling(steps=10, **wrong)
     for wrong in ({"lq_guidance": 1.5}, {"color_fix": False}):
-        with pytest.raises(RefFaceError, match="apply to the composite method only"):
-            refldm.sampling_options(10, **wrong)
+        with pytest.raises(RefFaceError, match="is not an option of ReF-LDM"):
+            refldm.sampling(steps=10, **wrong)
     with pytest.raises(RefFaceError, match="Unknown solver 'euler'"):
-        refldm.sampling_options(10, solver="euler")
+        refldm.sampling(steps=10, solver="euler")
     for method in (refldm, composite):
         for strength in (0.0, -0.5, 1.01, float("nan")):
-            with pytest.raises(RefFaceError, match="strength must be greater than 0 and at most 1"):
-                method.sampling_options(10, strength=strength)
+            with pytest.raises(RefFaceError, match="strength must be"):
+                method.sampling(steps=10, strength=strength)
 
 
 def test_the_benchmark_restorer_sets_and_records_each_method_s_options():
-    settings = SamplingSettings(steps=4, guidance=1.3, spacing="uniform_trailing", seed=9)
-    refldm = PipelineRestorer(methods.get("refldm"), None, settings, lq_guidance=2.0, color_fix=False)
-    assert refldm.sampling() == {
-        "num_inference_steps": 4, "guidance_scale": 1.3, "spacing": "uniform_trailing", "solver": "ddim"
-    }  # fmt: skip
+    refldm = PipelineRestorer(
+        methods.get("refldm"), None, benchmark_sampling(methods.get("refldm"), 4, 1.3, "uniform_trailing", 9)
+    )
+    assert refldm.options == SamplingOptions("ReF-LDM", 4, 1.3, spacing="uniform_trailing", solver="ddim", seed=9)
     assert refldm.recorded() == {"steps": 4, "guidance": 1.3, "spacing": "uniform_trailing", "seed": 9}
-    composite = PipelineRestorer(methods.get("composite"), None, settings, color_fix=False)
-    assert composite.sampling() == {
-        "num_inference_steps": 4, "lq_guidance": 1.2, "reference_guidance": 1.3, "color_fix": False
-    }  # fmt: skip
+    with pytest.raises(RefFaceError, match="are not options of ReF-LDM"):  # refused as the CLI refuses them
+        benchmark_sampling(methods.get("refldm"), 4, 1.3, lq_guidance=2.0, color_fix=False)
+    composite = PipelineRestorer(
+        methods.get("composite"),
+        None,
+        benchmark_sampling(methods.get("composite"), 4, 1.3, "uniform_trailing", 9, color_fix=False),
+    )
+    assert composite.options == SamplingOptions(
+        "Composite-Context", 4, 1.3, lq_guidance=1.2, color_fix=False, seed=9
+    )  # the timestep spacing is not the composite model's
     assert composite.recorded() == {"steps": 4, "guidance": 1.3, "lq_guidance": 1.2, "color_fix": False, "seed": 9}
 
 
-def test_each_entry_names_its_pipeline_and_saved_folder_kind():
-    from refface.pipelines.loading import PIPELINES
+def test_each_entry_names_its_pipeline_and_saved_folder_kind(tmp_path):
+    from refface.pipelines.loading import saved_pipeline_class
 
-    assert {m.pipeline_class_name: m.label for m in methods.METHODS} == PIPELINES
     for method in methods.METHODS:
         assert method.pipeline_class().__name__ == method.pipeline_class_name
+        assert method.pipeline_class().default_options is method.defaults  # one place for the defaults
         assert methods.for_pipeline(method.pipeline_class_name) is method
+        folder = tmp_path / method.name
+        folder.mkdir()
+        (folder / "model_index.json").write_text(f'{{"_class_name": "{method.pipeline_class_name}"}}')
+        assert methods.of_folder(folder) == (method, folder)
+        assert saved_pipeline_class(folder) == method.pipeline_class_name
+    with pytest.raises(RefFaceError, match="holds a Composite-Context model, not a ReF-LDM one"):
+        methods.get("refldm").sources(model=tmp_path / "composite")
     with pytest.raises(RefFaceError, match="has no released weights; pass --model"):
         methods.get("composite").load()
     with pytest.raises(RefFaceError, match="ReF-LDM's official files"):
-        methods.get("composite").check_sources("folder", "refldm.ckpt", None, None)
+        methods.get("composite").sources("folder", "refldm.ckpt")
+    with pytest.raises(RefFaceError, match="--model already holds every weight"):
+        methods.get("refldm").sources(tmp_path / "refldm", "refldm.ckpt")
+    with pytest.raises(RefFaceError, match="pass it with --checkpoint"):
+        methods.get("refldm").sources(vqgan="vqgan.ckpt")
 
 
 def test_the_guidance_and_spacing_flags_and_their_old_names():
@@ -135,27 +154,21 @@ def test_importing_the_registry_stays_light_and_the_lower_layers_never_import_it
 
 
 class _FakePipe:
+    default_options = SamplingOptions("Fake", steps=7, guidance=2.0)
+
     def to(self, device=None, dtype=None):
         return self
 
 
 def _fake_method() -> methods.Method:
-    def options(*, steps, guidance, lq_guidance, color_fix, spacing, solver, strength):
-        if spacing is not None or solver is not None or lq_guidance is not None or strength != 1.0:
-            raise RefFaceError("The fake method takes steps and guidance only.")
-        return {"num_inference_steps": steps, "strength": guidance}
-
     return methods.Method(
         name="fake",
-        label="Fake",
         pipeline="tests.test_methods:_FakePipe",
-        loader=lambda model, checkpoint, vqgan, config: _FakePipe(),
-        options=options,
+        loader=lambda sources: _FakePipe(),
+        defaults=_FakePipe.default_options,
         summary="made up",
         with_references="copies the references",
         without_references="copies the LQ",
-        guidance=2.0,
-        steps=7,
     )
 
 
@@ -165,7 +178,9 @@ def test_a_third_method_is_one_entry(monkeypatch, tmp_path):
 
     assert methods.names() == ("refldm", "composite", "fake")
     assert methods.get("fake") is fake and methods.for_pipeline("_FakePipe") is fake
-    assert fake.sampling_options() == {"num_inference_steps": 7, "strength": 2.0}
+    assert fake.sampling() == SamplingOptions("Fake", steps=7, guidance=2.0) and fake.label == "Fake"
+    with pytest.raises(RefFaceError, match="The solver is not an option of Fake"):
+        fake.sampling(solver="dpm++")
     with pytest.raises(RefFaceError, match="choose one of refldm, composite, fake"):
         methods.get("nope")
 
@@ -177,10 +192,12 @@ def test_a_third_method_is_one_entry(monkeypatch, tmp_path):
     assert "fake-no-refs: Fake given no references (copies the LQ)" in bench.help
     assert "Fake" in _option("serve", "model").help
 
-    made = build_restorer("fake-no-refs", SamplingSettings(steps=3), lq_guidance=1.7)
+    made = build_restorer("fake-no-refs", benchmark_sampling(fake, steps=3))
     assert (made.uses_references, made.source) == (False, "released Fake weights")
-    assert made.sampling() == {"num_inference_steps": 3, "strength": 1.5}  # the benchmark's guidance
-    assert made.recorded() == {"steps": 3, "guidance": 1.5, "seed": 2024}  # no benchmark_options: none recorded
+    assert made.options == SamplingOptions("Fake", steps=3, guidance=2.0)  # the method's guidance
+    assert made.recorded() == {"steps": 3, "guidance": 2.0, "seed": 2024}  # no benchmark_options: none recorded
+    with pytest.raises(RefFaceError, match="The guidance toward the LQ image is not an option of Fake"):
+        benchmark_sampling(fake, steps=3, lq_guidance=1.7)
 
     from refface.web.limits import ServeLimits
     from refface.web.service import RestorationService
@@ -195,4 +212,6 @@ def test_a_third_method_is_one_entry(monkeypatch, tmp_path):
 
 def test_entries_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        methods.get("refldm").guidance = 3.0
+        methods.get("refldm").defaults = methods.get("composite").defaults
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        methods.get("refldm").defaults.guidance = 3.0

@@ -47,13 +47,13 @@ def test_checked_dtype_warns_on_stderr_and_still_returns_the_dtype(monkeypatch, 
 
 
 def test_restore_warns_before_loading_the_model(slim, tmp_path, monkeypatch, capsys):
-    import refface.cli.restore as restore_command
+    from refface.restoration.settings import RestoreSettings
 
-    def not_loaded(args):
+    def not_loaded(settings):
         raise RefFaceError("the model is not loaded in this test.")
 
     monkeypatch.setattr(precision, "_onednn_supports", lambda d: False)
-    monkeypatch.setattr(restore_command, "_load_pipeline", not_loaded)
+    monkeypatch.setattr(RestoreSettings, "load_pipeline", not_loaded)
     refs = [str(slim / f"ref{i}.png") for i in range(3)]
     argv = ["restore", str(slim / "lq.png"), "--ref", *refs, "--aligned", "--device", "cpu", "--dtype", "fp16"]
     assert main([*argv, "--output", str(tmp_path / "out.png"), "-q"]) == 1

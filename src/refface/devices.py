@@ -1,23 +1,42 @@
 """Which device and dtype a front end runs on: the names users choose ("auto", "cuda", "bf16") as torch objects.
 
-The command line and the ComfyUI nodes offer the same choices, so they resolve them here.
+The command line, the web server and the ComfyUI nodes offer the same choices, so they are named and resolved
+here. torch is imported when a name is resolved, not with this module: argument parsing reads the names.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from refface.errors import RefFaceError
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype a --dtype name stands for."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name not in dtypes:
+        raise RefFaceError(f"Unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)}.")
+    return dtypes[name]
 
 
 def _mps_available() -> bool:
+    import torch
+
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def resolve_device(name: str, option: str = "--device") -> torch.device:
     """auto = CUDA, else Apple MPS, else CPU; an explicit unavailable device is an error naming `option`."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -100,6 +100,11 @@ def _decode(source, image_label: str, file_label: str, max_pixels: int) -> Image
     return image
 
 
+def as_rgb_array(photo: Image.Image | np.ndarray) -> np.ndarray:
+    """A photo as the uint8 [H, W, 3] array the face tools work on."""
+    return np.asarray(photo.convert("RGB") if isinstance(photo, Image.Image) else photo, dtype=np.uint8)
+
+
 def to_model_input(images: Iterable[Image.Image], size: int) -> torch.Tensor:
     """RGB images -> [B, 3, size, size] in [-1, 1], resized as the official script does (PIL bicubic)."""
     tensors = []

@@ -1,15 +1,14 @@
-"""The restoration methods, in one table that the CLI, the web page, the benchmark and their tests read.
+"""The restoration methods, in the one table that the CLI, the web page, the ComfyUI nodes and the benchmark read.
 
-Each `Method` names a method (its `--method` value and human label), its pipeline class (imported on
-first use: the Composite-Context pipeline imports transformers), where its weights come from (a saved
-folder, official files, the release), its default sampling options with the check that turns them into
-its pipeline's keyword arguments, and the options its benchmark runs set and record (the restorer itself,
-one for every method, is `refface.evaluation.methods.PipelineRestorer`). A new method is one entry in
-`METHODS` plus its pipeline (a class in `refface.pipelines`, listed in `refface.pipelines.loading.PIPELINES`
-so that its saved folders are recognised).
+Each `Method` names a method (its `--method` value; its label is its options'), its pipeline class (imported on
+first use: the Composite-Context pipeline imports transformers), where its weights come from (a saved folder,
+official files, the release) and the check of that choice, its default `SamplingOptions` (written once, in
+`refface.pipelines.base`) and the options its benchmark runs set and record. A new method is one entry in
+`METHODS` plus its pipeline (a class in `refface.pipelines` that keeps `RestorationPipeline`'s contract).
 
-Layering: this module imports the pipelines (inside functions) and nothing above them; `refface.models`
-and `refface.pipelines` never import it, and evaluation, the CLI and the web service do.
+Layering: this module imports the pipelines' light `base` module, and the rest of the pipelines inside
+functions; `refface.models` and `refface.pipelines` never import it; the workflow, evaluation and the front
+ends do.
 """
 
 from __future__ import annotations
@@ -21,41 +20,84 @@ from pathlib import Path
 from typing import Any
 
 from refface.errors import RefFaceError
-from refface.pipelines.schedule import FAST_STEPS
+from refface.pipelines.base import COMPOSITE_OPTIONS, FAST_STEPS, REFLDM_OPTIONS, SamplingOptions
 
 NO_REFERENCES = "-no-refs"  # benchmark method `<name>-no-refs`: the same model given no references
 
 
-def _any_sources(model, checkpoint, vqgan, config) -> None:
-    """Every combination of weight sources is the loader's to judge."""
+@dataclass(frozen=True)
+class ModelSources:
+    """Where a method's weights come from: a saved `model` folder, official files (`checkpoint`, `vqgan`,
+    `config`), or nothing (the released weights). Made by `Method.sources`, which checks the combination once."""
+
+    model: Path | None = None
+    checkpoint: Path | None = None
+    vqgan: Path | None = None
+    config: Path | None = None
+
+    @property
+    def released(self) -> bool:
+        return self.model is None and self.checkpoint is None
+
+    def recorded(self) -> list[str | None]:
+        """The files as a run's manifest records them (absolute, so the same files however they were named)."""
+        return [str(path.resolve()) if path is not None else None for path in self._paths()]
+
+    def _paths(self) -> tuple[Path | None, ...]:
+        return self.model, self.checkpoint, self.vqgan, self.config
+
+
+def _any_official_files(sources: ModelSources) -> None:
+    """ReF-LDM: a saved folder alone, or an official checkpoint with its optional VQGAN and config, or nothing."""
+    if sources.model is not None and (
+        sources.checkpoint is not None or sources.vqgan is not None or sources.config is not None
+    ):
+        raise RefFaceError("--model already holds every weight; do not combine it with --checkpoint/--vqgan/--config.")
+    if sources.checkpoint is None and (sources.vqgan is not None or sources.config is not None):
+        raise RefFaceError("--vqgan and --config describe an official checkpoint; pass it with --checkpoint.")
+
+
+def _trained_folder_only(sources: ModelSources) -> None:
+    """The Composite-Context method loads from a trained model folder only (it has no released checkpoint)."""
+    if sources.checkpoint is not None or sources.vqgan is not None or sources.config is not None:
+        raise RefFaceError(
+            "--checkpoint, --vqgan and --config are ReF-LDM's official files; the Composite-Context method loads "
+            "a model folder with --model."
+        )
+    if sources.model is None:
+        raise RefFaceError(
+            "The Composite-Context method has no released weights; pass --model with a folder that "
+            "`refface train` (stage composite) wrote."
+        )
 
 
 @dataclass(frozen=True)
 class Method:
-    """One restoration method: its names, pipeline, weights, sampling defaults and benchmark options.
+    """One restoration method: its name, pipeline, weights, default sampling options and benchmark options.
 
-    `loader(model, checkpoint, vqgan, config)` returns the pipeline in eval mode; `options(steps=,
-    guidance=, lq_guidance=, color_fix=, spacing=, solver=, strength=)` receives the options with this entry's
-    defaults filled in and returns the pipeline call's keyword arguments, refusing an option the
-    method does not have in one sentence. A default of None means the method has no such option.
+    `loader(sources)` returns the pipeline in eval mode from checked `ModelSources`; `check_sources(sources)`
+    refuses a combination of weight files the method cannot load, in one sentence.
     """
 
     name: str  # the --method value and the web form's
-    label: str  # what pages, help and messages call it
     pipeline: str  # "module:Class", imported on first use
-    loader: Callable[..., Any]
-    options: Callable[..., dict]
+    loader: Callable[[ModelSources], Any]
+    defaults: SamplingOptions
     summary: str  # where the weights come from, for --method's help
     with_references: str  # the benchmark's description of `name` ...
     without_references: str  # ... and of `name`-no-refs
-    guidance: float  # toward the references
-    lq_guidance: float | None = None  # toward the LQ image
-    spacing: str | None = None  # timestep spacing
-    solver: str | None = None
-    steps: int = 50
-    fast_steps: int | None = None  # the steps of the fast mode (DPM-Solver++); None: no fast mode
     benchmark_options: tuple[str, ...] = ()  # of spacing, lq_guidance, color_fix: what a benchmark sets and records
-    check_sources: Callable[..., None] = _any_sources  # (model, checkpoint, vqgan, config), before slow work
+    check_sources: Callable[[ModelSources], None] = _any_official_files
+
+    @property
+    def label(self) -> str:
+        """What pages, help and messages call the method."""
+        return self.defaults.method
+
+    @property
+    def fast_steps(self) -> int | None:
+        """The steps of the fast mode (DPM-Solver++); None for a method that samples with its own scheduler."""
+        return FAST_STEPS if self.defaults.solver is not None else None
 
     @property
     def pipeline_class_name(self) -> str:
@@ -66,134 +108,87 @@ class Method:
         module, _, name = self.pipeline.partition(":")
         return getattr(importlib.import_module(module), name)
 
-    def load(self, model=None, checkpoint=None, vqgan=None, config=None):
-        """The pipeline from a saved folder (`model`), official files (`checkpoint`, ...) or the release."""
-        self.check_sources(model, checkpoint, vqgan, config)
-        return self.loader(model, checkpoint, vqgan, config)
-
-    def sampling_options(
+    def sources(
         self,
+        model: str | Path | None = None,
+        checkpoint: str | Path | None = None,
+        vqgan: str | Path | None = None,
+        config: str | Path | None = None,
+    ) -> ModelSources:
+        """The weight files given for this method, checked once (before any slow work): a saved model folder must
+        hold this method's model."""
+        as_path = [Path(value) if value is not None and str(value) != "" else None for value in (model, checkpoint,
+                                                                                                 vqgan, config)]
+        sources = ModelSources(*as_path)
+        self.check_sources(sources)
+        if sources.model is not None and sources.model.is_dir():
+            held, _ = of_folder(sources.model)
+            if held is not self:
+                raise RefFaceError(
+                    f"The model folder {sources.model} holds a {held.label} model, not a {self.label} one; choose the "
+                    "matching --method."
+                )
+        return sources
+
+    def load(self, sources: ModelSources | None = None):
+        """The pipeline (eval mode) from `sources` (default: the released weights)."""
+        return self.loader(sources if sources is not None else self.sources())
+
+    def sampling(
+        self,
+        *,
         steps: int | None = None,
         guidance: float | None = None,
         lq_guidance: float | None = None,
-        color_fix: bool = True,
+        color_fix: bool | None = None,
         spacing: str | None = None,
         solver: str | None = None,
-        strength: float = 1.0,
-    ) -> dict:
-        """Keyword arguments for this method's pipeline call; an option of another method is one sentence."""
-        from refface.pipelines.schedule import check_strength
-
-        steps = self.steps if steps is None else steps
-        if steps < 1:
-            raise RefFaceError(f"The number of steps must be at least 1, got {steps}.")
-        check_strength(strength)
-        return self.options(
-            steps=steps,
-            guidance=self.guidance if guidance is None else guidance,
-            lq_guidance=self.lq_guidance if lq_guidance is None else lq_guidance,
-            color_fix=color_fix,
-            spacing=self.spacing if spacing is None else spacing,
-            solver=self.solver if solver is None else solver,
-            strength=strength,
-        )
+        strength: float | None = None,
+        seed: int | None = None,
+    ) -> SamplingOptions:
+        """This method's options with the user's changes (None: the default); an option the method does not have
+        is one sentence. DPM-Solver++ without a step count takes the fast mode's steps."""
+        if steps is None and solver == "dpm++" and self.fast_steps is not None:
+            steps = self.fast_steps
+        return self.defaults.with_changes(
+            steps=steps, guidance=guidance, lq_guidance=lq_guidance, color_fix=color_fix, spacing=spacing,
+            solver=solver, strength=strength, seed=seed,
+        )  # fmt: skip
 
 
-def _light_touch(strength: float) -> dict:
-    """`strength` for a pipeline call below 1 only: 1 is the pipelines' default, and settings recorded without
-    it (benchmarks, archive runs) stay the same."""
-    return {"strength": strength} if strength != 1.0 else {}
-
-
-# ------------------------------------------------------------------------------------------- ReF-LDM
-def _refldm_load(model, checkpoint, vqgan, config):
+# ------------------------------------------------------------------------------------------- loaders
+def _refldm_load(sources: ModelSources):
     from refface.pipelines.loading import load_refldm
 
-    return load_refldm(model=model, checkpoint=checkpoint, vqgan=vqgan, config=config)
+    return load_refldm(sources.model, sources.checkpoint, sources.vqgan, sources.config)
 
 
-def _refldm_options(*, steps, guidance, lq_guidance, color_fix, spacing, solver, strength) -> dict:
-    from refface.pipelines.schedule import check_solver
-
-    check_solver(solver)
-    if lq_guidance is not None or not color_fix:
-        raise RefFaceError(
-            "The LQ guidance (--lq-guidance) and turning the colour fix off (--no-color-fix) "
-            "apply to the composite method only."
-        )
-    return {
-        "num_inference_steps": steps,
-        "guidance_scale": guidance,
-        "spacing": spacing,
-        "solver": solver,
-        **_light_touch(strength),
-    }
-
-
-# --------------------------------------------------------------------------------- Composite-Context
-def _trained_folder_only(model, checkpoint, vqgan, config) -> None:
-    """The Composite-Context method loads from a trained model folder only (it has no released checkpoint)."""
-    if checkpoint is not None or vqgan is not None or config is not None:
-        raise RefFaceError(
-            "--checkpoint, --vqgan and --config are ReF-LDM's official files; the Composite-Context method loads "
-            "a model folder with --model."
-        )
-    if model is None:
-        raise RefFaceError(
-            "The Composite-Context method has no released weights; pass --model with a folder that "
-            "`refface train` (stage composite) wrote."
-        )
-
-
-def _composite_load(model, checkpoint, vqgan, config):
+def _composite_load(sources: ModelSources):
     from refface.pipelines.loading import load_composite
 
-    return load_composite(model)
-
-
-def _composite_options(*, steps, guidance, lq_guidance, color_fix, spacing, solver, strength) -> dict:
-    if spacing is not None or solver is not None:
-        raise RefFaceError(
-            "The timestep schedule and solver (--schedule, --solver, --fast) apply to ReF-LDM; "
-            "the composite model samples with its own scheduler."
-        )
-    return {
-        "num_inference_steps": steps,
-        "lq_guidance": lq_guidance,
-        "reference_guidance": guidance,
-        "color_fix": color_fix,
-        **_light_touch(strength),
-    }
+    return load_composite(sources.model)
 
 
 # ------------------------------------------------------------------------------------------- the table
 METHODS: tuple[Method, ...] = (
     Method(
         name="refldm",
-        label="ReF-LDM",
         pipeline="refface.pipelines.refldm:RefLDMPipeline",
         loader=_refldm_load,
-        options=_refldm_options,
+        defaults=REFLDM_OPTIONS,
         summary="released weights",
         with_references="CacheKV, guidance toward them",
         without_references="the same weights, no guidance",
-        guidance=1.5,
-        spacing="uniform_trailing",
-        solver="ddim",
-        fast_steps=FAST_STEPS,
         benchmark_options=("spacing",),
     ),
     Method(
         name="composite",
-        label="Composite-Context",
         pipeline="refface.pipelines.composite:CompositeContextPipeline",
         loader=_composite_load,
-        options=_composite_options,
+        defaults=COMPOSITE_OPTIONS,
         summary="Composite-Context, a model folder you trained",
         with_references="dual guidance, training-free multi-reference ensemble",
         without_references="guidance toward the LQ image only",
-        guidance=1.2,
-        lq_guidance=1.2,
         check_sources=_trained_folder_only,
         benchmark_options=("lq_guidance", "color_fix"),  # the timestep spacing is its own scheduler's
     ),
@@ -215,7 +210,7 @@ def get(name: str) -> Method:
 
 def of_folder(folder: str | Path) -> tuple[Method, Path]:
     """The method of a saved model folder (or a finished run folder's model/), read from the folder, and the
-    folder to load (`method.load(model=...)`)."""
+    folder to load (`method.load(method.sources(model=...))`)."""
     from refface.pipelines.loading import model_folder, saved_pipeline_class
 
     source = model_folder(folder)

@@ -194,21 +194,22 @@ def test_a_composite_model_folder_loads_and_restores(tmp_path):
     crops = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(2))
     (restored,) = RestoreAlignedFace().restore(model, crops, **{**SAMPLING, "guidance": 1.2})
     assert restored.shape == crops.shape
-    with pytest.raises(RefFaceError, match="The solver dpm\\+\\+ applies to ReF-LDM"):
+    with pytest.raises(RefFaceError, match="The solver is not an option of Composite-Context"):
         RestoreAlignedFace().restore(model, crops, **{**SAMPLING, "solver": "dpm++"})
 
 
 def test_the_released_weights_come_from_comfyuis_models_folder_when_it_has_them(tmp_path, monkeypatch):
     asked = []
-    monkeypatch.setattr(methods.Method, "load", lambda self, **sources: asked.append(sources) or make_tiny_pipeline())
+    monkeypatch.setattr(methods.Method, "load", lambda self, found=None: asked.append(found) or make_tiny_pipeline())
     monkeypatch.setitem(sys.modules, "folder_paths", types.SimpleNamespace(models_dir=str(tmp_path)))
     LoadRefLDM().load("", "cpu", "fp32")
-    assert asked[-1] == {}  # no files there: refface's own cache (or its download)
+    assert asked[-1] is None  # no files there: refface's own cache (or its download)
     (tmp_path / "refldm").mkdir()
     for name in ("refldm.ckpt", "vqgan.ckpt"):
         (tmp_path / "refldm" / name).write_bytes(b"weights")
     LoadRefLDM().load("", "cpu", "fp32")
-    assert asked[-1] == {"checkpoint": tmp_path / "refldm" / "refldm.ckpt", "vqgan": tmp_path / "refldm" / "vqgan.ckpt"}
+    assert asked[-1] == methods.ModelSources(checkpoint=tmp_path / "refldm" / "refldm.ckpt",
+                                             vqgan=tmp_path / "refldm" / "vqgan.ckpt")  # fmt: skip
 
 
 def test_bad_inputs_are_one_sentence(model, tmp_path):

@@ -13,13 +13,14 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
+from refface import methods
 from refface.cli import main
 from refface.data.benchmark_sets import make_benchmark_set
 from refface.errors import RefFaceError
 from refface.evaluation.benchmark import reference_counts, restore_cases, run_benchmark
 from refface.evaluation.contact_sheet import HEADER, TILE, spread_examples
-from refface.evaluation.methods import RefLDMRestorer, SamplingSettings
 from refface.evaluation.paper_sets import locate_set
+from refface.evaluation.restorers import PipelineRestorer, benchmark_sampling
 from refface.imaging import load_image, resize_square
 from refface.models.config import tiny_architecture
 from refface.pipelines.refldm import RefLDMPipeline
@@ -215,13 +216,14 @@ def test_reference_counts_and_example_spread():
 
 def test_the_restorer_reports_its_settings(tmp_path):
     pipe = RefLDMPipeline.from_architecture(tiny_architecture(16))
-    restorer = RefLDMRestorer(pipe, SamplingSettings(steps=3), uses_references=False, source="m")
+    refldm = methods.get("refldm")
+    restorer = PipelineRestorer(refldm, pipe, benchmark_sampling(refldm, steps=3), uses_references=False, source="m")
     assert restorer.describe() == {
         "model": "m", "references": False, "dtype": "float32", "steps": 3, "guidance": 1.5, "spacing": "uniform",
         "seed": 2024,
     }  # fmt: skip
-    with pytest.raises(RefFaceError, match="steps must be at least 1"):
-        SamplingSettings(steps=0)
+    with pytest.raises(RefFaceError, match="steps must be a whole number of at least 1"):
+        benchmark_sampling(refldm, steps=0)
 
 
 def test_missing_or_mismatched_set_files_are_one_sentence(dataset, tmp_path, capsys):
@@ -281,7 +283,7 @@ def test_the_composite_method_runs_through_the_same_benchmark(dataset, tmp_path,
     capsys.readouterr()
     for extra, message in [
         (["--method", "composite"], "has no released weights; pass --model"),
-        (["--method", "refldm", "--model", str(model), "--lq-guidance", "1.5"], "apply to the composite methods"),
+        (["--method", "refldm", "--lq-guidance", "1.5"], "guidance toward the LQ image is not an option of ReF-LDM"),
         (["--method", "refldm", "--model", str(model)], "holds a Composite-Context model, not a ReF-LDM one"),
     ]:
         assert main([*args, *extra]) == 1

@@ -8,14 +8,15 @@ import torch
 
 from refface.export.onnx_sampler import OnnxSamplerError, Schedule, ddim_timesteps, strength_start, to_8bit
 from refface.imaging import to_pil
-from refface.pipelines.schedule import make_scheduler, noised_to, sampling_scheduler
+from refface.pipelines.schedule import make_scheduler, noised_to
 from refface.pipelines.schedule import strength_start as refface_strength_start
+from tests.conftest import refldm_scheduler
 
 TEMPLATE = make_scheduler(1000, 0.0015, 0.0155)
 
 
 def _refface(steps: int, spacing: str):
-    return sampling_scheduler(TEMPLATE, steps, spacing)
+    return refldm_scheduler(TEMPLATE, steps, spacing)
 
 
 def _alphas(scheduler) -> np.ndarray:

@@ -21,16 +21,11 @@ from refface.face.detection import DlibDetector
 from refface.face.guard import check_identity, lq_is_usable
 from refface.face.identity import DlibEmbedder
 from refface.face.locate import find_faces
-from tests.face.photos import astronaut, degrade, grace_hopper, place, side_light
-
-
-def _mirror(image: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(image[:, ::-1])
-
+from tests.face.photos import astronaut, degrade, grace_hopper, mirror, place, side_light
 
 ASTRONAUT_PHOTOS = {
     "astro_plain.jpg": lambda a: place(a, 10, 1.1)[0],
-    "astro_mirror.jpg": lambda a: place(_mirror(a), -8, 1.0)[0],
+    "astro_mirror.jpg": lambda a: place(mirror(a), -8, 1.0)[0],
     "astro_light.jpg": lambda a: place(side_light(a), 3, 1.3)[0],
     "astro_plain_copy.png": lambda a: place(a, 10, 1.1)[0],
     "astro_blurred.jpg": lambda a: degrade(place(a, 5, 1.0)[0], 3),
@@ -38,7 +33,7 @@ ASTRONAUT_PHOTOS = {
 }
 HOPPER_PHOTOS = {
     "hopper_plain.jpg": lambda g: place(g, 0, 0.9)[0],
-    "hopper_mirror.jpg": lambda g: place(_mirror(g), 12, 0.8)[0],
+    "hopper_mirror.jpg": lambda g: place(mirror(g), 12, 0.8)[0],
     "hopper_light.jpg": lambda g: place(side_light(g), -6, 1.0)[0],
 }
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from refface.errors import RefFaceError
 from refface.models.composite_context import ReferenceFeatures
+from refface.pipelines.base import REFLDM_OPTIONS
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.composite import CompositeContextPipeline, DualGuidance, guided_prediction, sample_composite
 from refface.pipelines.loading import load_composite, load_saved
@@ -142,15 +143,19 @@ def test_restoration_is_per_photo_reusable_and_survives_save_and_load(pipe, tmp_
     again = loaded(lq, refs, num_inference_steps=3, seed=[7, 8], progress=False)
     torch.testing.assert_close(again.pixels, both.pixels, rtol=0, atol=0)
     assert isinstance(again.images[0], Image.Image) and again.images[0].size == (32, 32)
-    with pytest.raises(RefFaceError, match="holds a Composite-Context model, not a ReF-LDM one"):
+    with pytest.raises(RefFaceError, match=r"holds a CompositeContextPipeline, not a RefLDMPipeline \(ReF-LDM\)"):
         load_saved(tmp_path / "model")
 
 
 def test_bad_calls_are_one_sentence(pipe, tmp_path):
     with pytest.raises(RefFaceError, match="2 seeds for 1 images"):
         pipe(_images(1, seed=1), None, num_inference_steps=2, seed=[1, 2], progress=False)
-    with pytest.raises(RefFaceError, match="between 1 and 1000"):
+    with pytest.raises(RefFaceError, match="at least 1, got 0"):
         pipe(_images(1, seed=1), None, num_inference_steps=0, progress=False)
+    with pytest.raises(RefFaceError, match="between 1 and 1000, got 1001"):
+        pipe(_images(1, seed=1), None, num_inference_steps=1001, progress=False)
+    with pytest.raises(RefFaceError, match="options are ReF-LDM's; a Composite-Context pipeline takes its own"):
+        pipe(_images(1, seed=1), None, options=REFLDM_OPTIONS, progress=False)
     with pytest.raises(RefFaceError, match="must be 32x32"):
         pipe(_images(1, seed=1, size=40), None, num_inference_steps=2, progress=False)
     with pytest.raises(RefFaceError, match="no readable model_index.json"):

@@ -1,4 +1,4 @@
-"""Exactness against the official ReF-LDM code (../shared/fixtures/official-slim)."""
+"""Exactness against the official ReF-LDM code (tests/fixtures/official-slim)."""
 
 from __future__ import annotations
 

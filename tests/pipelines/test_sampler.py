@@ -9,7 +9,8 @@ import torch
 from diffusers import DDIMScheduler
 
 from refface.pipelines.sampler import sample, solver_name
-from refface.pipelines.schedule import make_scheduler, sampling_scheduler
+from refface.pipelines.schedule import make_scheduler
+from tests.conftest import refldm_scheduler
 
 TEMPLATE = make_scheduler(1000, 0.0015, 0.0155)
 
@@ -23,9 +24,9 @@ def _predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def test_sample_steps_like_a_written_out_loop(solver, steps):
     latents = torch.randn(3, 4, 6, 5, generator=torch.Generator().manual_seed(steps))
     seen = []
-    got = sample(_predict, sampling_scheduler(TEMPLATE, steps, "uniform", solver), latents,
+    got = sample(_predict, refldm_scheduler(TEMPLATE, steps, "uniform", solver), latents,
                  step_callback=lambda i, t, eps: seen.append((i, t, eps.shape)))  # fmt: skip
-    scheduler = sampling_scheduler(TEMPLATE, steps, "uniform", solver)
+    scheduler = refldm_scheduler(TEMPLATE, steps, "uniform", solver)
     want = latents
     for t in scheduler.timesteps:
         want = scheduler.step(_predict(want, t), t, want).prev_sample
@@ -34,12 +35,12 @@ def test_sample_steps_like_a_written_out_loop(solver, steps):
 
 
 def test_the_progress_bar_names_the_solver(monkeypatch):
-    assert solver_name(sampling_scheduler(TEMPLATE, 3, "uniform_trailing", "ddim")) == "DDIM"
-    assert solver_name(sampling_scheduler(TEMPLATE, 3, "uniform_trailing", "dpm++")) == "DPM-Solver++"
+    assert solver_name(refldm_scheduler(TEMPLATE, 3, "uniform_trailing", "ddim")) == "DDIM"
+    assert solver_name(refldm_scheduler(TEMPLATE, 3, "uniform_trailing", "dpm++")) == "DPM-Solver++"
     written = io.StringIO()
     monkeypatch.setattr("sys.stderr", written)
     sample(
-        _predict, sampling_scheduler(TEMPLATE, 3, "uniform_trailing", "dpm++"), torch.randn(1, 4, 4, 4), progress=True
+        _predict, refldm_scheduler(TEMPLATE, 3, "uniform_trailing", "dpm++"), torch.randn(1, 4, 4, 4), progress=True
     )
     assert "DPM-Solver++" in written.getvalue() and "DDIM" not in written.getvalue()
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from refface import RefFaceError
+from refface.pipelines.base import REFLDM_OPTIONS
 from refface.pipelines.schedule import make_scheduler, official_betas, sampling_scheduler
+from tests.conftest import refldm_scheduler
 
 
 @pytest.fixture
@@ -16,15 +18,15 @@ def template():
 
 
 def test_timesteps_follow_the_official_spacings(template):
-    trailing = sampling_scheduler(template, 50, "uniform_trailing").timesteps.tolist()
+    trailing = refldm_scheduler(template, 50, "uniform_trailing").timesteps.tolist()
     assert trailing == list(range(999, 0, -20))  # 999, 979, ..., 19
-    assert sampling_scheduler(template, 5, "uniform_trailing").timesteps.tolist() == [999, 799, 599, 399, 199]
-    assert sampling_scheduler(template, 50, "uniform").timesteps.tolist() == list(range(981, 0, -20))
+    assert refldm_scheduler(template, 5, "uniform_trailing").timesteps.tolist() == [999, 799, 599, 399, 199]
+    assert refldm_scheduler(template, 50, "uniform").timesteps.tolist() == list(range(981, 0, -20))
 
 
 def test_ddim_update_is_the_official_formula(template):
     """x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps, x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t)."""
-    scheduler = sampling_scheduler(template, 10, "uniform_trailing")
+    scheduler = refldm_scheduler(template, 10, "uniform_trailing")
     cumprod = np.cumprod(1 - official_betas(1000, 0.0015, 0.0155))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 5, 6, generator=g)
@@ -39,17 +41,19 @@ def test_ddim_update_is_the_official_formula(template):
 
 
 def test_sampling_copies_do_not_share_state(template):
-    a = sampling_scheduler(template, 5, "uniform_trailing")
-    b = sampling_scheduler(template, 50, "uniform")
+    a = refldm_scheduler(template, 5, "uniform_trailing")
+    b = refldm_scheduler(template, 50, "uniform")
     assert len(a.timesteps) == 5 and len(b.timesteps) == 50
     assert template.num_inference_steps is None
 
 
 def test_bad_steps_and_spacing_are_refused(template):
-    with pytest.raises(RefFaceError, match="between 1 and 1000"):
-        sampling_scheduler(template, 0, "uniform")
+    with pytest.raises(RefFaceError, match="at least 1, got 0"):
+        sampling_scheduler(template, REFLDM_OPTIONS.with_changes(steps=0, spacing="uniform"))
+    with pytest.raises(RefFaceError, match="between 1 and 1000, got 1001"):
+        sampling_scheduler(template, REFLDM_OPTIONS.with_changes(steps=1001, spacing="uniform"))
     with pytest.raises(RefFaceError, match="Unknown timestep spacing"):
-        sampling_scheduler(template, 10, "quadratic")
+        sampling_scheduler(template, REFLDM_OPTIONS.with_changes(steps=10, spacing="quadratic"))
 
 
 def _gaussian_eps(mean: torch.Tensor, spread: float, cumprod: np.ndarray):
@@ -63,7 +67,7 @@ def _gaussian_eps(mean: torch.Tensor, spread: float, cumprod: np.ndarray):
 
 
 def _solve(template, solver: str, steps: int, x: torch.Tensor, eps) -> torch.Tensor:
-    scheduler = sampling_scheduler(template, steps, "uniform_trailing", solver)
+    scheduler = refldm_scheduler(template, steps, "uniform_trailing", solver)
     for t in scheduler.timesteps.tolist():
         x = scheduler.step(eps(x, int(t)), t, x).prev_sample
     return x
@@ -82,7 +86,7 @@ def test_dpm_solver_integrates_the_same_ode(template, spread):
     errors = {steps: (_solve(template, "dpm++", steps, start, eps) - exact).abs().max() for steps in (20, 250)}
     assert errors[250] < errors[20] / 5
     assert errors[250] < 0.01 * exact.abs().max()
-    assert sampling_scheduler(template, 20, "uniform_trailing", "dpm++").timesteps.tolist() == list(range(999, 0, -50))
+    assert refldm_scheduler(template, 20, "uniform_trailing", "dpm++").timesteps.tolist() == list(range(999, 0, -50))
 
 
 def test_dpm_solver_beats_ddim_at_few_steps(template):
@@ -98,4 +102,4 @@ def test_dpm_solver_beats_ddim_at_few_steps(template):
 
 def test_unknown_solver_is_refused(template):
     with pytest.raises(RefFaceError, match="Unknown solver 'euler'; choose one of ddim, dpm\\+\\+"):
-        sampling_scheduler(template, 10, "uniform_trailing", "euler")
+        refldm_scheduler(template, 10, "uniform_trailing", "euler")

@@ -20,14 +20,15 @@ from refface.face.detection import DlibDetector
 from refface.face.paste import face_mask
 from refface.restoration import PhotoRestorer
 from refface.restoration.people import people_from_references
-from refface.restoration.video_restorer import VideoOptions, VideoRestorer, aligned_from_quad
+from refface.restoration.settings import RestoreSettings
+from refface.restoration.video_restorer import VideoRestorer, aligned_from_quad
 from refface.video.encoding import Encoding
 from refface.video.media import decode_frames, probe_video
+from refface.video.options import VideoOptions
 from refface.video.synthetic_clip import decoded_frames, decoded_sound, render_frames, smooth_path, write_clip
 from tests.conftest import make_tiny_pipeline
 from tests.video.clips import faceless_clip, moving_clip, still_clip
 
-OPTIONS = {"num_inference_steps": 2}
 LOSSLESS = Encoding(lossless=True)
 
 
@@ -51,8 +52,8 @@ def clips(tmp_path_factory):
     }
 
 
-def restorer(pipe, detector, people=None, **options) -> PhotoRestorer:
-    return PhotoRestorer(pipe, people, detector, seed=11, batch_size=3, options=OPTIONS, **options)
+def restorer(pipe, detector, people=None, **settings) -> PhotoRestorer:
+    return PhotoRestorer(pipe, people, detector, RestoreSettings.build(steps=2, seed=11, batch_size=3, **settings))
 
 
 def face_masks(path, tracks, size: int = 512) -> list[np.ndarray]:
@@ -287,7 +288,7 @@ def test_an_earlier_result_blocks_only_its_own_clip(tmp_path):
     out = tmp_path / "out" / "restored_videos"
     out.mkdir(parents=True)
     (out / "walk.v2.mp4").write_bytes(b"another clip's result")
-    assert prepare_archive(tmp_path / "out", [ArchivePhoto(clip, "walk")], {}, overwrite=False) is False
+    assert prepare_archive(tmp_path / "out", [ArchivePhoto(clip, "walk")], {}, overwrite=False).resuming is False
     (out / "walk.mkv").write_bytes(b"this clip's lossless result")
     with pytest.raises(RefFaceError, match=r"walk\.mkv already exists; pass --overwrite"):
         prepare_archive(tmp_path / "out", [ArchivePhoto(clip, "walk")], {}, overwrite=False)

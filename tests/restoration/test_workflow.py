@@ -17,13 +17,16 @@ from refface.face.identity import DlibEmbedder, euclidean_distances
 from refface.imaging import load_image
 from refface.pipelines.composite import CompositeContextPipeline
 from refface.restoration import PhotoRestorer, ReferenceStore
-from refface.restoration.archive import run_archive
+from refface.restoration.archive import prepare_archive, run_archive
 from refface.restoration.archive_inputs import list_photos
 from refface.restoration.people import People, Person, people_from_album
+from refface.restoration.settings import RestoreSettings
 from tests.conftest import make_tiny_pipeline
 from tests.face.photos import group_photo
 
-OPTIONS = {"num_inference_steps": 2}
+
+def settings(batch_size: int = 4) -> RestoreSettings:
+    return RestoreSettings.build(steps=2, batch_size=batch_size)
 
 
 class CountingPipe:
@@ -39,9 +42,9 @@ class CountingPipe:
         self.encodings += 1
         return self.pipe.encode_references(references)
 
-    def __call__(self, lq, references=None, **options):
+    def __call__(self, lq, references=None, *options, **keywords):
         self.batches.append(len(lq))
-        return self.pipe(lq, references, **options)
+        return self.pipe(lq, references, *options, **keywords)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +92,7 @@ def test_each_person_is_encoded_once_and_their_faces_share_batches(people_worksp
     group = group_photo()
     photos = [(f"group{i}", lambda flipped=i % 2: group[:, ::-1] if flipped else group) for i in range(3)]
     counted = CountingPipe(make_tiny_pipeline(seed=3))
-    restorer = PhotoRestorer(counted, album_people, detector, batch_size=4, options=OPTIONS)
+    restorer = PhotoRestorer(counted, album_people, detector, settings(batch_size=4))
     results = list(restorer.restore_many(photos))
     assert counted.encodings == 2  # two people, six faces
     assert counted.batches == [3, 3]  # the three faces of each person in one call
@@ -97,7 +100,7 @@ def test_each_person_is_encoded_once_and_their_faces_share_batches(people_worksp
         names = {face.person_name for face in result.faces}
         assert names == {"person-01", "person-02"} and result.error is None
     singles = CountingPipe(make_tiny_pipeline(seed=3))
-    one_by_one = PhotoRestorer(singles, album_people, detector, batch_size=1, options=OPTIONS)
+    one_by_one = PhotoRestorer(singles, album_people, detector, settings(batch_size=1))
     again = list(one_by_one.restore_many(photos))
     assert singles.encodings == 2 and singles.batches == [1] * 6
     for first, second in zip(results, again, strict=True):  # batching does not change a face's restoration
@@ -145,27 +148,30 @@ def test_an_interrupted_archive_run_resumes_at_the_next_photo(people_workspace, 
     for number in range(3):
         shutil.copy(people_workspace / "group.jpg", archive / f"photo{number}.jpg")
     photos, _ = list_photos([archive], tmp_path / "out")
-    settings = {"seed": 1}
+    recorded = {"seed": 1}
 
     def stop_after_first(photo, result):
         raise KeyboardInterrupt
 
     counted = CountingPipe(make_tiny_pipeline(seed=3))
-    restorer = PhotoRestorer(counted, album_people, detector, batch_size=1, options=OPTIONS)
+    restorer = PhotoRestorer(counted, album_people, detector, settings(batch_size=1))
     with pytest.raises(KeyboardInterrupt):
-        run_archive(photos, restorer, tmp_path / "out", settings, progress=False, on_photo=stop_after_first)
+        prepared = prepare_archive(tmp_path / "out", photos, recorded, overwrite=False)
+        run_archive(prepared, restorer, progress=False, on_photo=stop_after_first)
     assert len(counted.batches) == 2  # photo0's two faces (photo1 was not reached: window = batch size 1)
     resumed = CountingPipe(make_tiny_pipeline(seed=3))
-    summary = run_archive(photos, PhotoRestorer(resumed, album_people, detector, batch_size=1, options=OPTIONS),
-                          tmp_path / "out", settings, progress=False)  # fmt: skip
+    prepared = prepare_archive(tmp_path / "out", photos, recorded, overwrite=False)
+    assert prepared.resuming
+    summary = run_archive(prepared, PhotoRestorer(resumed, album_people, detector, settings(batch_size=1)),
+                          progress=False)  # fmt: skip
     assert summary.resumed == 1 and summary.photos == 2 and len(resumed.batches) == 4
     assert [row["photo"] for row in summary.rows] == ["photo0"] * 2 + ["photo1"] * 2 + ["photo2"] * 2
     with pytest.raises(RefFaceError, match="seed 1 now 2"):
-        run_archive(photos, restorer, tmp_path / "out", {"seed": 2}, progress=False)
+        prepare_archive(tmp_path / "out", photos, {"seed": 2}, overwrite=False)
 
 
 def test_a_photo_can_be_restored_with_people_chosen_by_hand(people_workspace, detector, album_people):
-    restorer = PhotoRestorer(make_tiny_pipeline(seed=3), album_people, detector, options=OPTIONS)
+    restorer = PhotoRestorer(make_tiny_pipeline(seed=3), album_people, detector, settings())
     photo = load_image(people_workspace / "group.jpg")
     faces, _ = restorer.find(photo)
     hopper = faces[0].person_name

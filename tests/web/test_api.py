@@ -131,8 +131,9 @@ def test_bad_requests_are_one_sentence(client, face_photos):
     base = {"photo_id": photo_id, "method": "refldm", "steps": "2"}
     assert "face 3 does not exist" in error(client.post("/api/jobs", data={**base, "face": "3"}))
     assert "is not loaded" in error(client.post("/api/jobs", data={**base, "method": "gfpgan"}))
-    assert "between 1 and 200" in error(client.post("/api/jobs", data={**base, "steps": "0"}))
-    assert "composite method only" in error(client.post("/api/jobs", data={**base, "lq_guidance": "2"}))
+    assert "at least 1, got 0" in error(client.post("/api/jobs", data={**base, "steps": "0"}))
+    assert "between 1 and 200, got 201" in error(client.post("/api/jobs", data={**base, "steps": "201"}))
+    assert "not an option of ReF-LDM" in error(client.post("/api/jobs", data={**base, "lq_guidance": "2"}))
     assert "Unknown solver 'euler'" in error(client.post("/api/jobs", data={**base, "solver": "euler"}))
     assert "strength must be greater than 0 and at most 1, got 1.5" in error(
         client.post("/api/jobs", data={**base, "strength": "1.5"})
@@ -304,7 +305,9 @@ def test_fast_mode_reaches_the_pipeline(client, service, face_photos, monkeypatc
     pipe = service.models["refldm"]
     calls = []
     original = type(pipe).__call__
-    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    monkeypatch.setattr(
+        type(pipe), "__call__", lambda self, *a, **k: calls.append(k["options"]) or original(self, *a, **k)
+    )
     methods = {m["name"]: m for m in client.get("/api/info").json()["methods"]}
     assert methods["refldm"]["fast_steps"] == 20 and methods["composite"]["fast_steps"] is None
     found = _upload(client, face_photos["old photo.jpg"]).json()
@@ -313,8 +316,8 @@ def test_fast_mode_reaches_the_pipeline(client, service, face_photos, monkeypatc
             "people_id": people["people_id"]}  # fmt: skip
     job = client.post("/api/jobs", data=form).json()
     assert _wait(client, job["job_id"])["state"] == "done"
-    assert (calls[-1]["solver"], calls[-1]["num_inference_steps"]) == ("dpm++", 4) and "strength" not in calls[-1]
+    assert (calls[-1].solver, calls[-1].steps, calls[-1].strength) == ("dpm++", 4, 1.0)
     job = client.post("/api/jobs", data={**form, "strength": "0.4"}).json()  # the page's Strength field
-    assert _wait(client, job["job_id"])["state"] == "done" and calls[-1]["strength"] == 0.4
+    assert _wait(client, job["job_id"])["state"] == "done" and calls[-1].strength == 0.4
     refused = client.post("/api/jobs", data={**form, "method": "composite"})
-    assert refused.status_code == 400 and "apply to ReF-LDM" in refused.json()["error"]
+    assert refused.status_code == 400 and refused.json()["error"] == "The solver is not an option of Composite-Context."

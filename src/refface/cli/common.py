@@ -6,22 +6,26 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from refface.devices import DTYPES, resolve_device
+from refface.devices import DEVICE_NAMES, DTYPE_NAMES, resolve_device, torch_dtype
 from refface.errors import RefFaceError
-from refface.precision import precision_warning
 
-__all__ = ["DTYPES", "resolve_device"]  # the CLI's commands import them from here
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEVICE_NAMES", "DTYPE_NAMES", "resolve_device"]  # the CLI's commands import them from here
 
 
 def checked_dtype(device: torch.device, dtype_name: str) -> torch.dtype:
     """The --dtype a command runs with; one this CPU lacks native support for is warned about on stderr."""
-    warning = precision_warning(device, DTYPES[dtype_name])
+    from refface.precision import precision_warning
+
+    dtype = torch_dtype(dtype_name)
+    warning = precision_warning(device, dtype)
     if warning:
         print(f"refface: warning: {warning}", file=sys.stderr)
-    return DTYPES[dtype_name]
+    return dtype
 
 
 def unique_stems(paths: Sequence[str]) -> list[str]:
@@ -32,15 +36,14 @@ def unique_stems(paths: Sequence[str]) -> list[str]:
 
 
 def face_selection(value: str) -> str | int:
-    if value in ("all", "largest", "auto"):
-        return value
+    """--face as argparse reads it: a face number or a word, checked by the run's settings (one rule for every
+    front end)."""
+    from refface.restoration.settings import face_choice
+
     try:
-        index = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected all, largest, auto or a face number, got {value!r}") from None
-    if index < 0:
-        raise argparse.ArgumentTypeError(f"face numbers start at 0, got {index}")
-    return index
+        return face_choice(int(value) if value.lstrip("-").isdigit() else value)
+    except RefFaceError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def say(args: argparse.Namespace, message: str) -> None:
@@ -60,10 +63,10 @@ def add_guidance_options(parser: argparse.ArgumentParser) -> None:
     """--guidance (alias --cfg), --lq-guidance and --no-color-fix: each method's, checked by refface.methods."""
     from refface import methods
 
-    defaults = ", ".join(f"{m.guidance} for {m.name}" for m in methods.METHODS)
-    with_lq = [m for m in methods.METHODS if m.lq_guidance is not None]
+    defaults = ", ".join(f"{m.defaults.guidance} for {m.name}" for m in methods.METHODS)
+    with_lq = [m for m in methods.METHODS if m.defaults.lq_guidance is not None]
     lq_names = ", ".join(m.name for m in with_lq)
-    lq_defaults = ", ".join(str(m.lq_guidance) for m in with_lq)
+    lq_defaults = ", ".join(str(m.defaults.lq_guidance) for m in with_lq)
     parser.add_argument(
         "--guidance", "--cfg", dest="guidance", type=float, help=f"guidance toward the references (default: {defaults})"
     )

@@ -6,8 +6,15 @@ import argparse
 import shutil
 from pathlib import Path
 
-from refface.cli.common import resolve_device, say
+from refface.cli.common import DEVICE_NAMES, resolve_device, say
 from refface.errors import RefFaceError
+
+# The commands this module adds, with their one-line help (the top-level help lists them without building them).
+COMMANDS = {
+    "degrade": "synthesise LQ images from a folder of HQ faces (reproducible)",
+    "dataset": "build FFHQ-Ref-style datasets and benchmark sets",
+}
+
 
 # Cosine-distance rules per identity model. ArcFace: FFHQ-Ref's (pairs under 0.4 are one person, test
 # references at least 0.1 from the target). dlib's published rule is Euclidean 0.6 on descriptors of norm
@@ -148,7 +155,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register the data commands on the `refface` parser."""
     from refface.data.degradations import PRESETS
 
-    degrade = commands.add_parser("degrade", help="synthesise LQ images from a folder of HQ faces (reproducible)")
+    degrade = commands.add_parser("degrade", help=COMMANDS["degrade"])
     degrade.add_argument("input", help="folder of HQ images")
     degrade.add_argument("output", help="folder for the LQ images and degradation_params.csv")
     degrade.add_argument(
@@ -160,7 +167,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     degrade.add_argument("--quiet", "-q", action="store_true")
     degrade.set_defaults(handler=cmd_degrade)
 
-    dataset = commands.add_parser("dataset", help="build FFHQ-Ref-style datasets and benchmark sets")
+    dataset = commands.add_parser("dataset", help=COMMANDS["dataset"])
     actions = dataset.add_subparsers(dest="action", required=True)
     build = actions.add_parser("build", help="group aligned faces into identities and write reference CSVs")
     build.add_argument("images", help="folder of aligned face images (e.g. FFHQ images1024x1024)")
@@ -179,7 +186,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--min-test-distance", type=float, help="test references at least this far from the target (default 0.1)"
     )
     build.add_argument("--seed", type=int, default=0, help="seed of the identity split (default 0)")
-    build.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    build.add_argument("--device", choices=DEVICE_NAMES, default="auto")
     build.add_argument("--batch-size", type=int, default=32, help="images per embedding batch")
     build.add_argument("--overwrite", action="store_true")
     build.add_argument("--quiet", "-q", action="store_true")

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from refface.cli.common import DTYPES, add_guidance_options, checked_dtype, resolve_device, say
-from refface.errors import RefFaceError
+from refface.cli.common import DTYPE_NAMES, add_guidance_options, checked_dtype, resolve_device, say
+
+# The commands this module adds, with their one-line help (the top-level help lists them without building them).
+COMMANDS = {
+    "evaluate": "score restorations against ground truth (IDS, LPIPS, PSNR, ...)",
+    "benchmark": "restore a paper's test set with a method, score it, and write the papers' tables",
+}
 
 
 def _metric_list(text: str) -> list[str]:
@@ -59,30 +64,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from refface import methods
     from refface.evaluation.benchmark import run_benchmark
     from refface.evaluation.evaluate import METRICS
-    from refface.evaluation.methods import SamplingSettings, build_restorer
     from refface.evaluation.paper_sets import locate_set
+    from refface.evaluation.restorers import benchmark_sampling, build_restorer
 
     method, _ = methods.benchmark_method(args.method)
-    if method.lq_guidance is None and (args.lq_guidance is not None or args.no_color_fix):
-        owners = " and ".join(m.name for m in methods.METHODS if m.lq_guidance is not None)
-        raise RefFaceError(f"--lq-guidance and --no-color-fix apply to the {owners} methods only.")
+    fix = False if args.no_color_fix else None
+    options = benchmark_sampling(method, args.steps, args.guidance, args.spacing, args.seed, args.lq_guidance, fix)
+    sources = method.sources(args.model, args.checkpoint, args.vqgan, args.config)
     data = locate_set(args.set, args.data, args.images, args.lq, args.csv, args.refs_dir)
-    guidance = args.guidance if args.guidance is not None else method.guidance
-    settings = SamplingSettings(args.steps, guidance, args.spacing, args.seed)
     state = PartialState()
     device = state.device if state.num_processes > 1 else resolve_device(args.device)
-    restorer = build_restorer(
-        args.method,
-        settings,
-        device,
-        checked_dtype(device, args.dtype),
-        args.model,
-        args.checkpoint,
-        args.vqgan,
-        args.config,
-        lq_guidance=args.lq_guidance,
-        color_fix=not args.no_color_fix,
-    )
+    restorer = build_restorer(args.method, options, device, checked_dtype(device, args.dtype), sources)
     if state.is_main_process:
         say(args, f"{data.layout.title}: {len(data.cases)} images; {args.method} on {device}.")
     report = run_benchmark(
@@ -111,8 +103,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     from refface import methods
     from refface.evaluation.evaluate import METRICS
     from refface.evaluation.paper_sets import SETS
+    from refface.evaluation.restorers import BENCHMARK_SPACING, BENCHMARK_STEPS
 
-    evaluate = commands.add_parser("evaluate", help="score restorations against ground truth (IDS, LPIPS, PSNR, ...)")
+    evaluate = commands.add_parser("evaluate", help=COMMANDS["evaluate"])
     evaluate.add_argument("--pred", required=True, help="folder of restored images")
     evaluate.add_argument("--gt", required=True, help="folder of ground-truth images (matched by file name)")
     evaluate.add_argument(
@@ -126,9 +119,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_metric_options(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    bench = commands.add_parser(
-        "benchmark", help="restore a paper's test set with a method, score it, and write the papers' tables"
-    )
+    bench = commands.add_parser("benchmark", help=COMMANDS["benchmark"])
     bench.add_argument("--set", required=True, choices=list(SETS), help="which test set")
     bench.add_argument(
         "--data", help="dataset folder (reference_mapping/, test_images/ or lq/, as refface writes them)"
@@ -153,15 +144,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--out", default="benchmark", help="results folder (default ./benchmark); reruns resume")
     bench.add_argument("--limit", type=int, help="only the first N images (a quick look; the table says so)")
     bench.add_argument("--examples", type=int, default=6, help="rows of the contact sheet (default 6)")
-    bench.add_argument("--steps", type=int, default=100, help="DDIM steps (default 100, as the papers' tables)")
+    bench.add_argument(
+        "--steps", type=int, default=BENCHMARK_STEPS, help=f"DDIM steps (default {BENCHMARK_STEPS}, as the papers)"
+    )
     add_guidance_options(bench)
     bench.add_argument("--seed", type=int, default=2024, help="noise seed, the same for every image (default 2024)")
     bench.add_argument(
         "--schedule",
         dest="spacing",
         choices=["uniform", "uniform_trailing"],
-        default="uniform",
-        help="refldm: default uniform, as the official evaluation",
+        default=BENCHMARK_SPACING,
+        help=f"refldm: default {BENCHMARK_SPACING}, as the official evaluation",
     )
     bench.add_argument(
         "--model", help="a folder written by `refface convert` / `refface train` (required for composite)"
@@ -169,7 +162,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--checkpoint", help="official refldm.ckpt (default: download the released weights)")
     bench.add_argument("--vqgan", help="official vqgan.ckpt")
     bench.add_argument("--config", help="official-format config YAML")
-    bench.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    bench.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
     _add_metric_options(bench)
     bench.set_defaults(handler=cmd_benchmark)
 

@@ -8,19 +8,28 @@ from pathlib import Path
 from refface.cli.common import say
 from refface.errors import RefFaceError
 
+# The commands this module adds, with their one-line help (the top-level help lists them without building them).
+COMMANDS = {
+    "export": "export a model for other runtimes",
+}
 
-def _check_model_folder(model: str) -> None:
-    """A Composite-Context folder is refused by name before anything loads; a missing folder says so."""
-    from refface.pipelines.loading import PIPELINES, model_folder, saved_pipeline_class
 
-    source = model_folder(model)
-    if not source.is_dir():
-        raise RefFaceError(f"The model folder {source} does not exist.")
-    name = saved_pipeline_class(source)
-    if name != "RefLDMPipeline":
-        raise RefFaceError(
-            f"The model folder {source} holds a {PIPELINES[name]} model; ONNX export covers ReF-LDM only."
-        )
+def _refldm_sources(args: argparse.Namespace):
+    """ReF-LDM's weight files as given; a missing folder, or one of another method, is refused by name before
+    anything loads."""
+    from refface import methods
+    from refface.pipelines.loading import model_folder
+
+    if args.model is not None:
+        source = model_folder(args.model)
+        if not source.is_dir():
+            raise RefFaceError(f"The model folder {source} does not exist.")
+        method, _ = methods.of_folder(source)
+        if method.name != "refldm":
+            raise RefFaceError(
+                f"The model folder {source} holds a {method.label} model; ONNX export covers ReF-LDM only."
+            )
+    return methods.get("refldm").sources(args.model, args.checkpoint, args.vqgan, args.config)
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -34,13 +43,12 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise RefFaceError("--verify needs onnxruntime; install it with pip install 'refface[onnx]'.") from None
-    if args.model is not None:
-        _check_model_folder(args.model)
+    sources = _refldm_sources(args)
 
+    from refface import methods
     from refface.export.onnx_export import export_onnx
-    from refface.pipelines.loading import load_refldm
 
-    pipe = load_refldm(args.model, args.checkpoint, args.vqgan, args.config)
+    pipe = methods.get("refldm").load(sources)
     export_onnx(pipe, output, opset=args.opset, overwrite=args.overwrite, progress=lambda text: say(args, text))
     say(args, f"wrote {output}")
     if args.verify:
@@ -55,7 +63,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     from refface.export.settings import DEFAULT_OPSET
 
-    export = commands.add_parser("export", help="export a model for other runtimes")
+    export = commands.add_parser("export", help=COMMANDS["export"])
     formats = export.add_subparsers(dest="format", required=True)
     onnx = formats.add_parser(
         "onnx",

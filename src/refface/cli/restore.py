@@ -8,7 +8,8 @@ from pathlib import Path
 
 from refface import methods
 from refface.cli.common import (
-    DTYPES,
+    DEVICE_NAMES,
+    DTYPE_NAMES,
     add_guidance_options,
     checked_dtype,
     face_selection,
@@ -18,6 +19,14 @@ from refface.cli.common import (
     unique_stems,
 )
 from refface.errors import RefFaceError
+
+# The commands this module adds, with their one-line help (the top-level help lists them without building them).
+COMMANDS = {
+    "restore": "restore the face(s) in photos (or aligned crops) with reference photos of the same person",
+    "align": "write FFHQ-aligned face crops of photos",
+    "convert": "convert official checkpoints to a diffusers folder (safetensors)",
+    "download": "download the released ReF-LDM weights into the cache",
+}
 
 
 def _aligned_output_paths(args: argparse.Namespace) -> list[Path]:
@@ -32,106 +41,31 @@ def _aligned_output_paths(args: argparse.Namespace) -> list[Path]:
     return [check_output_path(output / f"{stem}.png", inputs, args.overwrite) for stem in unique_stems(args.lq)]
 
 
-def _photo_output_folder(args: argparse.Namespace) -> Path:
-    from refface.imaging import SAVE_FORMATS
-
-    output = Path(args.output)
-    if output.suffix.lower() in SAVE_FORMATS or (output.exists() and not output.is_dir()):
-        raise RefFaceError(
-            f"For whole photos --output is a folder (it receives restored_imgs/, cropped_faces/, restored_faces/, "
-            f"cmp/ and the report), but {output} looks like a file; pass --aligned if the inputs are face crops."
-        )
-    return output
-
-
-def _check_restore_options(args: argparse.Namespace) -> None:
-    sources = [
-        name
-        for name, given in (
-            ("--ref", args.ref), ("--refs-dir", args.refs_dir), ("--people", args.people), ("--no-refs", args.no_refs)
-        )
-        if given
-    ]  # fmt: skip
-    if not sources:
-        raise RefFaceError(
-            "No reference photos were given: pass --ref FILE [FILE ...] (one person), --refs-dir ALBUM_FOLDER, "
-            "--people FOLDER_OF_PERSON_FOLDERS, or --no-refs to restore without."
-        )
-    if len(sources) > 1:
-        raise RefFaceError(f"{' and '.join(sources)} contradict each other; use one of them.")
-    if args.person and not args.refs_dir:
-        raise RefFaceError("--person only applies to reference selection from an album (--refs-dir).")
-    if args.aligned and args.people:
-        raise RefFaceError("--people needs whole photos to match faces in; it does not apply with --aligned.")
-    if args.fast and args.solver == "ddim":
-        raise RefFaceError("--fast samples with DPM-Solver++; it contradicts --solver ddim.")
-    if args.steps is not None and args.steps < 1:
-        raise RefFaceError(f"--steps must be at least 1, got {args.steps}.")
-    if args.arcface_weights and args.identity != "arcface":
-        raise RefFaceError("--arcface-weights only applies with --identity arcface.")
-    if args.num_refs < 1:
-        raise RefFaceError(f"--num-refs must be at least 1, got {args.num_refs}.")
-    if args.batch_size < 1:
-        raise RefFaceError(f"--batch-size must be at least 1, got {args.batch_size}.")
-
-
-def _sampling_options(args: argparse.Namespace) -> dict:
-    """The pipeline call options of --method, each option checked against the method (before any slow work)."""
-    method = methods.get(args.method)
-    method.check_sources(args.model, args.checkpoint, args.vqgan, args.config)
-    solver = "dpm++" if args.fast else args.solver
-    fast = solver == "dpm++" and method.fast_steps is not None
-    steps = args.steps if args.steps is not None else (method.fast_steps if fast else method.steps)
-    return method.sampling_options(
-        steps, args.guidance, args.lq_guidance, not args.no_color_fix, args.spacing, solver, args.strength
-    )
-
-
-def _load_pipeline(args: argparse.Namespace):
-    return methods.get(args.method).load(args.model, args.checkpoint, args.vqgan, args.config)
-
-
-def _absolute(path: str | None) -> str | None:
-    return str(Path(path).resolve()) if path else None
-
-
-def _video_options(args: argparse.Namespace):
-    """How clips are tracked, restored and encoded (checked before any slow work)."""
-    from refface.restoration.video_restorer import VideoOptions
+def restore_settings(args: argparse.Namespace):
+    """The run's settings from the command line: every option checked and defaulted there, before slow work."""
+    from refface.restoration.settings import ReferenceSource, RestoreSettings
     from refface.video.encoding import Encoding
+    from refface.video.options import VideoOptions
 
-    return VideoOptions(
+    video = VideoOptions(
         encoding=Encoding(crf=args.crf, lossless=args.lossless),
         detect_every=args.detect_every,
         temporal_smoothing=args.temporal_smoothing,
     )
+    references = ReferenceSource.choose(args.ref, args.refs_dir, args.people, args.no_refs, args.person, args.num_refs)
+    return RestoreSettings.build(
+        method=args.method, steps=args.steps, guidance=args.guidance, lq_guidance=args.lq_guidance,
+        color_fix=False if args.no_color_fix else None, spacing=args.spacing, solver=args.solver, fast=args.fast,
+        strength=args.strength, seed=args.seed, model=args.model, checkpoint=args.checkpoint, vqgan=args.vqgan,
+        config=args.config, loads_model=True, references=references, faces=args.face, unknown=args.unknown,
+        batch_size=args.batch_size, strict=args.strict, identity=args.identity, arcface_weights=args.arcface_weights,
+        detector=args.detector, aligned=args.aligned, device=args.device, dtype=args.dtype, output=args.output,
+        overwrite=args.overwrite, video=video,
+    )  # fmt: skip
 
 
-def _run_settings(args: argparse.Namespace, sampling: dict, video=None) -> dict:
-    """What decides the results of a run, as its manifest records it (a resumed run must match)."""
-    source = next(kind for kind in ("ref", "refs_dir", "people", "no_refs") if getattr(args, kind))
-    extra = {"video": video.settings()} if video is not None else {}
-    return {
-        "method": args.method,
-        "model": [_absolute(p) for p in (args.model, args.checkpoint, args.vqgan, args.config)],
-        "sampling": sampling,
-        "seed": args.seed,
-        "dtype": args.dtype,
-        "face": args.face,
-        "unknown": args.unknown,
-        "references": source.replace("_", "-"),
-        "reference_paths": [_absolute(p) for p in (args.ref or [args.refs_dir or args.people])],
-        "person": _absolute(args.person),
-        "num_refs": args.num_refs,
-        "identity": args.identity,
-        "detector": args.detector,
-        "strict": args.strict,
-        **extra,
-    }
-
-
-def _people(args: argparse.Namespace, detector, embedder):
-    """Who the faces can be, from --ref, --refs-dir or --people (nobody with --no-refs), told to the user."""
+def _people(args: argparse.Namespace, settings, detector, embedder):
+    """Who the faces can be, from the settings' reference source (nobody with --no-refs), told to the user."""
     from refface.restoration.people import (
         no_people,
         people_from_album,
@@ -139,16 +73,19 @@ def _people(args: argparse.Namespace, detector, embedder):
         people_from_references,
     )
 
-    if args.no_refs:
+    source = settings.references
+    if source.kind == "none":
         return no_people()
-    if args.ref:
-        people = people_from_references(args.ref, detector, embedder, aligned=args.aligned, strict=args.strict)
-    elif args.refs_dir:
+    if source.kind == "files":
+        people = people_from_references(
+            list(source.paths), detector, embedder, aligned=settings.aligned, strict=settings.strict
+        )
+    elif source.kind == "album":
         people = people_from_album(
-            args.refs_dir, detector, embedder, args.num_refs, example=args.person, progress=not args.quiet
+            source.paths[0], detector, embedder, source.count, example=source.person, progress=not args.quiet
         )
     else:
-        people = people_from_folders(args.people, detector, embedder, args.num_refs)
+        people = people_from_folders(source.paths[0], detector, embedder, source.count)
     for note in people.notes:
         say(args, f"references: {note}")
     for warning in people.warnings:
@@ -202,7 +139,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     from refface.face.detection import DlibDetector
     from refface.face.identity import make_embedder
-    from refface.restoration.archive import prepare_archive, run_archive
+    from refface.restoration.archive import prepare_archive, result_path, run_archive
     from refface.restoration.archive_inputs import list_photos
     from refface.restoration.photo_restorer import PhotoRestorer
     from refface.restoration.reference_store import ReferenceStore
@@ -210,42 +147,38 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from refface.video.media import is_video
     from refface.weights import cache_dir
 
-    _check_restore_options(args)
-    sampling = _sampling_options(args)
-    video_options = _video_options(args)
-    if args.aligned:
+    settings = restore_settings(args)
+    if settings.aligned:
         clips = [path for path in args.lq if is_video(path)]
         if clips:
             raise RefFaceError(f"--aligned takes aligned face crops, but {clips[0]} is a video; leave --aligned out.")
         _aligned_output_paths(args)
     else:
-        folder = _photo_output_folder(args)
-        photos, notes = list_photos(args.lq, folder)
+        photos, notes = list_photos(args.lq, settings.output)
         for note in notes:
             say(args, f"note: {note}")
         has_clips = any(photo.is_video for photo in photos)
-        settings = _run_settings(args, sampling, video_options if has_clips else None)
-        prepare_archive(folder, photos, settings, args.overwrite)
+        prepared = prepare_archive(settings.output, photos, settings.recorded(with_video=has_clips), settings.overwrite)
 
     state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
-    device = state.device if state.num_processes > 1 else resolve_device(args.device)
-    dtype = checked_dtype(device, args.dtype)
-    has_refs = not args.no_refs
-    detector = None if args.aligned and not args.refs_dir else DlibDetector(args.detector)
+    device = state.device if state.num_processes > 1 else resolve_device(settings.device)
+    dtype = checked_dtype(device, settings.dtype)
+    detector = None if settings.aligned and settings.references.kind != "album" else DlibDetector(settings.detector)
     shared = detector.shape_predictor if detector is not None else None
-    embedder = make_embedder(args.identity, device, args.arcface_weights, shared) if has_refs else None
-    people = _people(args, detector, embedder)
+    embedder = (
+        make_embedder(settings.identity, device, settings.arcface_weights, shared)
+        if settings.references.given
+        else None
+    )
+    people = _people(args, settings, detector, embedder)
 
-    pipe = _load_pipeline(args).to(device=device, dtype=dtype)
+    pipe = settings.load_pipeline().to(device=device, dtype=dtype)
     store = ReferenceStore(pipe, cache_dir() / "people")
-    restorer = PhotoRestorer(
-        pipe, people, detector, select=args.face, unknown=args.unknown, seed=args.seed, batch_size=args.batch_size,
-        options=sampling, store=store, strict=args.strict,
-        progress=not args.quiet and (args.aligned or (len(photos) == 1 and not has_clips)),
-    )  # fmt: skip
-    if args.aligned:
+    one_photo = settings.aligned or (len(prepared.photos) == 1 and not has_clips)
+    restorer = PhotoRestorer(pipe, people, detector, settings, store=store, progress=not args.quiet and one_photo)
+    if settings.aligned:
         return _restore_aligned(args, restorer)
-    videos = VideoRestorer(restorer, video_options, progress=not args.quiet) if has_clips else None
+    videos = VideoRestorer(restorer, progress=not args.quiet) if has_clips else None
 
     def tell(photo, result) -> None:
         for note in result.notes:
@@ -253,9 +186,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         for face in result.faces:
             if face.message:
                 print(f"refface: warning: {face.message}", file=sys.stderr)
-        if result.photo is not None and result.faces and not args.quiet and len(photos) <= 20:
-            say(args, f"wrote {folder / 'restored_imgs' / (photo.name + '.png')} ({len(result.restored_faces)} face(s) "
-                      "restored)")  # fmt: skip
+        if result.photo is not None and result.faces and not args.quiet and len(prepared.photos) <= 20:
+            restored = len(result.restored_faces)
+            say(args, f"wrote {result_path(prepared.output, photo)} ({restored} face(s) restored)")
 
     def tell_video(clip, result) -> None:
         for note in result.notes:
@@ -268,13 +201,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
                   f"{rate:.2f} frames/s)")  # fmt: skip
 
     summary = run_archive(
-        photos, restorer, folder, settings, overwrite=args.overwrite, state=state if
-        state.num_processes > 1 else None, progress=not args.quiet and len(photos) > 1, on_photo=tell,
-        videos=videos, on_video=tell_video,
+        prepared, restorer, state=state if state.num_processes > 1 else None,
+        progress=not args.quiet and len(prepared.photos) > 1, on_photo=tell, videos=videos, on_video=tell_video,
     )  # fmt: skip
     if not state.is_main_process:
         return 0
-    return _summarise(args, summary, store, folder)
+    return _summarise(args, summary, store, prepared.output)
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -347,9 +279,9 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register the model and face commands on the `refface` parser."""
-    restore = commands.add_parser(
-        "restore", help="restore the face(s) in photos (or aligned crops) with reference photos of the same person"
-    )
+    from refface.restoration.settings import DETECTORS, IDENTITY_MODELS, UNKNOWN_FACES
+
+    restore = commands.add_parser("restore", help=COMMANDS["restore"])
     restore.add_argument(
         "lq", nargs="+", help="photos, video clips and folders of them to restore (folders: recursively)"
     )
@@ -365,7 +297,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     restore.add_argument("--no-refs", action="store_true", help="restore without references")
     restore.add_argument(
         "--unknown",
-        choices=["no-refs", "skip"],
+        choices=UNKNOWN_FACES,
         default="no-refs",
         help="a face matching none of the people: restore it without references (default) or leave it untouched",
     )
@@ -377,8 +309,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="which faces: all, largest, or a number (largest first); auto = largest with --ref, else all",
     )
     restore.add_argument("--aligned", action="store_true", help="inputs are already FFHQ-aligned face crops")
-    restore.add_argument("--detector", choices=["hog", "cnn"], default="hog", help="dlib face detector (cnn: slower)")
-    restore.add_argument("--identity", choices=["dlib", "arcface"], default="dlib", help="identity model for checks")
+    restore.add_argument("--detector", choices=DETECTORS, default="hog", help="dlib face detector (cnn: slower)")
+    restore.add_argument("--identity", choices=IDENTITY_MODELS, default="dlib", help="identity model for checks")
     restore.add_argument("--arcface-weights", help="ArcFace .onnx/.pth file for --identity arcface (default: download)")
     restore.add_argument("--strict", action="store_true", help="refuse when the identity check fails")
     restore.add_argument("--method", choices=methods.names(), default=methods.DEFAULT, help=method_help())
@@ -415,10 +347,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--model",
         help="a folder written by `refface convert` / `refface train` / save_pretrained (composite: required)",
     )
-    restore.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    restore.add_argument("--device", choices=DEVICE_NAMES, default="auto")
     restore.add_argument(
         "--dtype",
-        choices=list(DTYPES),
+        choices=DTYPE_NAMES,
         default="fp32",
         help="fp32 reproduces the official output; bf16 is faster on GPUs and on CPUs with AMX (changes the output)",
     )
@@ -443,17 +375,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     restore.set_defaults(handler=cmd_restore)
 
-    align = commands.add_parser("align", help="write FFHQ-aligned face crops of photos")
+    align = commands.add_parser("align", help=COMMANDS["align"])
     align.add_argument("inputs", nargs="+", help="photos")
     align.add_argument("--output", "-o", required=True, help="folder for the crops")
     align.add_argument("--face", type=face_selection, default="largest", help="all, largest (default) or a number")
     align.add_argument("--size", type=int, default=512, help="crop size in pixels (default 512, as FFHQ-Ref)")
-    align.add_argument("--detector", choices=["hog", "cnn"], default="hog")
+    align.add_argument("--detector", choices=DETECTORS, default="hog")
     align.add_argument("--overwrite", action="store_true")
     align.add_argument("--quiet", "-q", action="store_true")
     align.set_defaults(handler=cmd_align)
 
-    convert = commands.add_parser("convert", help="convert official checkpoints to a diffusers folder (safetensors)")
+    convert = commands.add_parser("convert", help=COMMANDS["convert"])
     convert.add_argument("output", help="folder to write")
     convert.add_argument("--checkpoint", required=True, help="official refldm.ckpt")
     convert.add_argument("--vqgan", help="official vqgan.ckpt")
@@ -461,7 +393,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--overwrite", action="store_true")
     convert.set_defaults(handler=cmd_convert)
 
-    download = commands.add_parser("download", help="download the released ReF-LDM weights into the cache")
+    download = commands.add_parser("download", help=COMMANDS["download"])
     download.add_argument("--dir", help="folder to put them in (default: the refface cache)")
     download.add_argument(
         "--encoders", action="store_true", help="also ArcFace R50 and FaRL, the Composite-Context training encoders"

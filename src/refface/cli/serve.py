@@ -7,8 +7,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from refface.cli.common import DTYPES, checked_dtype, resolve_device, say
+from refface.cli.common import DEVICE_NAMES, DTYPE_NAMES, checked_dtype, resolve_device, say
 from refface.errors import RefFaceError
+
+# The commands this module adds, with their one-line help (the top-level help lists them without building them).
+COMMANDS = {
+    "serve": "a local web page: upload a photo and references, restore, download",
+}
 
 
 def load_models(folders: list[str] | None, device, dtype) -> dict:
@@ -23,7 +28,7 @@ def load_models(folders: list[str] | None, device, dtype) -> dict:
         method, source = methods.of_folder(folder)
         if method.name in models:
             raise RefFaceError(f"Two --model folders hold {method.label} models; give one of each kind at most.")
-        models[method.name] = method.load(model=source).to(device=device, dtype=dtype)
+        models[method.name] = method.load(method.sources(model=source)).to(device=device, dtype=dtype)
     return models
 
 
@@ -64,8 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     from refface import methods
+    from refface.restoration.settings import DETECTORS
 
-    serve = commands.add_parser("serve", help="a local web page: upload a photo and references, restore, download")
+    serve = commands.add_parser("serve", help=COMMANDS["serve"])
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     labels = [method.label for method in methods.METHODS]
@@ -74,9 +80,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--model", action="append", help=f"model folder ({' or '.join(labels)}; repeat for {several}); "
         f"default: the released {methods.get(methods.DEFAULT).label} weights"
     )  # fmt: skip
-    serve.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    serve.add_argument("--dtype", choices=list(DTYPES), default="fp32")
-    serve.add_argument("--detector", choices=["hog", "cnn"], default="hog", help="dlib face detector")
+    serve.add_argument("--device", choices=DEVICE_NAMES, default="auto")
+    serve.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
+    serve.add_argument("--detector", choices=DETECTORS, default="hog", help="dlib face detector")
     serve.add_argument("--max-upload-mb", type=float, default=30, help="largest photo accepted, in MB (default 30)")
     serve.add_argument("--max-pending", type=int, default=4, help="restorations that may wait at once (default 4)")
     serve.add_argument("--quiet", "-q", action="store_true")

@@ -8,6 +8,12 @@ import yaml
 
 from refface.cli.common import say
 
+# The commands this module adds, with their one-line help (the top-level help lists them without building them).
+COMMANDS = {
+    "train": "train a VQGAN, LDM or ReF-LDM stage (multi-GPU: accelerate launch -m refface.cli train ...)",
+    "train-presets": "list the built-in training presets",
+}
+
 
 def _override(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
@@ -49,10 +55,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register the training commands on the `refface` parser."""
-    train = commands.add_parser(
-        "train",
-        help="train a VQGAN, LDM or ReF-LDM stage (multi-GPU: accelerate launch -m refface.cli train ...)",
-    )
+    train = commands.add_parser("train", help=COMMANDS["train"])
     train.add_argument("config", help="a preset name (see `refface train-presets`) or a YAML config file")
     train.add_argument("--output", required=True, help="run folder (checkpoints, metrics.jsonl, samples, model)")
     train.add_argument("--max-steps", type=int, help="train to this step (overrides run.max_steps)")
@@ -63,5 +66,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--quiet", "-q", action="store_true")
     train.set_defaults(handler=cmd_train)
 
-    presets = commands.add_parser("train-presets", help="list the built-in training presets")
+    presets = commands.add_parser("train-presets", help=COMMANDS["train-presets"])
     presets.set_defaults(handler=cmd_presets, quiet=False)

@@ -18,8 +18,7 @@ from PIL import Image
 from refface import methods
 from refface.comfyui.host import Progress, comfyui_models_folder
 from refface.comfyui.tensors import to_arrays, to_image, to_mask
-from refface.devices import DTYPES, resolve_device
-from refface.errors import RefFaceError
+from refface.devices import DEVICE_NAMES, DTYPE_NAMES, resolve_device, torch_dtype
 from refface.face.detection import DlibDetector
 from refface.face.identity import DlibEmbedder
 from refface.face.locate import NoFaceFound
@@ -27,6 +26,7 @@ from refface.face.paste import face_mask
 from refface.restoration.people import People, people_from_images
 from refface.restoration.photo_restorer import PhotoRestorer
 from refface.restoration.reference_store import ReferenceStore
+from refface.restoration.settings import UNKNOWN_FACES, RestoreSettings
 from refface.weights import cache_dir
 
 CATEGORY = "refface"
@@ -52,12 +52,12 @@ def _load_pipeline(folder: str):
     two files, else from refface's cache (downloaded on first use)."""
     if folder.strip():
         method, source = methods.of_folder(folder.strip())
-        return method, method.load(model=source)
+        return method, method.load(method.sources(model=source))
     method = methods.get(methods.DEFAULT)
     models = comfyui_models_folder()
     released = models / RELEASED_FOLDER if models is not None else None
     if released is not None and (released / "refldm.ckpt").is_file() and (released / "vqgan.ckpt").is_file():
-        return method, method.load(checkpoint=released / "refldm.ckpt", vqgan=released / "vqgan.ckpt")
+        return method, method.load(method.sources(checkpoint=released / "refldm.ckpt", vqgan=released / "vqgan.ckpt"))
     return method, method.load()
 
 
@@ -78,8 +78,8 @@ class LoadRefLDM:
                     "STRING",
                     {"default": "", "tooltip": "a refface model folder; empty: released ReF-LDM"},
                 ),
-                "device": (["auto", "cpu", "cuda", "mps"],),
-                "dtype": (list(DTYPES),),
+                "device": (list(DEVICE_NAMES),),
+                "dtype": (list(DTYPE_NAMES),),
             }
         }
 
@@ -88,7 +88,7 @@ class LoadRefLDM:
         # without a version counter, which the pipeline's weight-derived caches check: load normal ones.
         with torch.inference_mode(False):
             method, pipe = _load_pipeline(model_folder)
-            pipe = pipe.to(device=resolve_device(device, "The device"), dtype=DTYPES[dtype])
+            pipe = pipe.to(device=resolve_device(device, "The device"), dtype=torch_dtype(dtype))
         detector = DlibDetector()
         embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
         return (RefFaceModel(method, pipe, detector, embedder, ReferenceStore(pipe, cache_dir() / "people")),)
@@ -136,11 +136,14 @@ def _people(persons: list[People | None], embedder) -> People | None:
     return People(named, embedder, named_one=len(named) == 1)
 
 
-def _sampling(model: RefFaceModel, steps: int, guidance: float, solver: str, strength: float) -> dict:
-    method = model.method
-    if method.solver is None and solver != "ddim":
-        raise RefFaceError(f"The solver {solver} applies to ReF-LDM; {method.label} samples with its own scheduler.")
-    return method.sampling_options(steps, guidance, None, True, None, solver if method.solver else None, strength)
+def _settings(model: RefFaceModel, steps: int, guidance: float, seed: int, solver: str, strength: float, **faces):
+    """The node's settings: its inputs as the run's settings (the solver only where the method has one: the
+    combo always holds a value, and "ddim" is every method's own sampling)."""
+    has_solver = model.method.defaults.solver is not None
+    return RestoreSettings.build(
+        method=model.method.name, steps=steps, guidance=guidance, seed=seed,
+        solver=solver if has_solver or solver != "ddim" else None, strength=strength, **faces,
+    )  # fmt: skip
 
 
 def _sampling_inputs() -> dict:
@@ -177,7 +180,7 @@ class RestoreFaces:
                 **_sampling_inputs(),
                 "faces": (["all", "largest", "by number"],),
                 "face_number": ("INT", {"default": 0, "min": 0, "max": 99, "tooltip": "with faces = by number"}),
-                "unknown": (["no-refs", "skip"], {"tooltip": "a face matching no person: restore it without "
+                "unknown": (list(UNKNOWN_FACES), {"tooltip": "a face matching no person: restore it without "
                                                              "references, or leave it untouched"}),
             },
             "optional": _optional_people(),
@@ -200,9 +203,10 @@ class RestoreFaces:
         person_3: People | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         select = face_number if faces == "by number" else faces
+        settings = _settings(model, steps, guidance, seed, solver, strength, faces=select, unknown=unknown)
         restorer = PhotoRestorer(
-            model.pipe, _people([person, person_2, person_3], model.embedder), model.detector, select=select,
-            unknown=unknown, seed=seed, options=_sampling(model, steps, guidance, solver, strength), store=model.store,
+            model.pipe, _people([person, person_2, person_3], model.embedder), model.detector, settings,
+            store=model.store,
         )  # fmt: skip
         photos = to_arrays(image)
         planned = []
@@ -260,8 +264,8 @@ class RestoreAlignedFace:
         person_3: People | None = None,
     ) -> tuple[torch.Tensor]:
         restorer = PhotoRestorer(
-            model.pipe, _people([person, person_2, person_3], model.embedder), seed=seed,
-            options=_sampling(model, steps, guidance, solver, strength), store=model.store,
+            model.pipe, _people([person, person_2, person_3], model.embedder), None,
+            _settings(model, steps, guidance, seed, solver, strength), store=model.store,
         )  # fmt: skip
         arrays = to_arrays(crops, "crops IMAGE")
         progress = Progress(None, steps)  # the number of calls (the restorer's batches) comes with the first

@@ -7,7 +7,6 @@ written next to the images.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from refface.data.degradations import degradation_by_name
@@ -50,7 +49,5 @@ def make_benchmark_set(
         overwrite=overwrite,
         progress=progress,
     )
-    copy = out_dir / REFERENCES_FILE
-    write_reference_csv(copy.with_suffix(".partial"), entries)
-    shutil.move(copy.with_suffix(".partial"), copy)
+    write_reference_csv(out_dir / REFERENCES_FILE, entries)
     return out_dir

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refface.errors import RefFaceError, require_file
+from refface.files import atomic_output
 
 SPLITS = ("train", "val", "test")
 REFERENCE_FOLDER = "reference_mapping"
@@ -134,7 +135,8 @@ def read_reference_csv(path: str | Path) -> list[ReferenceEntry]:
 
 
 def write_reference_csv(path: str | Path, entries: Iterable[ReferenceEntry]) -> Path:
-    """Write entries in the official format: `str(list)` in a quoted field, readable by ast.literal_eval."""
+    """Write entries in the official format: `str(list)` in a quoted field, readable by ast.literal_eval (atomically:
+    a reader never sees half a file)."""
     target = Path(path)
     checked = [
         _check_entry(entry.gt_image, list(entry.ref_images), target, line)
@@ -146,7 +148,7 @@ def write_reference_csv(path: str | Path, entries: Iterable[ReferenceEntry]) -> 
             raise RefFaceError(f"Line {line} of {target} would repeat the target {entry.gt_image}.")
         seen.add(entry.gt_image)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_output(target, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for entry in checked:

@@ -27,8 +27,8 @@ from refface.errors import RefFaceError
 from refface.evaluation.benchmark_report import write_set_tables
 from refface.evaluation.contact_sheet import write_contact_sheet
 from refface.evaluation.evaluate import METRICS, EvalCase, EvaluationOptions, EvaluationResult, evaluate_cases
-from refface.evaluation.methods import Restorer
 from refface.evaluation.paper_sets import BenchmarkCase, BenchmarkData
+from refface.evaluation.restorers import Restorer
 from refface.files import write_text_atomically
 from refface.imaging import load_image, save_image
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +24,12 @@ from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
-from refface.face.alignment import MIN_FACE_SIZE, AlignedFace, align_face, ffhq_quad, yaw_asymmetry
+from refface.face.alignment import AlignedFace, align_face, big_enough, ffhq_quad, yaw_asymmetry
 from refface.face.detection import DetectedFace, FaceDetector
 from refface.face.farthest_point import fps_from_distances
 from refface.face.identity import IdentityEmbedder
 from refface.face.locate import EXTREME_YAW, detect_faces
+from refface.files import write_text_atomically
 from refface.imaging import SAVE_FORMATS, load_image
 
 CACHE_VERSION = 1
@@ -125,9 +125,7 @@ def _read_cache(path: Path) -> dict:
 
 def _write_cache(path: Path, photos: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.part")  # processes sharing an album never share a temporary
-    temporary.write_text(json.dumps({"version": CACHE_VERSION, "photos": photos}))
-    os.replace(temporary, path)
+    write_text_atomically(path, json.dumps({"version": CACHE_VERSION, "photos": photos}))
 
 
 def _photo_key(photo: Path) -> str:
@@ -137,7 +135,7 @@ def _photo_key(photo: Path) -> str:
 
 def _scan_photo(photo: Path, detector: FaceDetector, embedder: IdentityEmbedder) -> dict:
     image = np.asarray(load_image(photo))
-    faces = [f for f in detect_faces(image, detector) if ffhq_quad(f.landmarks).size >= MIN_FACE_SIZE]
+    faces = [f for f in detect_faces(image, detector) if big_enough(f)]
     crops = [align_face(image, face, 256).image for face in faces]
     vectors = embedder.embed(crops) if crops else []
     return {

@@ -158,14 +158,21 @@ def warp_quad(photo: np.ndarray, quad: FaceQuad, size: int = ALIGNED_SIZE, pad: 
     return crop
 
 
+def big_enough(face: DetectedFace) -> bool:
+    """Whether a detected face is large enough to align and restore: its FFHQ square is at least MIN_FACE_SIZE
+    photo pixels across (the one place this is decided, for photos, albums and video frames)."""
+    return ffhq_quad(face.landmarks).size >= MIN_FACE_SIZE
+
+
 def align_face(photo: np.ndarray, face: DetectedFace, size: int = ALIGNED_SIZE, pad: bool = True) -> AlignedFace:
     """FFHQ-aligned crop of one detected face, with the transform that put it there."""
-    quad = ffhq_quad(face.landmarks)
-    if quad.size < MIN_FACE_SIZE:
+    if not big_enough(face):
+        quad = ffhq_quad(face.landmarks)
         raise RefFaceError(
             f"The face at {tuple(round(v) for v in face.box)} is only about {quad.size:.0f} pixels across, too small "
             f"to align reliably (at least {MIN_FACE_SIZE} needed)."
         )
+    quad = ffhq_quad(face.landmarks)
     matrix = quad_matrix(quad, size)
     return AlignedFace(warp_quad(photo, quad, size, pad), matrix, quad, face, photo.shape[:2])
 

@@ -68,7 +68,7 @@ def load_arcface(path: str | Path, arch: str | Sequence[int] | None = None) -> A
     source = require_file(path, "ArcFace weights file")
     wanted = None if arch is None else layers_of(arch)
     if source.suffix.lower() == ".onnx":
-        from refface.face.arcface_onnx import import_onnx_weights
+        from refface.models.arcface_onnx import import_onnx_weights
 
         state, layers = import_onnx_weights(source)
     else:

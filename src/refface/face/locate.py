@@ -7,11 +7,13 @@ scanned sideways get a second chance through rotated copies when nothing is foun
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from refface.errors import RefFaceError
 from refface.face.alignment import (
@@ -19,6 +21,7 @@ from refface.face.alignment import (
     MIN_FACE_SIZE,
     AlignedFace,
     align_face,
+    big_enough,
     ffhq_quad,
     invert_matrix,
     quad_matrix,
@@ -27,7 +30,7 @@ from refface.face.alignment import (
     yaw_asymmetry,
 )
 from refface.face.detection import DetectedFace, FaceDetector, import_dlib, load_shape_predictor
-from refface.imaging import resize_square
+from refface.imaging import as_rgb_array, resize_square
 
 # Where dlib's face box sits inside an FFHQ crop, as fractions of the side (measured on real faces).
 CANONICAL_BOX = (0.22, 0.32, 0.77, 0.86)
@@ -59,7 +62,25 @@ class AlignedCropLandmarks:
 
 
 class NoFaceFound(RefFaceError):
-    """The photo shows no face that can be aligned: not a mistake in an archive, a photo to pass over."""
+    """The photo shows no face that can be aligned: not a mistake in an archive, a photo to pass over.
+
+    `source` names the photo and `too_small` counts the faces found that were too small to align (0: none was
+    found at all), so each front end can word the advice its user can act on; the message is the command line's.
+    """
+
+    def __init__(self, source: str, too_small: int = 0) -> None:
+        self.source, self.too_small = str(source), too_small
+        if too_small:
+            message = (
+                f"Every face found in {source} is under {MIN_FACE_SIZE} pixels across, too small to align; "
+                "use a larger scan of the photo."
+            )
+        else:
+            message = (
+                f"No face was found in {source}; try --detector cnn for turned or small faces, or --aligned if it "
+                "is already a face crop."
+            )
+        super().__init__(message)
 
 
 @dataclass
@@ -138,19 +159,13 @@ def find_faces(
     """Aligned crops of the chosen faces ('all', 'largest' or a 0-based index into the largest-first list)."""
     faces = detect_faces(photo, detector)
     if not faces:
-        raise NoFaceFound(
-            f"No face was found in {source}; try --detector cnn for turned or small faces, or --aligned if it is "
-            "already a face crop."
-        )
+        raise NoFaceFound(source)
     notes = []
-    usable = [face for face in faces if ffhq_quad(face.landmarks).size >= MIN_FACE_SIZE]
+    usable = [face for face in faces if big_enough(face)]
     if len(usable) < len(faces):
         notes.append(f"{source}: skipped {len(faces) - len(usable)} face(s) under {MIN_FACE_SIZE} pixels across.")
     if not usable:
-        raise NoFaceFound(
-            f"Every face found in {source} is under {MIN_FACE_SIZE} pixels across, too small to align; "
-            "use a larger scan of the photo."
-        )
+        raise NoFaceFound(source, too_small=len(faces))
     if select == "largest":
         chosen = usable[:1]
         if len(usable) > 1:
@@ -173,3 +188,15 @@ def find_faces(
                 "restoration may be poor."
             )
     return FaceSearch([align_face(photo, face, size) for face in chosen], notes)
+
+
+def align_references(
+    images: Sequence[Image.Image], sources: Sequence[str], detector: FaceDetector, aligned_size: int = ALIGNED_SIZE
+) -> tuple[list[np.ndarray], list[str]]:
+    """The largest face of each reference photo as an aligned crop, plus notes about ambiguous photos."""
+    crops, notes = [], []
+    for image, source in zip(images, sources, strict=True):
+        search = find_faces(as_rgb_array(image), detector, "largest", aligned_size, source)
+        crops.append(search.faces[0].image)
+        notes.extend(search.notes)
+    return crops, notes

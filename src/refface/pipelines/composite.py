@@ -21,7 +21,6 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from torch import nn
 from transformers import CLIPVisionModel
 
-from refface.errors import RefFaceError
 from refface.imaging import to_pil
 from refface.models.composite_context import (
     CompositeContext,
@@ -33,20 +32,26 @@ from refface.models.composite_context import (
 )
 from refface.models.composite_parts import tiny_reference_encoders, tiny_text_to_image
 from refface.models.kl import decode_latents, encode_latents
+from refface.pipelines.base import COMPOSITE_OPTIONS, RestorationOutput, SamplingOptions, options_for, seeds_for
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.inputs import ImageInput, prepare_images
-from refface.pipelines.refldm import RestorationOutput, batch_noise
+from refface.pipelines.noise import item_noise
 from refface.pipelines.sampler import StepCallback, sample
-from refface.pipelines.schedule import noised_to, strength_start
+from refface.pipelines.schedule import check_step_count, noised_to, strength_start
 from refface.pipelines.speedup_setting import SpeedupSetting, within_speedup_setting
 
 
 @dataclass(frozen=True)
 class DualGuidance:
-    """The two guidance scales: s_i toward the LQ image, s_c toward the references (the paper's defaults 1.2 / 1.2)."""
+    """The two guidance scales: s_i toward the LQ image, s_c toward the references (the paper's defaults are
+    `COMPOSITE_OPTIONS`', 1.2 / 1.2)."""
 
-    lq: float = 1.2
-    reference: float = 1.2
+    lq: float
+    reference: float
+
+    @classmethod
+    def of(cls, options: SamplingOptions) -> DualGuidance:
+        return cls(options.lq_guidance, options.guidance)
 
     def weights(self, num_references: int) -> tuple[float, float, float]:
         """Weights of e(z, 0, 0), e(z, lq, 0) and of each e(z, lq, c_i); they always sum to 1.
@@ -153,9 +158,7 @@ def sample_composite(
     On a GPU the steps after the first replay a CUDA graph of the U-Net call (`StepReplay`) unless
     `cuda_graphs` is False.
     """
-    total = int(scheduler.config.num_train_timesteps)
-    if not 1 <= steps <= total:
-        raise RefFaceError(f"The number of steps must be between 1 and {total}, got {steps}.")
+    check_step_count(steps, scheduler)
     scheduler = copy.deepcopy(scheduler)
     scheduler.set_timesteps(steps)
     start = strength_start(scheduler, strength)
@@ -179,6 +182,7 @@ class CompositeContextPipeline(SpeedupSetting, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "identity_encoder->facial_encoder->vae->unet->vae"
+    default_options = COMPOSITE_OPTIONS
 
     def __init__(
         self,
@@ -273,41 +277,51 @@ class CompositeContextPipeline(SpeedupSetting, DiffusionPipeline):
         self,
         lq: Sequence[ImageInput] | torch.Tensor,
         references: ReferenceFeatures | Sequence[ImageInput] | torch.Tensor | None = None,
-        num_inference_steps: int = 50,
-        lq_guidance: float = 1.2,
-        reference_guidance: float = 1.2,
-        seed: int | Sequence[int] = 2024,
-        color_fix: bool = True,
+        num_inference_steps: int | None = None,
+        lq_guidance: float | None = None,
+        reference_guidance: float | None = None,
+        seed: int | Sequence[int] | None = None,
+        color_fix: bool | None = None,
         noise: torch.Tensor | None = None,
         progress: bool = True,
         step_callback: StepCallback | None = None,
-        strength: float = 1.0,
+        strength: float | None = None,
+        *,
+        options: SamplingOptions | None = None,
     ) -> RestorationOutput:
         """Restore a batch of LQ face crops of one person with any number of references (None / empty: none).
 
-        `strength` below 1 starts from the LQ latent noised to the timestep nearest strength x T (SDEdit).
+        `options`: Composite-Context's `SamplingOptions` (default `default_options`: 50 DDIM steps, both
+        guidances 1.2, the colour fix), changed by any keyword given. `strength` below 1 starts from the LQ
+        latent noised to the timestep nearest strength x T (SDEdit). `seed`: the noise seed of every image
+        (default the options'), or one per image.
         """
+        options = options_for(
+            self.default_options, options, steps=num_inference_steps, guidance=reference_guidance,
+            lq_guidance=lq_guidance, color_fix=color_fix, strength=strength,
+        )  # fmt: skip
         lq_batch = self._prepare(lq)
         batch_size = lq_batch.shape[0]
+        seeds = seeds_for(options, batch_size, seed)
         if references is not None and not isinstance(references, ReferenceFeatures):
             references = self.encode_references(references)
         lq_latents = encode_latents(self.vae, lq_batch)
         if noise is None:
-            noise = batch_noise(tuple(lq_latents.shape[1:]), batch_size, seed)
+            noise = item_noise(tuple(lq_latents.shape[1:]), seeds)
         latents = sample_composite(
             self.denoiser,
             self.scheduler,
             lq_latents,
             references,
             noise,
-            num_inference_steps,
-            DualGuidance(lq_guidance, reference_guidance),
+            options.steps,
+            DualGuidance.of(options),
             progress,
             step_callback,
             self.cuda_graphs,
-            strength,
+            options.strength,
         )
         pixels = ((decode_latents(self.vae, latents).float() + 1.0) / 2.0).clamp(0.0, 1.0)
-        if color_fix:
+        if options.color_fix:
             pixels = adain_color_fix(pixels, (lq_batch.float() + 1.0) / 2.0)
         return RestorationOutput(images=to_pil(pixels), pixels=pixels, latents=latents)

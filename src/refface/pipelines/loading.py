@@ -1,4 +1,8 @@
-"""One entry point that finds the ReF-LDM weights a user means: a saved folder, official files, or the release."""
+"""Loading a pipeline from where its weights are: a saved folder, ReF-LDM's official files, or the release.
+
+Which method a folder holds and which combinations of files make sense are the method registry's to judge
+(the `methods` module), before any of this runs.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ from refface.errors import RefFaceError, short_reason
 from refface.pipelines.refldm import RefLDMPipeline
 from refface.weights import REFLDM_WEIGHTS, VQGAN_WEIGHTS, ensure_weights
 
-PIPELINES = {"RefLDMPipeline": "ReF-LDM", "CompositeContextPipeline": "Composite-Context"}
-
 
 def saved_pipeline_class(folder: Path) -> str:
     """The pipeline class a saved folder (or a finished run folder's model/) holds, from its model_index.json."""
@@ -19,7 +21,7 @@ def saved_pipeline_class(folder: Path) -> str:
         name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
     except (OSError, ValueError, AttributeError):
         name = None
-    if name not in PIPELINES:
+    if not isinstance(name, str) or not name.endswith("Pipeline"):
         raise RefFaceError(
             f"The model folder {folder} has no readable model_index.json of a refface pipeline; write one with "
             "`refface convert` or `refface train`."
@@ -40,8 +42,8 @@ def _load(pipeline_class: type, folder: str | Path, speedups: bool = True):
     name = saved_pipeline_class(source)
     if name != pipeline_class.__name__:
         raise RefFaceError(
-            f"The model folder {source} holds a {PIPELINES[name]} model, not a {PIPELINES[pipeline_class.__name__]} "
-            "one; choose the matching --method."
+            f"The model folder {source} holds a {name}, not a {pipeline_class.__name__} "
+            f"({pipeline_class.default_options.method}); choose the matching --method."
         )
     try:
         pipe = pipeline_class.from_pretrained(source, speedups=speedups)
@@ -73,16 +75,11 @@ def load_refldm(
     vqgan: str | Path | None = None,
     config: str | Path | None = None,
 ) -> RefLDMPipeline:
-    """Load from `model` (saved folder), else `checkpoint` (+ `vqgan`, `config`), else the released weights."""
+    """Load from `model` (saved folder), else `checkpoint` (+ `vqgan`, `config`), else the released weights
+    (downloaded into the cache on first use)."""
     if model is not None:
-        if checkpoint is not None or vqgan is not None or config is not None:
-            raise RefFaceError(
-                "--model already holds every weight; do not combine it with --checkpoint/--vqgan/--config."
-            )
         return load_saved(model)
     if checkpoint is None:
-        if vqgan is not None or config is not None:
-            raise RefFaceError("--vqgan and --config describe an official checkpoint; pass it with --checkpoint.")
         checkpoint = ensure_weights(REFLDM_WEIGHTS)
         vqgan = ensure_weights(VQGAN_WEIGHTS)
     return RefLDMPipeline.from_official(checkpoint, vqgan, config)

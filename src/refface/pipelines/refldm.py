@@ -8,15 +8,12 @@ toward the references, quantize and decode.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel, VQModel
-from PIL import Image
 from torch import nn
 
-from refface.errors import RefFaceError
 from refface.imaging import to_pil
 from refface.models.cache_kv import ReferenceBatch, ReferenceKV
 from refface.models.checkpoints import load_converted, read_state_dict, select_unet_weights, select_vq_weights
@@ -24,7 +21,9 @@ from refface.models.config import RefLDMArchitecture, load_official_config, rele
 from refface.models.convert import apply_rules, unet_rules, vq_rules
 from refface.models.unet import build_unet, denoise_copies, install_cache_kv, reference_pass
 from refface.models.vq import build_vqmodel, decode_quantized, encode_unquantized
+from refface.pipelines.base import REFLDM_OPTIONS, RestorationOutput, SamplingOptions, options_for, seeds_for
 from refface.pipelines.inputs import ImageInput, prepare_images
+from refface.pipelines.noise import item_noise
 from refface.pipelines.sampler import StepCallback, sample
 from refface.pipelines.schedule import (
     make_scheduler,
@@ -36,31 +35,9 @@ from refface.pipelines.schedule import (
 from refface.pipelines.speedup_setting import SpeedupSetting, within_speedup_setting
 
 
-@dataclass
-class RestorationOutput:
-    """Restored images (8-bit, working resolution) and the float results they came from."""
-
-    images: list[Image.Image]
-    pixels: torch.Tensor  # [B, 3, H, W] in [0, 1]
-    latents: torch.Tensor  # final (unquantized) latents [B, C, h, w]
-
-
 def weight_stamp(module: torch.nn.Module) -> tuple:
     """Changes whenever any of `module`'s parameters does: replaced (a load, a move) or written in place."""
     return tuple((p.data_ptr(), p._version) for p in module.parameters())
-
-
-def item_noise(shape: tuple[int, ...], seeds: Sequence[int]) -> torch.Tensor:
-    """One CPU draw of `shape` per item from its own seed, as the official script draws its noise."""
-    return torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-
-
-def batch_noise(shape: tuple[int, ...], batch_size: int, seed: int | Sequence[int]) -> torch.Tensor:
-    """`item_noise` for a batch: one seed for every image, or one seed each (their number must match)."""
-    seeds = [seed] * batch_size if isinstance(seed, int) else list(seed)
-    if len(seeds) != batch_size:
-        raise RefFaceError(f"Got {len(seeds)} seeds for {batch_size} images.")
-    return item_noise(shape, seeds)
 
 
 class RefLDMPipeline(SpeedupSetting, DiffusionPipeline):
@@ -76,6 +53,7 @@ class RefLDMPipeline(SpeedupSetting, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "vqvae->unet->vqvae"
+    default_options = REFLDM_OPTIONS
 
     def __init__(self, unet: UNet2DModel, vqvae: VQModel, scheduler: DDIMScheduler, speedups: bool = True):
         super().__init__()
@@ -200,9 +178,11 @@ class RefLDMPipeline(SpeedupSetting, DiffusionPipeline):
     def initial_noise(self, batch_size: int, seed: int | Sequence[int]) -> torch.Tensor:
         """Noise as the official script draws it: torch.manual_seed(seed); torch.randn(1, C, h, w) on the CPU.
 
-        Each image gets its own draw from its seed, so a photo restores the same in any batch.
+        Each image gets its own draw from its seed (one for all, or one each), so a photo restores the same in
+        any batch.
         """
-        return batch_noise((self.latent_channels, self.latent_size, self.latent_size), batch_size, seed)
+        seeds = seeds_for(self.default_options, batch_size, seed)
+        return item_noise((self.latent_channels, self.latent_size, self.latent_size), seeds)
 
     @torch.no_grad()
     @within_speedup_setting
@@ -210,38 +190,48 @@ class RefLDMPipeline(SpeedupSetting, DiffusionPipeline):
         self,
         lq: Sequence[ImageInput] | torch.Tensor,
         references: ReferenceKV | Sequence[ImageInput] | torch.Tensor | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 1.5,
-        seed: int | Sequence[int] = 2024,
-        spacing: str = "uniform_trailing",
-        solver: str = "ddim",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | Sequence[int] | None = None,
+        spacing: str | None = None,
+        solver: str | None = None,
         noise: torch.Tensor | None = None,
         progress: bool = True,
         step_callback: StepCallback | None = None,
-        strength: float = 1.0,
+        strength: float | None = None,
+        *,
+        options: SamplingOptions | None = None,
     ) -> RestorationOutput:
         """Restore a batch of LQ face crops of one person.
 
         `references` is a ReferenceKV from `encode_references` (reuse it across photos), images,
         or None / empty for no references (plain LQ-conditioned restoration, no guidance).
-        Guidance follows the official batch order [null references, references].
+        `options`: ReF-LDM's `SamplingOptions` (default `default_options`: 50 DDIM steps, guidance 1.5), changed
+        by any keyword given. Guidance follows the official batch order [null references, references].
         `solver` "ddim" is the official sampler (exact mode); "dpm++" (DPM-Solver++, e.g. 20 steps)
         is the fast mode, which changes the output. `strength` below 1 starts from the LQ latent noised to
         the timestep nearest strength x T (SDEdit): fewer steps, more of the input's structure kept.
+        `seed`: the noise seed of every image (default the options'), or one per image.
         """
+        options = options_for(
+            self.default_options, options, steps=num_inference_steps, guidance=guidance_scale, spacing=spacing,
+            solver=solver, strength=strength,
+        )  # fmt: skip
         lq_batch = self._prepare(lq)
         batch_size = lq_batch.shape[0]
+        seeds = seeds_for(options, batch_size, seed)
         if references is None:
             references = ReferenceKV({}, {}, num_references=0)
         elif not isinstance(references, ReferenceKV):
             references = self.encode_references(references)
         lq_latents = encode_unquantized(self.vqvae, lq_batch)
 
-        latents = (noise if noise is not None else self.initial_noise(batch_size, seed)).to(self.device, torch.float32)
-        scheduler = sampling_scheduler(self.scheduler, num_inference_steps, spacing, solver)
-        start = strength_start(scheduler, strength)
+        latents = (noise if noise is not None else self.initial_noise(batch_size, seeds)).to(self.device, torch.float32)
+        scheduler = sampling_scheduler(self.scheduler, options)
+        start = strength_start(scheduler, options.strength)
         if start is not None:
             latents = noised_to(scheduler, start, lq_latents, latents)
+        guidance_scale = options.guidance
         guided = references.num_references > 0 and guidance_scale != 1.0
         if guided:
             context = ReferenceBatch(

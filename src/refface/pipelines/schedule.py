@@ -14,12 +14,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from refface.errors import RefFaceError
-
-# Official name -> (diffusers timestep_spacing, steps_offset). "uniform" is CompVis'
-# range(0, T, T // n) + 1; "uniform_trailing" ends on T - 1 (for 50 steps: 19, 39, ..., 999).
-SPACINGS = {"uniform_trailing": ("trailing", 0), "uniform": ("leading", 1)}
-SOLVERS = ("ddim", "dpm++")
-FAST_STEPS = 20  # DPM-Solver++ steps of the fast mode
+from refface.pipelines.base import SPACINGS, SamplingOptions
 
 
 def official_betas(num_train_timesteps: int, linear_start: float, linear_end: float) -> np.ndarray:
@@ -53,23 +48,23 @@ def use_float64_cumprod(scheduler: DDIMScheduler) -> DDIMScheduler:
     return scheduler
 
 
-def check_solver(solver: str) -> None:
-    if solver not in SOLVERS:
-        raise RefFaceError(f"Unknown solver '{solver}'; choose one of {', '.join(SOLVERS)}.")
+def check_step_count(steps: int, scheduler: DDIMScheduler) -> None:
+    """A model trained on T timesteps samples at most T steps (the options already hold at least 1)."""
+    total = int(scheduler.config.num_train_timesteps)
+    if steps > total:
+        raise RefFaceError(f"The number of steps must be between 1 and {total}, got {steps}.")
 
 
 def sampling_scheduler(
-    template: DDIMScheduler, steps: int, spacing: str, solver: str = "ddim"
+    template: DDIMScheduler, options: SamplingOptions
 ) -> DDIMScheduler | DPMSolverMultistepScheduler:
-    """A private scheduler set up for one sampling run (schedulers are stateful) on `template`'s noise schedule."""
-    if spacing not in SPACINGS:
-        raise RefFaceError(f"Unknown timestep spacing '{spacing}'; choose one of {', '.join(SPACINGS)}.")
-    check_solver(solver)
+    """A private scheduler set up for one sampling run (schedulers are stateful) on `template`'s noise schedule,
+    with the options' steps, spacing and solver."""
+    steps = options.steps
+    check_step_count(steps, template)
     total = template.config.num_train_timesteps
-    if not 1 <= steps <= total:
-        raise RefFaceError(f"The number of steps must be between 1 and {total}, got {steps}.")
-    timestep_spacing, offset = SPACINGS[spacing]
-    if solver == "dpm++":
+    timestep_spacing, offset = SPACINGS[options.spacing]
+    if options.solver == "dpm++":
         solver_scheduler = DPMSolverMultistepScheduler(
             num_train_timesteps=total,
             trained_betas=template.config.trained_betas,
@@ -90,16 +85,11 @@ def sampling_scheduler(
     return scheduler
 
 
-def check_strength(strength: float) -> None:
-    if not 0.0 < strength <= 1.0:
-        raise RefFaceError(f"The strength must be greater than 0 and at most 1, got {strength}.")
-
-
 def strength_start(scheduler: DDIMScheduler | DPMSolverMultistepScheduler, strength: float) -> int | None:
     """Where sampling starts for `strength` in (0, 1] (SDEdit): None for 1 (all steps, from pure noise); below 1
     the index of the set-up scheduler's timestep nearest strength x T, from which the LQ latent, noised to that
-    level, is sampled (a lighter touch that keeps the input's structure)."""
-    check_strength(strength)
+    level, is sampled (a lighter touch that keeps the input's structure). `strength` comes from checked
+    `SamplingOptions`."""
     if strength == 1.0:
         return None
     target = strength * scheduler.config.num_train_timesteps

@@ -20,10 +20,16 @@ from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
 from refface.imaging import check_output_path, load_image, save_image
-from refface.photo import comparison_image
 from refface.restoration.archive_inputs import ArchivePhoto
 from refface.restoration.photo_restorer import ERROR, FaceResult, PhotoRestorer, PhotoResult
-from refface.restoration.report import error_row, people_sheet, photo_rows, track_rows, write_report
+from refface.restoration.report import (
+    comparison_image,
+    error_row,
+    people_sheet,
+    photo_rows,
+    track_rows,
+    write_report,
+)
 from refface.restoration.run_record import RunRecord
 from refface.restoration.video_restorer import TrackResult, VideoRestorer, VideoResult
 from refface.video.encoding import CONTAINERS
@@ -91,8 +97,22 @@ def _check_clip_output(target: Path, source: Path) -> None:
             raise RefFaceError(f"The output file {candidate} is also an input; refface never overwrites its inputs.")
 
 
-def prepare_archive(output: str | Path, photos: Sequence[ArchivePhoto], settings: dict, overwrite: bool) -> bool:
-    """Check, before any slow work, that the run may write into `output`; True when it resumes an earlier run.
+@dataclass(frozen=True)
+class PreparedArchive:
+    """An archive run checked against its output folder: what `run_archive` restores, where, and with which
+    recorded settings; `resuming` when the folder holds an earlier run with the same settings."""
+
+    output: Path
+    photos: tuple[ArchivePhoto, ...]
+    settings: dict
+    overwrite: bool
+    resuming: bool
+
+
+def prepare_archive(
+    output: str | Path, photos: Sequence[ArchivePhoto], settings: dict, overwrite: bool
+) -> PreparedArchive:
+    """Check, once and before any slow work, that the run may write into `output`.
 
     Nothing the run writes may be an input, nor an earlier result unless --overwrite (or the run's own,
     resuming); a run recorded with other settings is refused.
@@ -109,7 +129,7 @@ def prepare_archive(output: str | Path, photos: Sequence[ArchivePhoto], settings
             check_output_path(result_path(output, photo), [photo.path], overwrite=True)
         if not (resuming or overwrite) and (existing := _existing_output(output, photo)) is not None:
             raise RefFaceError(f"The output file {existing} already exists; pass --overwrite to replace it.")
-    return resuming
+    return PreparedArchive(output, tuple(photos), settings, overwrite, resuming)
 
 
 def write_face(output: Path, photo: ArchivePhoto, face: FaceResult) -> str:
@@ -164,28 +184,25 @@ def _restore_clip(
 
 
 def run_archive(
-    photos: Sequence[ArchivePhoto],
+    prepared: PreparedArchive,
     restorer: PhotoRestorer,
-    output: str | Path,
-    settings: dict,
     *,
-    overwrite: bool = False,
     state=None,
     progress: bool = True,
     on_photo: Callable[[ArchivePhoto, PhotoResult], None] | None = None,
     videos: VideoRestorer | None = None,
     on_video: Callable[[ArchivePhoto, VideoResult], None] | None = None,
 ) -> ArchiveSummary:
-    """Restore every photo and clip not done yet into `output` (restored_imgs/, restored_videos/, cropped_faces/,
-    restored_faces/, cmp/, report.csv, report.json, people.png). `state`: Accelerate's PartialState when several
-    processes share it. `videos`: how clips are restored (default: with `restorer` and default video options)."""
-    output = Path(output)
+    """Restore every photo and clip of a prepared run not done yet into its output folder (restored_imgs/,
+    restored_videos/, cropped_faces/, restored_faces/, cmp/, report.csv, report.json, people.png). `state`:
+    Accelerate's PartialState when several processes share it. `videos`: how clips are restored (default: with
+    `restorer` and its settings' video options)."""
+    output, photos, settings = prepared.output, prepared.photos, prepared.settings
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     is_main = state is None or state.is_main_process
     record = RunRecord(output, settings, rank)
-    resuming = prepare_archive(output, photos, settings, overwrite)
     if is_main:
-        record.start(fresh=not resuming)
+        record.start(fresh=not prepared.resuming)
     if state is not None:
         state.wait_for_everyone()
 

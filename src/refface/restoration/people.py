@@ -23,8 +23,8 @@ from refface.face.album import AlbumFace, choose_references, group_people, scan_
 from refface.face.detection import FaceDetector
 from refface.face.guard import check_identity
 from refface.face.identity import IdentityEmbedder
-from refface.imaging import load_image
-from refface.photo import align_references, as_rgb_array
+from refface.face.locate import align_references
+from refface.imaging import as_rgb_array, load_image
 
 # A matched distance no face can reach: marks pairs that may not be assigned.
 _FORBIDDEN = 1e6

@@ -22,15 +22,16 @@ from refface.face.detection import FaceDetector
 from refface.face.guard import lq_is_usable
 from refface.face.locate import NoFaceFound, find_faces
 from refface.face.paste import paste_face
-from refface.photo import as_rgb_array
+from refface.imaging import as_rgb_array
+from refface.pipelines.base import RestorationPipeline
 from refface.restoration.people import Match, People, Person, no_people
 from refface.restoration.reference_store import ReferenceStore
+from refface.restoration.settings import RestoreSettings
 
 RESTORED = "restored"
 WITHOUT_REFERENCES = "restored-without-references"
 SKIPPED = "skipped"
 ERROR = "error"
-UNKNOWN_FACES = ("no-refs", "skip")
 
 PhotoSource = Callable[[], Image.Image | np.ndarray]
 
@@ -88,46 +89,46 @@ class _Planned:
 class PhotoRestorer:
     """Restores every chosen face of a photo with its own person's references.
 
-    `pipe`: a refldm or composite pipeline. `people`: who the faces can be (None: nobody, every face is
-    restored from its photo alone). `select`: "auto" (the largest face when the user named one person,
-    else all faces), "all", "largest" or a face number. `unknown`: what happens to a face that matches
-    nobody ("no-refs": restored without references; "skip": left untouched). `options`: the pipeline's
-    sampling keywords (steps, guidance, ...). `store`: where encoded references are kept (default: memory).
-    `step_callback` goes to every pipeline call; `batch_callback(number, total, faces)` is told before each
-    call which faces it restores (1-based number of `total` calls), for progress on a page.
+    `pipe`: a method's pipeline (None for a restorer that only finds and matches faces). `people`: who the faces
+    can be (None: nobody, every face is restored from its photo alone). `settings`: the run's checked settings,
+    of which the restorer reads the sampling options (None: the pipeline's defaults), which faces (`faces`;
+    "auto" is the largest face when the user named one person, else all), what becomes of unknown faces, the
+    batch size and `strict` (default: `RestoreSettings()`). `store`: where encoded references are kept (default:
+    memory). `step_callback` goes to every pipeline call; `batch_callback(number, total, faces)` is told before
+    each call which faces it restores (1-based number of `total` calls), for progress on a page.
     """
 
     def __init__(
         self,
-        pipe,
+        pipe: RestorationPipeline | None,
         people: People | None = None,
         detector: FaceDetector | None = None,
+        settings: RestoreSettings | None = None,
         *,
-        select: str | int = "auto",
-        unknown: str = "no-refs",
-        seed: int = 2024,
-        batch_size: int = 4,
-        options: dict | None = None,
         store: ReferenceStore | None = None,
-        strict: bool = False,
         aligned_size: int = ALIGNED_SIZE,
         progress: bool = False,
         step_callback=None,
         batch_callback: Callable[[int, int, list[FaceResult]], None] | None = None,
     ) -> None:
-        if unknown not in UNKNOWN_FACES:
-            raise RefFaceError(f"Unknown faces are either 'no-refs' or 'skip', got {unknown!r}.")
-        if batch_size < 1:
-            raise RefFaceError(f"The batch size must be at least 1, got {batch_size}.")
         self.pipe, self.detector = pipe, detector
+        self.settings = settings if settings is not None else RestoreSettings()
         self.people = people if people is not None else no_people()
-        self.select = select if select != "auto" else ("largest" if self.people.named_one else "all")
-        self.unknown, self.seed, self.batch_size = unknown, seed, batch_size
-        self.options = dict(options or {})
+        faces = self.settings.faces
+        self.select = faces if faces != "auto" else ("largest" if self.people.named_one else "all")
         self.store = store if store is not None else ReferenceStore(pipe)
-        self.strict, self.aligned_size = strict, aligned_size
+        self.aligned_size = aligned_size
         self.progress, self.step_callback, self.batch_callback = progress, step_callback, batch_callback
         self.faces_restored = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings.batch_size
+
+    @property
+    def seed(self) -> int:
+        """The noise seed of a face that has none of its own."""
+        return (self.settings.sampling or self.pipe.default_options).seed
 
     # ------------------------------------------------------------------------------ planning
     def find(self, photo: Image.Image | np.ndarray, source: str = "the photo") -> tuple[list[FaceResult], list[str]]:
@@ -181,7 +182,7 @@ class PhotoRestorer:
             f"face {face.index} of {source} looks like a different person from {person.name}'s references "
             f"({self.people.embedder.name} distance {face.distance:.2f} >= {threshold:.2f})"
         )
-        if self.strict:
+        if self.settings.strict:
             raise RefFaceError(f"Identity check failed (--strict): {warning}.")
         face.message = warning + "."
 
@@ -189,7 +190,7 @@ class PhotoRestorer:
         if face.person is not None:
             face.status = RESTORED if face.person.references else WITHOUT_REFERENCES
         else:
-            face.status = SKIPPED if self.unknown == "skip" else WITHOUT_REFERENCES
+            face.status = SKIPPED if self.settings.unknown == "skip" else WITHOUT_REFERENCES
         return face
 
     def assign(self, faces: list[FaceResult], people_of: dict[int, str | None]) -> list[FaceResult]:
@@ -236,10 +237,11 @@ class PhotoRestorer:
                 self.batch_callback(number, len(batches), batch)
             crops = [Image.fromarray(face.crop) for face in batch]
             own_seeds = any(face.seed is not None for face in batch)
-            seed = [self.seed if face.seed is None else face.seed for face in batch] if own_seeds else self.seed
+            seeds = [self.seed if face.seed is None else face.seed for face in batch] if own_seeds else None
             output = self.pipe(
-                crops, references, seed=seed, progress=self.progress, step_callback=self.step_callback, **self.options
-            )
+                crops, references, options=self.settings.sampling, seed=seeds, progress=self.progress,
+                step_callback=self.step_callback,
+            )  # fmt: skip
             for face, image in zip(batch, output.images, strict=True):
                 face.restored = np.asarray(image.convert("RGB"))
             self.faces_restored += len(batch)

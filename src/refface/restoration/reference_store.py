@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from refface.files import atomic_output
 from refface.models.cache_kv import ReferenceKV
 from refface.models.composite_context import ReferenceFeatures
 from refface.restoration.people import Person
@@ -145,9 +146,8 @@ class ReferenceStore:
         tensors, meta = _to_tensors(encoded)
         target = self.folder / f"{key}.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(f".{os.getpid()}.part")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temporary, metadata=meta)
-        os.replace(temporary, target)
+        with atomic_output(target) as stream:
+            stream.write(save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta))
         self._bound()
 
     def _bound(self) -> None:

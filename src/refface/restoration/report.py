@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
+from refface.files import write_text_atomically
 from refface.restoration.people import People
 from refface.restoration.photo_restorer import ERROR, SKIPPED, PhotoResult
 from refface.restoration.video_restorer import VideoResult
@@ -75,22 +76,16 @@ def _row(photo: str, **values) -> dict:
     return row
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    temporary = path.with_suffix(path.suffix + ".part")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def write_report(folder: Path, rows: list[dict], settings: dict, people: People) -> None:
     """report.csv and report.json in `folder`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_text(folder / "report.csv", buffer.getvalue())
+    write_text_atomically(folder / "report.csv", buffer.getvalue())
     described = [{"name": p.name, "references": p.reference_names, "labels": p.labels} for p in people]
     document = {"settings": settings, "people": described, "faces": rows}
-    _atomic_text(folder / "report.json", json.dumps(document, indent=1))
+    write_text_atomically(folder / "report.json", json.dumps(document, indent=1))
 
 
 def _thumbnail(image: Image.Image) -> Image.Image:
@@ -122,3 +117,37 @@ def people_sheet(folder: Path, rows: list[dict], people: People) -> Image.Image 
                 with Image.open(path) as face:
                     sheet.paste(_thumbnail(face), (start + column * THUMB, top))
     return sheet
+
+
+def comparison_image(
+    lq: np.ndarray | Image.Image,
+    restored: np.ndarray | Image.Image,
+    references: Sequence[np.ndarray | Image.Image] = (),
+) -> Image.Image:
+    """LQ crop | restored crop side by side, with the references in a strip underneath (the cmp/ pictures)."""
+    lq_image = Image.fromarray(np.asarray(lq)).convert("RGB")
+    size = lq_image.width
+    top = [
+        lq_image,
+        Image.fromarray(np.asarray(restored)).convert("RGB").resize((size, size), Image.Resampling.LANCZOS),
+    ]
+    thumb = (2 * size) // max(len(references), 4) if references else 0
+    canvas = Image.new("RGB", (2 * size, size + thumb), (255, 255, 255))
+    for column, image in enumerate(top):
+        canvas.paste(image, (column * size, 0))
+    for column, reference in enumerate(references):
+        small = Image.fromarray(np.asarray(reference)).convert("RGB").resize((thumb, thumb), Image.Resampling.LANCZOS)
+        canvas.paste(small, (column * thumb, size))
+    return canvas
+
+
+def before_after(before: Image.Image, after: Image.Image) -> Image.Image:
+    """A photo as it was and as refface gave it back, side by side under a label each."""
+    band = 28
+    canvas = Image.new("RGB", (before.width + after.width, max(before.height, after.height) + band), (255, 255, 255))
+    canvas.paste(before.convert("RGB"), (0, band))
+    canvas.paste(after.convert("RGB"), (before.width, band))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 8), "before", fill=(0, 0, 0))
+    draw.text((before.width + 8, 8), "after (refface)", fill=(0, 0, 0))
+    return canvas

@@ -14,15 +14,23 @@ import shutil
 from pathlib import Path
 
 from refface.errors import RefFaceError
+from refface.files import write_text_atomically
 
 VERSION = 1
 MANIFEST = "manifest.json"
 PROGRESS = ".progress"
 
 
-def _changes(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{key} {old.get(key)!r} now {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
+def _changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """What differs between two recorded settings, naming nested settings by their path (sampling.seed)."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes.extend(_changes(before, after, f"{prefix}{key}."))
+        elif before != after:
+            changes.append(f"{prefix}{key} {before!r} now {after!r}")
+    return changes
 
 
 class RunRecord:
@@ -64,9 +72,7 @@ class RunRecord:
         if fresh:
             shutil.rmtree(self.progress_folder, ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = self.manifest.with_suffix(".part")
-        temporary.write_text(json.dumps({"version": VERSION, "settings": self.settings}, indent=1))
-        os.replace(temporary, self.manifest)
+        write_text_atomically(self.manifest, json.dumps({"version": VERSION, "settings": self.settings}, indent=1))
 
     def discard(self) -> None:
         """Forget the run (it wrote nothing worth resuming)."""

@@ -19,71 +19,27 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
-from refface.face.alignment import MIN_FACE_SIZE, AlignedFace, FaceQuad, ffhq_quad, quad_matrix, warp_quad
+from refface.face.alignment import AlignedFace, FaceQuad, big_enough, ffhq_quad, quad_matrix, warp_quad
 from refface.face.locate import detect_faces
 from refface.face.paste import paste_face
 from refface.files import atomic_output
 from refface.restoration.people import Match
 from refface.restoration.photo_restorer import SKIPPED, FaceResult, PhotoRestorer
-from refface.video.encoding import SEGMENT_SUFFIX, Encoding, SegmentWriter, assemble
+from refface.video.encoding import SEGMENT_SUFFIX, SegmentWriter, assemble
 from refface.video.media import Frame, VideoInfo, decode_frames, probe_video
+from refface.video.options import VideoOptions
 from refface.video.tracks import FaceTrack, TrackBuilder
 
 EMBED_SIZE = 256  # aligned crop size for identity vectors while tracking (the embedders work below it)
 TRACKS_FILE = "tracks.npz"
 SETTINGS_FILE = "settings.json"
-
-
-@dataclass(frozen=True)
-class VideoOptions:
-    """How a clip is tracked, restored and written.
-
-    `detect_every`: run the face detector on every k-th frame (tracks fill the frames between).
-    `landmark_smoothing`: seconds of the zero-phase landmark filter (0: align every frame on its own detection).
-    `temporal_smoothing`: Gaussian sigma, in frames, of a blend of each restored crop with its neighbours in
-    aligned space (0: none). `segment_frames`: frames per resumable segment. `frame_seeds`: every frame its own
-    noise (seed + frame number) instead of the track's shared noise (for comparison only; it flickers).
-    """
-
-    encoding: Encoding = field(default_factory=Encoding)
-    detect_every: int = 1
-    landmark_smoothing: float = 0.35
-    temporal_smoothing: float = 0.0
-    segment_frames: int = 48
-    frame_seeds: bool = False
-
-    def __post_init__(self) -> None:
-        if self.detect_every < 1:
-            raise RefFaceError(f"--detect-every must be at least 1, got {self.detect_every}.")
-        if self.landmark_smoothing < 0 or not math.isfinite(self.landmark_smoothing):
-            raise RefFaceError(f"The landmark smoothing must be 0 or more seconds, got {self.landmark_smoothing}.")
-        if self.temporal_smoothing < 0 or not math.isfinite(self.temporal_smoothing):
-            raise RefFaceError(f"--temporal-smoothing must be 0 or more frames, got {self.temporal_smoothing}.")
-        if self.segment_frames < 1:
-            raise RefFaceError(f"Segments need at least one frame, got {self.segment_frames}.")
-
-    def window(self, info: VideoInfo) -> int:
-        """The landmark filter's length in frames (odd; 1 means no smoothing)."""
-        frames = int(round(self.landmark_smoothing * float(info.rate)))
-        return frames + 1 - frames % 2 if frames >= 3 else 1
-
-    @property
-    def reach(self) -> int:
-        """How many neighbours on each side the temporal blend uses."""
-        return int(math.ceil(2.0 * self.temporal_smoothing)) if self.temporal_smoothing > 0 else 0
-
-    def settings(self) -> dict:
-        """What decides the output, as a run records it."""
-        described = asdict(self)
-        described["encoding"] = asdict(self.encoding)
-        return described
 
 
 @dataclass
@@ -116,13 +72,16 @@ def aligned_from_quad(pixels: np.ndarray, quad: FaceQuad, size: int) -> AlignedF
 
 
 class VideoRestorer:
-    """Restores the faces of video clips through a `PhotoRestorer` (its people, references, pipeline, seed)."""
+    """Restores the faces of video clips through a `PhotoRestorer` (its people, references, pipeline, settings).
+
+    `options`: how clips are tracked and written (default: the restorer's settings' `video`).
+    """
 
     def __init__(self, restorer: PhotoRestorer, options: VideoOptions | None = None, *, progress: bool = False) -> None:
         if restorer.detector is None:
             raise RefFaceError("Videos need a face detector; pass one to the PhotoRestorer.")
         self.restorer = restorer
-        self.options = options or VideoOptions()
+        self.options = options if options is not None else restorer.settings.video
         self.progress = progress
 
     # ------------------------------------------------------------------------------ pass 1: tracks
@@ -138,7 +97,7 @@ class VideoRestorer:
         bar = tqdm(total=info.frames, desc="finding faces", unit="frame", disable=not self.progress)
         for frame in decode_frames(info):
             if frame.index % self.options.detect_every == 0 or frame.index == info.frames - 1:
-                faces = [f for f in detect_faces(frame.pixels, self.restorer.detector) if _usable(f)]
+                faces = [f for f in detect_faces(frame.pixels, self.restorer.detector) if big_enough(f)]
                 if self.restorer.select == "largest":
                     faces = faces[:1]
                 vectors = None
@@ -222,7 +181,7 @@ class VideoRestorer:
             shutil.rmtree(work, ignore_errors=True)
             return VideoResult(source, target, results, info.frames, notes, 0, time.perf_counter() - started)
         target.parent.mkdir(parents=True, exist_ok=True)
-        resumed = self._encode(info, results, work, on_track)
+        resumed = _FramePass(self, info, results, self._segments(work, info), on_track).run()
         assemble(self._segments(work, info), info, self.options.encoding, target)
         shutil.rmtree(work, ignore_errors=True)
         if resumed:
@@ -241,15 +200,16 @@ class VideoRestorer:
         return notes
 
     def _settings(self, info: VideoInfo) -> dict:
+        settings = self.restorer.settings
         return {
             "clip": [info.frames, info.width, info.height, str(info.time_base)],
-            "video": self.options.settings(),
+            "video": self.options.recorded(),
             "seed": self.restorer.seed,
             "batch_size": self.restorer.batch_size,
-            "options": json.loads(json.dumps(self.restorer.options, default=str)),
+            "options": settings.sampling.recorded() if settings.sampling is not None else None,
             "people": [[p.name, p.reference_names] for p in self.restorer.people],
             "select": self.restorer.select,
-            "unknown": self.restorer.unknown,
+            "unknown": settings.unknown,
         }
 
     def _tracks(self, info: VideoInfo, work: Path) -> list[FaceTrack]:
@@ -273,109 +233,137 @@ class VideoRestorer:
         count = math.ceil(info.frames / self.options.segment_frames)
         return [work / f"segment-{number:05d}{SEGMENT_SUFFIX}" for number in range(count)]
 
-    def _encode(self, info: VideoInfo, results: list[TrackResult], work: Path, on_track=None) -> int:
-        """Restore and encode every frame into the missing segments; returns the frames done before."""
-        segments = self._segments(work, info)
+
+class _FramePass:
+    """The second pass over a clip: every frame's tracked faces aligned, restored in fixed groups of frames, blended
+    in time, pasted back and the frames encoded, in order, into the segments an earlier run did not finish.
+
+    A face of frame f is restored in group f // batch size with the rest of its track's group, so a frame's
+    result never depends on where a run started. Frames wait (`waiting`) until every face they show and the
+    neighbours the temporal blend needs are restored (`restored`); a restored crop is dropped once no later frame
+    blends with it, so memory holds a few groups of crops, not the clip.
+    """
+
+    def __init__(
+        self,
+        videos: VideoRestorer,
+        info: VideoInfo,
+        results: list[TrackResult],
+        segments: list[Path],
+        on_track: Callable[[TrackResult], None] | None,
+    ) -> None:
+        self.restorer, self.options, self.info = videos.restorer, videos.options, info
+        self.segments, self.on_track = segments, on_track
         first_missing = next((n for n, path in enumerate(segments) if not path.is_file()), len(segments))
-        begin = first_missing * self.options.segment_frames
-        if begin >= info.frames:
-            return info.frames
-        batch, reach = self.restorer.batch_size, self.options.reach
-        start = max(0, (begin - reach) // batch * batch)  # whole restoration groups from here on
-        live = [r for r in results if r.face.status != SKIPPED]
-        crops: dict[tuple[int, int], np.ndarray] = {}
-        aligned: dict[tuple[int, int], AlignedFace] = {}
-        pending: dict[tuple[int, int], list[tuple[int, FaceResult]]] = {}
-        waiting: deque[Frame] = deque()
-        writer: SegmentWriter | None = None
-        bar = tqdm(total=info.frames, initial=begin, desc="restoring frames", unit="frame", disable=not self.progress)
-        representative = {r.track.number: _middle(r.track) for r in live}
+        self.begin = first_missing * self.options.segment_frames  # the first frame to write
+        self.batch, self.reach = self.restorer.batch_size, self.options.reach
+        self.live = [r for r in results if r.face.status != SKIPPED]
+        self.representative = {r.track.number: _middle(r.track) for r in self.live}
+        self.restored: dict[tuple[int, int], np.ndarray] = {}  # (track, frame) -> restored crop
+        self.aligned: dict[tuple[int, int], AlignedFace] = {}  # (track, frame) -> where the crop goes back
+        self.pending: dict[tuple[int, int], list[tuple[int, FaceResult]]] = {}  # (track, group) -> its faces so far
+        self.waiting: deque[Frame] = deque()  # decoded frames not yet written, in order
+        self.writer: SegmentWriter | None = None
+        self.progress = videos.progress
+        self.bar: tqdm | None = None
 
-        def restore_group(result: TrackResult, group: int) -> None:
-            faces = pending.pop((result.track.number, group))
-            planned = [
-                FaceResult(
-                    result.track.number,
-                    face.crop,
-                    face.aligned,
-                    result.face.person,
-                    result.face.distance,
-                    result.face.status,
-                    seed=self.restorer.seed + index if self.options.frame_seeds else None,
-                )  # fmt: skip
-                for index, face in faces
-            ]
-            self.restorer.restore_faces(planned)
-            for (index, _), face in zip(faces, planned, strict=True):
-                crops[(result.track.number, index)] = face.restored
-                if representative[result.track.number] == index:
-                    result.face.restored = face.restored
-                    if on_track is not None:
-                        on_track(result)
+    def run(self) -> int:
+        """Restore and encode every frame into the missing segments; returns the frames done before."""
+        if self.begin >= self.info.frames:
+            return self.info.frames
+        self.bar = tqdm(
+            total=self.info.frames, initial=self.begin, desc="restoring frames", unit="frame", disable=not self.progress
+        )
+        start = max(0, (self.begin - self.reach) // self.batch * self.batch)  # whole restoration groups from here
+        for frame in decode_frames(self.info, start=start):
+            self._take(frame)
+            while self.waiting and self._ready(self.waiting[0]):
+                self._finish(self.waiting.popleft())
+        while self.waiting:
+            self._finish(self.waiting.popleft())
+        self.bar.close()
+        return self.begin
 
-        def ready(frame: Frame) -> bool:
-            if frame.index < begin:  # restored only for later frames to blend with
-                return True
-            for result in live:
-                track = result.track
-                if track.covers(frame.index):
-                    needed = min(track.last, frame.index + reach)
-                    if (track.number, needed) not in crops:
-                        return False
+    def _take(self, frame: Frame) -> None:
+        """Align the frame's tracked faces, restore each group the frame completes, and queue the frame."""
+        for result in self.live:
+            track = result.track
+            if not track.covers(frame.index):
+                continue
+            face = aligned_from_quad(frame.pixels, track.quad(frame.index), self.restorer.aligned_size)
+            self.aligned[(track.number, frame.index)] = face
+            group = frame.index // self.batch
+            planned = FaceResult(track.number, face.image, face, None, None, "")
+            self.pending.setdefault((track.number, group), []).append((frame.index, planned))
+            if frame.index == min(track.last, (group + 1) * self.batch - 1):
+                self._restore_group(result, group)
+        self.waiting.append(frame)
+
+    def _restore_group(self, result: TrackResult, group: int) -> None:
+        """One track's faces of one group, restored as the track's person in one call (the track's noise, or each
+        frame its own with `frame_seeds`)."""
+        number, face = result.track.number, result.face
+        frames = self.pending.pop((number, group))
+        own_seeds = self.options.frame_seeds
+        planned = [
+            FaceResult(number, crop.crop, crop.aligned, face.person, face.distance, face.status,
+                       seed=self.restorer.seed + index if own_seeds else None)
+            for index, crop in frames
+        ]  # fmt: skip
+        self.restorer.restore_faces(planned)
+        for (index, _), restored in zip(frames, planned, strict=True):
+            self.restored[(number, index)] = restored.restored
+            if self.representative[number] == index:
+                face.restored = restored.restored
+                if self.on_track is not None:
+                    self.on_track(result)
+
+    def _ready(self, frame: Frame) -> bool:
+        """Whether every face of `frame` and the later neighbours its blend takes are restored."""
+        if frame.index < self.begin:  # decoded only for later frames to blend with
             return True
+        for result in self.live:
+            track = result.track
+            needed = (track.number, min(track.last, frame.index + self.reach))
+            if track.covers(frame.index) and needed not in self.restored:
+                return False
+        return True
 
-        def finish(frame: Frame) -> None:
-            nonlocal writer
-            pixels = frame.pixels
-            for result in live:
-                number = result.track.number
-                if result.track.covers(frame.index):
-                    where = aligned.pop((number, frame.index))
-                    if frame.index >= begin:
-                        pixels = paste_face(pixels, self._blended(crops, result.track, frame.index), where)
-            if frame.index >= begin:
-                segment = frame.index // self.options.segment_frames
-                if writer is None:
-                    writer = SegmentWriter(segments[segment], info, self.options.encoding)
-                writer.write(pixels, frame.pts)
-                if frame.index == min(info.frames, (segment + 1) * self.options.segment_frames) - 1:
-                    writer.close()
-                    writer = None
-                bar.update(1)
-            for result in live:  # crops no later frame blends with
-                crops.pop((result.track.number, frame.index - reach), None)
+    def _finish(self, frame: Frame) -> None:
+        """Paste the frame's restored faces, encode it, and forget the crops no later frame blends with."""
+        pixels = frame.pixels
+        for result in self.live:
+            track = result.track
+            if track.covers(frame.index):
+                where = self.aligned.pop((track.number, frame.index))
+                if frame.index >= self.begin:
+                    pixels = paste_face(pixels, self._blended(track, frame.index), where)
+        if frame.index >= self.begin:
+            self._write(frame, pixels)
+        for result in self.live:
+            self.restored.pop((result.track.number, frame.index - self.reach), None)
 
-        for frame in decode_frames(info, start=start):
-            for result in live:
-                track = result.track
-                if not track.covers(frame.index):
-                    continue
-                face = aligned_from_quad(frame.pixels, track.quad(frame.index), self.restorer.aligned_size)
-                aligned[(track.number, frame.index)] = face
-                group = frame.index // batch
-                pending.setdefault((track.number, group), []).append(
-                    (frame.index, FaceResult(track.number, face.image, face, None, None, ""))
-                )
-                if frame.index == min(track.last, (group + 1) * batch - 1):
-                    restore_group(result, group)
-            waiting.append(frame)
-            while waiting and ready(waiting[0]):
-                finish(waiting.popleft())
-        while waiting:
-            finish(waiting.popleft())
-        bar.close()
-        return begin
+    def _write(self, frame: Frame, pixels: np.ndarray) -> None:
+        """Encode one frame into its segment, closing the segment (renamed into place) at its last frame."""
+        per_segment = self.options.segment_frames
+        segment = frame.index // per_segment
+        if self.writer is None:
+            self.writer = SegmentWriter(self.segments[segment], self.info, self.options.encoding)
+        self.writer.write(pixels, frame.pts)
+        if frame.index == min(self.info.frames, (segment + 1) * per_segment) - 1:
+            self.writer.close()
+            self.writer = None
+        self.bar.update(1)
 
-    def _blended(self, crops: dict, track: FaceTrack, index: int) -> np.ndarray:
+    def _blended(self, track: FaceTrack, index: int) -> np.ndarray:
         """The restored crop at `index`, blended with its track neighbours by a Gaussian in time (zero-phase)."""
-        reach = self.options.reach
-        if reach == 0:
-            return crops[(track.number, index)]
+        if self.reach == 0:
+            return self.restored[(track.number, index)]
         sigma = self.options.temporal_smoothing
         total, weights = 0.0, 0.0
-        for other in range(max(track.first, index - reach), min(track.last, index + reach) + 1):
+        for other in range(max(track.first, index - self.reach), min(track.last, index + self.reach) + 1):
             weight = math.exp(-0.5 * ((other - index) / sigma) ** 2)
-            total = total + weight * crops[(track.number, other)].astype(np.float32)
+            total = total + weight * self.restored[(track.number, other)].astype(np.float32)
             weights += weight
         return np.clip(np.rint(total / weights), 0, 255).astype(np.uint8)
 
@@ -383,10 +371,6 @@ class VideoRestorer:
 def _middle(track: FaceTrack) -> int:
     """The frame whose face stands for the track in the report."""
     return track.first + track.length // 2
-
-
-def _usable(face) -> bool:
-    return ffhq_quad(face.landmarks).size >= MIN_FACE_SIZE
 
 
 def _seen_together(tracks: list[FaceTrack]) -> list[list[FaceTrack]]:

@@ -21,7 +21,7 @@ from refface.models.convert import apply_rules, unet_rules, vq_rules
 from refface.models.reference_integration import ReferenceDenoiser, build_denoiser
 from refface.models.vq import build_vqmodel
 from refface.pipelines.schedule import make_scheduler
-from refface.train.config import TrainConfig
+from refface.train.config import TrainConfig, validation_sampling
 
 
 @dataclass
@@ -217,7 +217,7 @@ def build_stage(config: TrainConfig, arch: RefLDMArchitecture):
         config.loss.condition_dropout,
         use_references=use_references,
         identity_loss=_identity_loss(config, vq, alphas) if use_references else None,
-        guidance_scale=config.run.guidance_scale,
+        guidance_scale=validation_sampling(config).guidance,
     )
 
 

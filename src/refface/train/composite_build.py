@@ -10,7 +10,7 @@ from refface.errors import RefFaceError
 from refface.models.composite_context import CompositeDenoiser, IdentityEncoder
 from refface.pipelines.composite import CompositeContextPipeline, DualGuidance
 from refface.train.composite_stage import CompositeStage
-from refface.train.config import TrainConfig
+from refface.train.config import TrainConfig, validation_sampling
 
 
 def initial_pipeline(config: TrainConfig) -> CompositeContextPipeline:
@@ -67,7 +67,6 @@ def build_composite_stage(config: TrainConfig) -> CompositeStage:
         )
     if config.run.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    scale = config.run.guidance_scale
     return CompositeStage(
         CompositeDenoiser(pipe.unet, pipe.context),
         pipe.vae,
@@ -77,5 +76,5 @@ def build_composite_stage(config: TrainConfig) -> CompositeStage:
         config.optim.learning_rate,
         config.loss.condition_dropout,
         identity_loss,
-        DualGuidance(scale, scale),
+        DualGuidance.of(validation_sampling(config)),
     )

@@ -21,9 +21,10 @@ from transformers import CLIPVisionModel
 
 from refface.models.composite_context import CompositeDenoiser, IdentityEncoder, encode_reference_features
 from refface.models.kl import decode_latents, encode_latents
+from refface.pipelines.base import COMPOSITE_OPTIONS
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.composite import CompositeContextPipeline, DualGuidance, sample_composite
-from refface.pipelines.refldm import item_noise
+from refface.pipelines.noise import item_noise
 from refface.train.identity_loss import IdentityLoss
 from refface.train.stage import LossTerm, SampleRows, SingleDenoiserStage
 
@@ -64,7 +65,7 @@ class CompositeStage(SingleDenoiserStage):
         self.learning_rate = learning_rate
         self.condition_dropout = condition_dropout
         self.identity_loss = identity_loss
-        self.guidance = guidance or DualGuidance()
+        self.guidance = guidance or DualGuidance.of(COMPOSITE_OPTIONS)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         for module in (self.vae, self.identity_encoder, self.facial_encoder):

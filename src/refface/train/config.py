@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from refface.errors import RefFaceError
+from refface.pipelines.base import COMPOSITE_OPTIONS, REFLDM_OPTIONS, SamplingOptions
 
 STAGES = ("vqgan", "ldm", "refldm", "composite")
 REFERENCE_ENCODERS = ("pretrained", "tiny")
@@ -121,8 +122,8 @@ class RunConfig:
     sample_every: int = 5_000
     checkpoint_every: int = 5_000
     keep_checkpoints: int = 2
-    sample_steps: int = 50
-    guidance_scale: float = 1.5
+    sample_steps: int | None = None  # None: the method's (refface.pipelines.base)
+    guidance_scale: float | None = None  # None: the method's; Composite-Context: both of its guidances
     validation_cases: int = 4
     tracker: str = "none"
 
@@ -277,3 +278,12 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         else:
             values[section] = value
     return check_config(_build(TrainConfig, values, "", source), source)
+
+
+def validation_sampling(config: TrainConfig) -> SamplingOptions:
+    """How a run's validation samples are drawn: the method's own options, with the run's `sample_steps` and
+    `guidance_scale` where given (for Composite-Context the scale sets both of its guidances)."""
+    scale = config.run.guidance_scale
+    if config.stage == "composite":
+        return COMPOSITE_OPTIONS.with_changes(steps=config.run.sample_steps, guidance=scale, lq_guidance=scale)
+    return REFLDM_OPTIONS.with_changes(steps=config.run.sample_steps, guidance=scale)

@@ -15,6 +15,7 @@ from diffusers import DDIMScheduler, VQModel
 from torch import nn
 
 from refface.models.reference_integration import CacheKVDenoiser, ReferenceDenoiser
+from refface.pipelines.base import REFLDM_OPTIONS
 from refface.train.diffusion_step import diffusion_step, encode_batch
 from refface.train.identity_loss import IdentityLoss
 from refface.train.sampling import restore_batch
@@ -33,7 +34,7 @@ class DiffusionStage(SingleDenoiserStage):
         condition_dropout: float,
         use_references: bool = True,
         identity_loss: IdentityLoss | None = None,
-        guidance_scale: float = 1.5,
+        guidance_scale: float = REFLDM_OPTIONS.guidance,
     ) -> None:
         self.denoiser = denoiser.train().requires_grad_(True)
         self.vq = vq.eval().requires_grad_(False)

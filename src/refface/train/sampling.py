@@ -13,7 +13,8 @@ from diffusers import DDIMScheduler, VQModel
 
 from refface.models.reference_integration import ReferenceDenoiser
 from refface.models.vq import decode_quantized, encode_unquantized
-from refface.pipelines.refldm import item_noise
+from refface.pipelines.base import REFLDM_OPTIONS
+from refface.pipelines.noise import item_noise
 from refface.pipelines.sampler import sample
 from refface.pipelines.schedule import sampling_scheduler
 from refface.train.diffusion_step import encode_references_wide
@@ -26,8 +27,8 @@ def restore_batch(
     scheduler: DDIMScheduler,
     lq: torch.Tensor,
     refs: torch.Tensor,
-    steps: int = 50,
-    guidance_scale: float = 1.5,
+    steps: int = REFLDM_OPTIONS.steps,
+    guidance_scale: float = REFLDM_OPTIONS.guidance,
     seed: int = 0,
 ) -> torch.Tensor:
     """LQ images [B, 3, S, S] and references [B, N, 3, S, S] in [-1, 1] -> restored images in [-1, 1].
@@ -53,6 +54,6 @@ def restore_batch(
         return eps_null + guidance_scale * (eps - eps_null)
 
     noise = item_noise((channels, height, width), [seed + i for i in range(batch)]).to(lq_latent)
-    ddim = sampling_scheduler(scheduler, steps, "uniform_trailing")
+    ddim = sampling_scheduler(scheduler, REFLDM_OPTIONS.with_changes(steps=steps))
     latents = sample(predict, ddim, noise.float())  # no CUDA graphs: the models are being trained
     return decode_quantized(vq, latents.to(lq_latent.dtype))

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from refface.errors import RefFaceError, short_reason
 from refface.train.batches import batch_stream
 from refface.train.build import build_run
-from refface.train.config import TrainConfig
+from refface.train.config import TrainConfig, validation_sampling
 from refface.train.run_folder import (
     RunFolder,
     append_metrics,
@@ -302,7 +302,7 @@ class Trainer:
             for module in modules.values():
                 module.eval()
             try:
-                rows = self.stage.sample(modules, batch, self.config.run.sample_steps, self.config.run.seed)
+                rows = self.stage.sample(modules, batch, validation_sampling(self.config).steps, self.config.run.seed)
             finally:
                 for name, module in modules.items():
                     module.train(training[name])

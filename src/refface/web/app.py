@@ -203,10 +203,11 @@ def create_app(service: RestorationService) -> FastAPI:
         if references or album is not None:
             raise RefFaceError("Reference photos and albums go to /api/people; pass the people_id it returns.")
         chosen = [face] if face is not None else _face_numbers(faces)
-        request = RestoreRequest(
-            photo_id, chosen, method, steps, guidance, lq_guidance, seed, people_id or None, _people_of(people_of),
-            solver=solver, strength=strength,
+        settings = service.settings_for(
+            method, steps=steps, guidance=guidance, lq_guidance=lq_guidance, seed=seed, solver=solver or None,
+            strength=strength,
         )  # fmt: skip
+        request = RestoreRequest(photo_id, chosen, settings, people_id or None, _people_of(people_of))
         service.check_request(request)
         job = service.jobs.new_job(request)
         service.jobs.submit(job)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import re
 import secrets
 import shutil
 import threading
@@ -23,11 +22,12 @@ from PIL import Image
 from refface import methods
 from refface.errors import RefFaceError
 from refface.face.alignment import AlignedFace
-from refface.face.locate import find_faces
+from refface.face.locate import NoFaceFound, find_faces
 from refface.imaging import save_image
 from refface.restoration.people import People, people_from_album, people_from_images
 from refface.restoration.photo_restorer import RESTORED, WITHOUT_REFERENCES, FaceResult, PhotoRestorer
 from refface.restoration.reference_store import ReferenceStore
+from refface.restoration.settings import RestoreSettings
 from refface.web.jobs import Job, JobQueue
 from refface.web.kept import Kept
 from refface.web.limits import ServeLimits
@@ -55,33 +55,29 @@ class StoredPeople:
 
 @dataclass
 class RestoreRequest:
-    """Everything a job needs: the photo, which faces, the people and any choices made by hand, the settings."""
+    """Everything a job needs: the photo, which faces, the run's settings, the people and any choices made by
+    hand."""
 
     photo_id: str
     faces: list[int] | None  # None: every face of the photo
-    method: str
-    steps: int
-    guidance: float | None
-    lq_guidance: float | None
-    seed: int
+    settings: RestoreSettings
     people_id: str | None = None  # None: restore without references
     people_of: dict[int, str | None] = field(default_factory=dict)  # by hand: a person's name, None for no references
     photo_label: str = "photo"
-    solver: str | None = None  # "dpm++": ReF-LDM's fast mode
-    strength: float = 1.0  # below 1: a lighter touch from the photo noised part way (SDEdit)
 
 
 @contextlib.contextmanager
 def page_wording():
-    """Say "no face found" in the page's terms: the library's sentence suggests command-line options."""
+    """Say "no face found" in the page's terms (the library's sentence suggests command-line options)."""
     try:
         yield
-    except RefFaceError as error:
-        found = re.match(r"No face was found in (.+?); try --detector", str(error))
-        if found is None:
-            raise
+    except NoFaceFound as nothing:
+        if nothing.too_small:
+            raise RefFaceError(
+                f"The faces in {nothing.source} are too small to restore; upload a larger scan of the photo."
+            ) from None
         raise RefFaceError(
-            f"No face was found in {found.group(1)}; use a photo in which the face is upright and at least about "
+            f"No face was found in {nothing.source}; use a photo in which the face is upright and at least about "
             "40 pixels wide."
         ) from None
 
@@ -163,8 +159,8 @@ class RestorationService:
                 {
                     "name": method.name,
                     "label": method.label,
-                    "guidance": method.guidance,
-                    "lq_guidance": method.lq_guidance,
+                    "guidance": method.defaults.guidance,
+                    "lq_guidance": method.defaults.lq_guidance,
                     "fast_steps": method.fast_steps,
                 }
                 for method in map(methods.get, self.models)
@@ -231,17 +227,20 @@ class RestorationService:
         return [_face_reply(face) for face in faces]
 
     # ------------------------------------------------------------------------------ jobs
+    def settings_for(self, method: str, **choices) -> RestoreSettings:
+        """The settings of a restoration the page asked for: one of this server's methods, its options as the
+        form chose them (None: the method's default), within the server's step limit."""
+        if method not in self.models:
+            raise RefFaceError(f"The method {method!r} is not loaded; this server has {', '.join(self.models)}.")
+        settings = RestoreSettings.build(method=method, faces="all", **choices)
+        steps = settings.sampling.steps
+        if steps > self.limits.max_steps:
+            raise RefFaceError(f"The number of steps must be between 1 and {self.limits.max_steps}, got {steps}.")
+        return settings
+
     def check_request(self, request: RestoreRequest) -> None:
-        """Every mistake a request can have, found before it is queued (and the photo's label noted)."""
-        if request.method not in self.models:
-            raise RefFaceError(
-                f"The method {request.method!r} is not loaded; this server has {', '.join(self.models)}."
-            )
-        if not 1 <= request.steps <= self.limits.max_steps:
-            raise RefFaceError(
-                f"The number of steps must be between 1 and {self.limits.max_steps}, got {request.steps}."
-            )
-        self._sampling_options(request)
+        """Every mistake a request can have beyond its settings, found before it is queued (and the photo's label
+        noted)."""
         stored = self.photos.get(request.photo_id)
         count = len(stored.faces)
         for index in [*(request.faces or []), *request.people_of]:
@@ -255,13 +254,6 @@ class RestorationService:
                 known = ", ".join(people.names) if people is not None else "none were given"
                 raise RefFaceError(f"There is no person named {name!r}; the people are {known}.")
         request.photo_label = stored.label
-
-    @staticmethod
-    def _sampling_options(request: RestoreRequest) -> dict:
-        method = methods.get(request.method)
-        return method.sampling_options(
-            request.steps, request.guidance, request.lq_guidance, solver=request.solver, strength=request.strength
-        )
 
     def _restore(self, job: Job) -> None:
         """The worker's part: the workflow over the stored photo's chosen faces, with progress, then the files."""
@@ -277,13 +269,15 @@ class RestorationService:
             who = faces[0].person_name or "without references"
             update(job, stage=f"restoring {len(faces)} face(s) {'as ' if faces[0].person else ''}{who}")
 
+        settings = request.settings
+        steps = settings.sampling.steps
+
         def on_step(index: int, timestep: int, prediction) -> None:
-            done = (batch["number"] - 1) * request.steps + index + 1
-            update(job, step=done, steps=batch["total"] * request.steps)
+            done = (batch["number"] - 1) * steps + index + 1
+            update(job, step=done, steps=batch["total"] * steps)
 
         restorer = PhotoRestorer(
-            self.models[request.method], people, select="all", seed=request.seed,
-            options=self._sampling_options(request), store=self.stores[request.method],
+            self.models[settings.method], people, None, settings, store=self.stores[settings.method],
             step_callback=on_step, batch_callback=on_batch,
         )  # fmt: skip
         with self._faces_lock:  # matched among all the photo's faces, as the page showed them
@@ -299,7 +293,7 @@ class RestorationService:
             notes=list(people.notes) if people is not None else [],
             warnings=[*(people.warnings if people is not None else []), *(f.message for f in faces if f.message)],
             people=people_reply(People(used, None)),
-            steps=request.steps,
+            steps=steps,
             step=0,
         )
         result = restorer.restore(stored.pixels, stored.label, faces=faces)

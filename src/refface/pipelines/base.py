@@ -1,0 +1,189 @@
+"""The contract every restoration pipeline keeps, and the sampling options every front end fills in.
+
+A front end (the CLI, the web page, the ComfyUI nodes, the benchmark) never calls a method's pipeline with
+loose keywords: it asks the method registry (the package's `methods` module) for the method's `SamplingOptions`, changed
+where the user said so. The options check themselves once, when they are made, so nothing downstream checks
+a step count, a solver or a seed again. Each method's defaults are written once, below, and its pipeline
+samples with them when it is told nothing.
+
+This module imports neither torch nor diffusers: command-line help and argument errors read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from refface.errors import RefFaceError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from refface.pipelines.sampler import StepCallback
+
+# Official name -> (diffusers timestep_spacing, steps_offset). "uniform" is CompVis'
+# range(0, T, T // n) + 1; "uniform_trailing" ends on T - 1 (for 50 steps: 19, 39, ..., 999).
+SPACINGS = {"uniform_trailing": ("trailing", 0), "uniform": ("leading", 1)}
+SOLVERS = ("ddim", "dpm++")
+FAST_STEPS = 20  # DPM-Solver++ steps of ReF-LDM's fast mode
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2^64 - 1
+
+# What each option is called in a sentence that refuses it to a method without it.
+_OPTION_WORDS = {
+    "lq_guidance": "the guidance toward the LQ image",
+    "color_fix": "the colour fix",
+    "spacing": "the timestep spacing",
+    "solver": "the solver",
+}
+
+
+def _whole(value: object) -> int | None:
+    """`value` as an int when it is a whole number (numpy's included), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def check_seed(seed: object) -> int:
+    """`seed` as a noise seed (a whole number from 0 to 2^64 - 1), or one sentence."""
+    value = _whole(seed)
+    if value is None or not 0 <= value <= SEED_MAX:
+        raise RefFaceError(f"The seed must be a whole number from 0 to {SEED_MAX}, got {seed!r}.")
+    return value
+
+
+def _finite(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RefFaceError(f"The {what} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How one restoration samples: checked when made, so every later reader can trust it.
+
+    `method` is the label of the method the options belong to. An option the method does not have is None
+    (ReF-LDM has no LQ guidance or colour fix; Composite-Context samples with its own scheduler, so it has no
+    spacing or solver), and `with_changes` refuses to set it. `guidance` is the guidance toward the references.
+    `strength` below 1 starts from the input noised part way (SDEdit). `seed` is the noise seed of every image
+    that is not given its own.
+    """
+
+    method: str
+    steps: int
+    guidance: float
+    lq_guidance: float | None = None
+    color_fix: bool | None = None
+    spacing: str | None = None
+    solver: str | None = None
+    strength: float = 1.0
+    seed: int = 2024
+
+    def __post_init__(self) -> None:
+        steps = _whole(self.steps)
+        if steps is None or steps < 1:
+            raise RefFaceError(f"The number of steps must be a whole number of at least 1, got {self.steps!r}.")
+        object.__setattr__(self, "steps", steps)
+        _finite(self.guidance, "guidance")
+        if self.lq_guidance is not None:
+            _finite(self.lq_guidance, "LQ guidance")
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise RefFaceError(f"Unknown timestep spacing '{self.spacing}'; choose one of {', '.join(SPACINGS)}.")
+        if self.solver is not None and self.solver not in SOLVERS:
+            raise RefFaceError(f"Unknown solver '{self.solver}'; choose one of {', '.join(SOLVERS)}.")
+        strength = self.strength
+        if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0.0 < strength <= 1.0:
+            raise RefFaceError(f"The strength must be greater than 0 and at most 1, got {strength!r}.")
+        object.__setattr__(self, "seed", check_seed(self.seed))
+
+    def with_changes(self, **changes: Any) -> SamplingOptions:
+        """These options with `changes` (a None change keeps the value), checked again. Setting an option this
+        method does not have is one sentence naming it."""
+        given = {name: value for name, value in changes.items() if value is not None}
+        foreign = [name for name in given if name in _OPTION_WORDS and getattr(self, name) is None]
+        if foreign:
+            words = " and ".join(_OPTION_WORDS[name] for name in foreign)
+            verb = "is not an option" if len(foreign) == 1 else "are not options"
+            raise RefFaceError(f"{words[0].upper()}{words[1:]} {verb} of {self.method}.")
+        return dataclasses.replace(self, **given)
+
+    def recorded(self) -> dict:
+        """The options as a run's manifest records them (a resumed run must match)."""
+        return dataclasses.asdict(self)
+
+
+# Each method's defaults, the one place they are written: its pipeline samples with them when told nothing,
+# and the method registry offers them to every front end.
+REFLDM_OPTIONS = SamplingOptions("ReF-LDM", steps=50, guidance=1.5, spacing="uniform_trailing", solver="ddim")
+COMPOSITE_OPTIONS = SamplingOptions("Composite-Context", steps=50, guidance=1.2, lq_guidance=1.2, color_fix=True)
+
+
+@dataclass
+class RestorationOutput:
+    """Restored images (8-bit, working resolution) and the float results they came from."""
+
+    images: list[Image.Image]
+    pixels: torch.Tensor  # [B, 3, H, W] in [0, 1]
+    latents: torch.Tensor  # final latents [B, C, h, w]
+
+
+class RestorationPipeline(Protocol):
+    """What the workflow (`refface.restoration`) needs of a method's pipeline, whichever method it is.
+
+    `encode_references` turns a person's reference crops into whatever the method conditions on (None or an
+    empty encoding for no references), once per person; calling restores a batch of LQ crops of one person with
+    `options` (None: `default_options`). `seed` overrides the options' seed, one per image when a sequence. (Each
+    pipeline also takes its own keyword arguments, e.g. `num_inference_steps`, which change the options.)
+    """
+
+    default_options: SamplingOptions
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def encode_references(self, references: Sequence[Image.Image | torch.Tensor]) -> Any: ...
+
+    def __call__(
+        self,
+        lq: Sequence[Image.Image | torch.Tensor] | torch.Tensor,
+        references: Any = None,
+        *,
+        options: SamplingOptions | None = None,
+        seed: int | Sequence[int] | None = None,
+        noise: torch.Tensor | None = None,
+        progress: bool = True,
+        step_callback: StepCallback | None = None,
+    ) -> RestorationOutput: ...
+
+
+def options_for(pipeline_options: SamplingOptions, options: SamplingOptions | None, **changes: Any) -> SamplingOptions:
+    """The options a pipeline call samples with: `options` (default: the pipeline's own) with the call's keyword
+    `changes`; options made for another method are one sentence."""
+    chosen = pipeline_options if options is None else options
+    if chosen.method != pipeline_options.method:
+        raise RefFaceError(
+            f"These sampling options are {chosen.method}'s; a {pipeline_options.method} pipeline takes its own "
+            "(the method registry's get(name).sampling())."
+        )
+    return chosen.with_changes(**changes)
+
+
+def seeds_for(options: SamplingOptions, batch_size: int, seed: int | Sequence[int] | None) -> list[int]:
+    """One noise seed per image: the options' seed, `seed` for all, or `seed`'s own (their number must match)."""
+    if seed is None or isinstance(seed, int):
+        return [check_seed(options.seed if seed is None else seed)] * batch_size
+    seeds = [check_seed(value) for value in seed]
+    if len(seeds) != batch_size:
+        raise RefFaceError(f"Got {len(seeds)} seeds for {batch_size} images.")
+    return seeds

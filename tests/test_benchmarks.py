@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_mechanism_quick_mode_writes_the_table_and_grid_and_resumes(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "mechanism.py"), "--quick", "--quiet", "--out", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
@@ -75,6 +77,7 @@ def test_the_official_style_path_computes_what_refface_computes():
         assert (got - ours(lq, None, num_inference_steps=4, noise=noise, progress=False).pixels).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_compare_official_prints_the_table_album_fast_mode_and_the_summary_line():
     import re
 
@@ -94,6 +97,7 @@ def test_compare_official_prints_the_table_album_fast_mode_and_the_summary_line(
     assert floor and float(floor[1]) > 0 and float(floor[2]) > 0
 
 
+@pytest.mark.slow
 def test_the_flop_floor_counts_the_issues_figures_for_the_released_architecture():
     """Issue 10 counts 258 GFLOP per guided step with 5 references, 675 per encoded image, 1214 per decode."""
     import torch
@@ -126,6 +130,7 @@ def test_the_flop_floor_counts_the_issues_figures_for_the_released_architecture(
     assert real > 0 and abs(official_work(arch, 2).guided_step - real) < 1e-9
 
 
+@pytest.mark.slow
 def test_the_archive_benchmark_counts_encodings_and_resumes_finished_stages(tmp_path):
     """bench_archive.py at toy sizes: the archive run encodes each of its two people once; a rerun measures nothing."""
     import json
@@ -143,6 +148,7 @@ def test_the_archive_benchmark_counts_encodings_and_resumes_finished_stages(tmp_
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
 
+@pytest.mark.slow
 def test_the_startup_benchmark_times_each_command():
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_startup.py"), "--runs", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)

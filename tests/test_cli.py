@@ -40,6 +40,7 @@ def _restore_args(slim, folder, output, *extra, lq=("lq.png",), model=None):
     return ["restore", *lq_paths, "--ref", *refs, "--output", str(output), *options, *weights, *extra]
 
 
+@pytest.mark.slow
 def test_console_script_reproduces_the_official_file(slim, inputs):
     output = inputs / "restored.png"
     before = (inputs / "lq.png").read_bytes()
@@ -52,6 +53,7 @@ def test_console_script_reproduces_the_official_file(slim, inputs):
     assert (inputs / "lq.png").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_several_lq_photos_go_to_a_folder_and_match_single_runs(slim, inputs, capsys):
     shutil.copy(inputs / "lq.png", inputs / "second.png")
     assert main(_restore_args(slim, inputs, inputs / "out", lq=("lq.png", "second.png"))) == 0
@@ -83,6 +85,7 @@ def test_bad_inputs_give_one_line_errors(slim, inputs, capsys, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["missing", "garbage", "wrong-file", "wrong-config"])
 def test_bad_checkpoints_give_one_line_errors(slim, inputs, capsys, problem, tmp_path):
     args = _restore_args(slim, inputs, inputs / "out.png")
@@ -109,6 +112,7 @@ def test_existing_output_is_kept_without_overwrite(slim, inputs, capsys):
     assert out.read_bytes() == b"precious"
 
 
+@pytest.mark.slow
 def test_convert_then_restore_from_the_saved_folder(slim, inputs, tmp_path, capsys):
     saved = tmp_path / "model"
     assert main(["convert", str(saved), *_model_args(slim)]) == 0
@@ -120,6 +124,7 @@ def test_convert_then_restore_from_the_saved_folder(slim, inputs, tmp_path, caps
     assert "not empty" in _error_of(["convert", str(saved), *_model_args(slim)], capsys)
 
 
+@pytest.mark.slow
 def test_method_options_that_do_not_belong_together_are_one_line(slim, inputs, capsys, tmp_path):
     out = inputs / "out.png"
     composite = ["--method", "composite"]
@@ -144,6 +149,7 @@ def test_method_options_that_do_not_belong_together_are_one_line(slim, inputs, c
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_fast_mode_is_dpm_solver_with_fewer_steps(slim, inputs, monkeypatch):
     """--fast is DPM-Solver++ in 20 steps unless --steps says otherwise; its output is not the official one."""
     from refface.pipelines.refldm import RefLDMPipeline

@@ -136,6 +136,7 @@ def test_the_guidance_and_spacing_flags_and_their_old_names():
     assert parser.parse_args(bench).spacing == "uniform"
 
 
+@pytest.mark.slow
 def test_importing_the_registry_stays_light_and_the_lower_layers_never_import_it():
     code = (
         "import sys, refface.methods; "

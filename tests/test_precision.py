@@ -46,6 +46,7 @@ def test_checked_dtype_warns_on_stderr_and_still_returns_the_dtype(monkeypatch, 
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_restore_warns_before_loading_the_model(slim, tmp_path, monkeypatch, capsys):
     from refface.restoration.settings import RestoreSettings
 

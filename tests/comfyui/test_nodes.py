@@ -81,6 +81,7 @@ def test_the_example_workflow_uses_the_nodes_as_declared():
                 assert value[0] in workflow and isinstance(value[1], int)
 
 
+@pytest.mark.slow
 def test_restore_faces_restores_each_face_as_its_own_person_and_returns_the_mask(model, people):
     grace, eileen = people
     encodings = model.store.encodings
@@ -117,6 +118,7 @@ def test_an_image_without_a_face_passes_through_with_an_empty_mask(model):
     assert torch.equal(restored, image) and mask.shape == (1, 120, 160) and float(mask.max()) == 0.0
 
 
+@pytest.mark.slow
 def test_comfyui_progress_and_cancel_are_used_inside_comfyui(model, people, monkeypatch):
     bars, checks = [], []
 
@@ -163,6 +165,7 @@ def test_comfyui_progress_and_cancel_are_used_inside_comfyui(model, people, monk
     assert lighter[0].shape == image.shape and bars[-1].shown[-1] == bars[-1].total == 4  # fewer steps, still full
 
 
+@pytest.mark.slow
 def test_the_nodes_run_under_inference_mode_as_comfyui_runs_them(tmp_path):
     """ComfyUI executes every node inside torch.inference_mode(): the model loaded there must restore there."""
     make_tiny_pipeline(seed=3).save_pretrained(tmp_path / "model")
@@ -186,6 +189,7 @@ def test_aligned_crops_come_back_at_their_size_and_depend_on_the_person(model, p
     assert not torch.equal(first, other) and not torch.equal(first, none)
 
 
+@pytest.mark.slow
 def test_a_composite_model_folder_loads_and_restores(tmp_path):
     torch.manual_seed(1)
     CompositeContextPipeline.tiny(32).save_pretrained(tmp_path / "composite")
@@ -198,6 +202,7 @@ def test_a_composite_model_folder_loads_and_restores(tmp_path):
         RestoreAlignedFace().restore(model, crops, **{**SAMPLING, "solver": "dpm++"})
 
 
+@pytest.mark.slow
 def test_the_released_weights_come_from_comfyuis_models_folder_when_it_has_them(tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(methods.Method, "load", lambda self, found=None: asked.append(found) or make_tiny_pipeline())

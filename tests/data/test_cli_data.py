@@ -36,6 +36,7 @@ def aligned_faces(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_dataset_build_embeds_real_faces_into_two_people(aligned_faces, tmp_path, capsys):
     out = tmp_path / "set"
     code, printed, err = _run(
@@ -154,6 +155,7 @@ def test_dataset_build_input_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_degrade_and_benchmark_are_reproducible(aligned_faces, tmp_path, capsys):
     code, printed, err = _run(
         capsys, "degrade", aligned_faces, tmp_path / "a", "--preset", "severe", "--seed", "0", "-q"

@@ -141,6 +141,7 @@ def test_missing_images_are_named(tmp_path):
         check_images_exist(["a.png"], tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_chunks_and_agree(tmp_path):
     """A real two-process job (torchrun, gloo on CPU): chunks alternate between ranks, both get every row."""
     names = write_faces(tmp_path / "faces", 9)

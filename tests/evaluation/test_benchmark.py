@@ -77,6 +77,7 @@ def _cli(dataset: dict[str, Path], out: Path, *extra: str) -> int:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_benchmark_restores_scores_and_tabulates_every_reference_count(dataset, tmp_path):
     out = tmp_path / "results"
     code = _cli(dataset, out, "--method", "refldm", "--max-refs", "3", "--sweep", "1,3", "--metrics", "psnr,ssim")
@@ -187,6 +188,7 @@ def test_processes_share_the_cases_without_overlap(dataset, tmp_path):
     assert made == {0: ["t0", "t2", "t4"], 1: ["t1", "t3"]}
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_restorations_and_one_evaluates(dataset, tmp_path):
     """A real two-process job (torchrun, gloo on CPU): every image is restored once, the main process scores."""
     script = Path(__file__).with_name("shard_benchmark.py")
@@ -255,6 +257,7 @@ def test_missing_or_mismatched_set_files_are_one_sentence(dataset, tmp_path, cap
     assert code == 1 and error.count("\n") == 1 and "moderate_degrad" in error
 
 
+@pytest.mark.slow
 def test_the_composite_method_runs_through_the_same_benchmark(dataset, tmp_path, capsys):
     from refface.pipelines.composite import CompositeContextPipeline
 

@@ -62,6 +62,7 @@ def test_psnr_and_ssim_equal_scikit_image_on_real_images(size):
     assert ours_ssim[0] > ours_ssim[2] and ours_psnr[1] > ours_psnr[2]  # the other person is the worst match
 
 
+@pytest.mark.slow
 def test_identity_metrics_rank_the_same_person_above_another(faces):
     same, other = faces["astronaut_turned"], faces["hopper"]
     dlib = DlibSimilarity().compute([same, other], [faces["astronaut"]] * 2, [None, None])
@@ -111,6 +112,7 @@ def _folders(tmp_path: Path, faces: dict[str, np.ndarray]) -> tuple[Path, Path, 
     return pred, gt, csv_path
 
 
+@pytest.mark.slow
 def test_offline_evaluation_fills_what_needs_no_download_and_explains_the_rest(tmp_path, faces, monkeypatch):
     monkeypatch.setenv("REFFACE_CACHE", str(tmp_path / "empty-cache"))
     pred, gt, refs = _folders(tmp_path, faces)
@@ -136,6 +138,7 @@ def test_offline_evaluation_fills_what_needs_no_download_and_explains_the_rest(t
     assert header == "images,ids,ids_ref,ids_dlib,lpips,flpips,psnr,ssim,niqe,musiq,fid"
 
 
+@pytest.mark.slow
 def test_arcface_weights_given_as_a_file_fill_ids_and_ids_ref(tmp_path, faces, monkeypatch):
     monkeypatch.setenv("REFFACE_CACHE", str(tmp_path / "empty-cache"))
     torch.manual_seed(1)

@@ -9,6 +9,7 @@ import pytest
 
 from refface.cli import main
 from refface.export import onnx_export
+from refface.export.settings import exporter_available
 from tests.conftest import make_tiny_pipeline
 
 
@@ -19,6 +20,7 @@ def _error(capsys, argv) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_export_with_verify_prints_each_graphs_difference(slim_export, slim, capsys):
     assert slim_export.exit_code == 0
     lines = slim_export.printed.splitlines()
@@ -34,6 +36,7 @@ def test_export_with_verify_prints_each_graphs_difference(slim_export, slim, cap
     assert "exists and is not empty; pass --overwrite" in _error(capsys, again)
 
 
+@pytest.mark.skipif(not exporter_available(), reason="ONNX export needs a newer torch")
 def test_interrupted_export_leaves_nothing_and_keeps_the_old_folder(tmp_path, monkeypatch):
     calls = []
 
@@ -89,3 +92,15 @@ def test_verify_without_onnxruntime_says_so_before_loading(tmp_path, capsys, mon
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     err = _error(capsys, ["export", "onnx", str(tmp_path / "o"), "--model", str(tmp_path / "never-read"), "--verify"])
     assert "--verify needs onnxruntime" in err and "refface[onnx]" in err
+
+
+def test_a_torch_too_old_for_the_exporter_is_one_sentence(slim, tmp_path, capsys, monkeypatch):
+    from refface.export import settings
+
+    monkeypatch.setattr(settings.metadata, "version", lambda name: "2.9.1+cu128")
+    weights = ["--checkpoint", str(slim / "refldm.ckpt"), "--vqgan", str(slim / "vqgan.ckpt")]
+    err = _error(capsys, ["export", "onnx", str(tmp_path / "o"), *weights, "--config", str(slim / "config.yaml")])
+    assert "ONNX export needs torch 2.13 or newer" in err and "this environment has torch 2.9.1+cu128" in err
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setattr(settings.metadata, "version", lambda name: "2.14.1")
+    assert settings.exporter_available()

@@ -17,6 +17,8 @@ from refface.export.verify import verify_export
 from refface.models.cache_kv import ReferenceBatch
 from refface.models.unet import denoise, denoise_copies
 
+pytestmark = pytest.mark.slow  # every test here reads the shared ONNX export, the slow part
+
 TOL = 1e-4
 
 

@@ -12,6 +12,8 @@ from PIL import Image
 from refface import load_image
 from refface.export.onnx_sampler import OnnxRestorer, OnnxSamplerError
 
+pytestmark = pytest.mark.slow  # every test here reads the shared ONNX export, the slow part
+
 
 @pytest.fixture(scope="module")
 def restorer(slim_onnx) -> OnnxRestorer:

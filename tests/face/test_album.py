@@ -94,6 +94,7 @@ def lq_face(embedder):
     return find_faces(scene, DlibDetector(), "largest").faces[0]
 
 
+@pytest.mark.slow
 def test_dlib_embedder_separates_the_same_person_from_different_people(embedder):
     detector = DlibDetector()
     crops = {}
@@ -116,6 +117,7 @@ def test_dlib_embedder_separates_the_same_person_from_different_people(embedder)
     assert embedder.distances(embedder.embed(resized), vectors[:1]).max() < 0.3
 
 
+@pytest.mark.slow
 def test_album_scan_finds_usable_faces_and_reports_the_rest(scanned):
     scan, _, _ = scanned
     names = {face.path.name for face in scan.faces}
@@ -134,6 +136,7 @@ def test_people_are_grouped_by_identity(scanned, embedder):
     assert all(len(group) == 1 for group in groups[2:])  # stray detections stay on their own
 
 
+@pytest.mark.slow
 def test_selection_follows_the_lq_face_and_drops_poor_faces(scanned, embedder, lq_face):
     scan, _, _ = scanned
     target = embedder.embed([lq_face.image])[0]
@@ -186,6 +189,7 @@ def test_second_scan_uses_the_cache_and_rescans_changed_photos(scanned, album, e
     assert again.calls >= 1  # that one photo (and its rotated-search retries, if any) was looked at again
 
 
+@pytest.mark.slow
 def test_an_interrupted_scan_resumes_where_it_stopped(scanned, album, tmp_path, embedder):
     _, _, full = scanned
     interrupted = CountingDetector(fail_after=3)
@@ -197,6 +201,7 @@ def test_an_interrupted_scan_resumes_where_it_stopped(scanned, album, tmp_path, 
     assert len(result.faces) == len(scanned[0].faces)
 
 
+@pytest.mark.slow
 def test_album_folder_errors(tmp_path, embedder):
     with pytest.raises(RefFaceError, match="does not exist"):
         scan_album(tmp_path / "nope", DlibDetector(), embedder, cache_root=tmp_path)
@@ -208,6 +213,7 @@ def test_album_folder_errors(tmp_path, embedder):
         scan_album(tmp_path / "empty", DlibDetector(), embedder, cache_root=tmp_path)
 
 
+@pytest.mark.slow
 def test_identity_guard_names_the_intruder_and_strict_refuses(scanned, embedder, lq_face):
     scan, _, _ = scanned
     by_label = {f.label: f for f in scan.faces}

@@ -49,6 +49,7 @@ def _error(args, capsys) -> str:
     return err[-1]
 
 
+@pytest.mark.slow
 def test_whole_photo_restore_writes_gfpgan_style_outputs_and_keeps_the_rest_of_the_photo(workspace, tmp_path):
     photo_path = workspace / "old photo.jpg"
     before = photo_path.read_bytes()
@@ -72,6 +73,7 @@ def test_whole_photo_restore_writes_gfpgan_style_outputs_and_keeps_the_rest_of_t
     assert comparison.width == 1024 and comparison.height > 512  # LQ | restored, references underneath
 
 
+@pytest.mark.slow
 def test_album_references_are_chosen_and_explained(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([a for a in _restore(workspace, out, "--refs-dir", str(workspace / "album")) if a != "-q"]) == 0
@@ -89,6 +91,7 @@ def test_album_references_are_chosen_and_explained(workspace, tmp_path, capsys):
     assert all(name.startswith("hopper_") for name in rows[0]["references"].split(";"))
 
 
+@pytest.mark.slow
 def test_wrong_person_reference_warns_and_strict_refuses(workspace, tmp_path, capsys):
     refs = ["--ref", str(workspace / "ref1.jpg"), str(workspace / "ref2.png"), str(workspace / "hopper.jpg")]
     assert main(_restore(workspace, tmp_path / "warned", *refs)) == 0
@@ -98,6 +101,7 @@ def test_wrong_person_reference_warns_and_strict_refuses(workspace, tmp_path, ca
     assert not (tmp_path / "strict").exists()
 
 
+@pytest.mark.slow
 def test_photo_mistakes_are_one_line_errors(workspace, tmp_path, capsys):
     refs = ["--ref", str(workspace / "ref1.jpg")]
     noise = _restore(workspace, tmp_path / "o", *refs)
@@ -111,6 +115,7 @@ def test_photo_mistakes_are_one_line_errors(workspace, tmp_path, capsys):
     assert "face 3 does not exist" in _error(_restore(workspace, tmp_path / "o", *refs, "--face", "3"), capsys)
 
 
+@pytest.mark.slow
 def test_existing_results_are_kept_without_overwrite(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     (out / "restored_imgs").mkdir(parents=True)
@@ -126,6 +131,7 @@ def test_existing_results_are_kept_without_overwrite(workspace, tmp_path, capsys
     assert (out / "restored_imgs" / "old photo.png").read_bytes() != b"precious"
 
 
+@pytest.mark.slow
 def test_align_command_writes_crops_and_skips_photos_without_faces(workspace, tmp_path, capsys):
     out = tmp_path / "aligned"
     inputs = [str(workspace / n) for n in ("ref1.jpg", "hopper.jpg", "noise.png")]
@@ -137,6 +143,7 @@ def test_align_command_writes_crops_and_skips_photos_without_faces(workspace, tm
     assert "--overwrite" in _error(["align", inputs[0], "--output", str(out), "--size", "256"], capsys)
 
 
+@pytest.mark.slow
 def test_arcface_identity_check_from_a_weights_file(workspace, tmp_path, capsys):
     import torch
 

@@ -40,6 +40,7 @@ def test_the_astronaut_photo_has_exactly_one_face_with_landmarks_on_it(detector)
     assert yaw_asymmetry(faces[0].landmarks) < 0.3
 
 
+@pytest.mark.slow
 def test_several_faces_are_ordered_largest_first_and_selectable(detector, two_people):
     everyone = find_faces(two_people, detector, "all")
     assert len(everyone.faces) == 2
@@ -102,6 +103,7 @@ def test_unknown_detector_and_missing_models_are_one_sentence(monkeypatch):
         dlib_model_path("shape_predictor_68_face_landmarks.dat")
 
 
+@pytest.mark.slow
 def test_a_big_scan_is_searched_small_and_aligned_at_full_resolution(detector):
     big, matrix = place(astronaut(), 5, 6.0, (1800, 1300), canvas=(3600, 2700))
     face = find_faces(big, detector, "largest").faces[0]
@@ -111,6 +113,7 @@ def test_a_big_scan_is_searched_small_and_aligned_at_full_resolution(detector):
     assert np.abs(face.landmarks - small.landmarks).mean() < 3.0
 
 
+@pytest.mark.slow
 def test_the_cnn_detector_finds_the_same_face(detector):
     photo = astronaut()
     cnn = find_faces(photo, DlibDetector("cnn", upsample=0), "largest").faces[0]

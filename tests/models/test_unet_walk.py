@@ -64,6 +64,7 @@ def test_denoise_copies_without_references_equals_the_repeated_batch(copies):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_denoise_gradients_match_unet_forward():
     arch = ARCHITECTURES["attention at 1/2"]
     unet, plain = _pair(arch, seed=5)

@@ -46,6 +46,7 @@ def test_strength_one_is_the_default_bit_for_bit_and_lower_starts_later(refldm, 
     assert torch.allclose(single.latents[0], light.latents[1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_composite_strength_one_is_the_default_and_lower_starts_later(composite):
     lq, refs = random_images(3, composite.image_size, 3), random_images(2, composite.image_size, 4)
     features = composite.encode_references(refs)
@@ -63,6 +64,7 @@ def _zero_noise_prediction(unet) -> None:
     torch.nn.init.zeros_(unet.conv_out.bias)
 
 
+@pytest.mark.slow
 def test_as_strength_falls_the_result_approaches_the_lq_latent():
     """With a model that predicts no noise, a DDIM run from timestep t returns the LQ latent plus the start noise
     scaled by sqrt((1 - abar_t) / abar_t): the lower the strength, the closer to the LQ latent, and starting

@@ -8,6 +8,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from refface.cli import main
@@ -34,6 +35,7 @@ def _error(args, capsys) -> str:
     return err[-1]
 
 
+@pytest.mark.slow
 def test_each_face_of_a_group_photo_is_restored_with_its_own_persons_references(people_workspace, tmp_path):
     out = tmp_path / "out"
     assert main(_restore(people_workspace, out, "--refs-dir", str(people_workspace / "album"))) == 0
@@ -54,6 +56,7 @@ def test_each_face_of_a_group_photo_is_restored_with_its_own_persons_references(
         assert sorted(p.name for p in (out / kind).iterdir()) == ["group_00.png", "group_01.png"]
 
 
+@pytest.mark.slow
 def test_a_second_run_loads_every_persons_references_instead_of_encoding_them(people_workspace, tmp_path, capsys):
     album = str(people_workspace / "album")
     assert main([a for a in _restore(people_workspace, tmp_path / "first", "--refs-dir", album) if a != "-q"]) == 0
@@ -66,6 +69,7 @@ def test_a_second_run_loads_every_persons_references_instead_of_encoding_them(pe
     assert np.array_equal(first, second)  # the kept encodings restore exactly as fresh ones
 
 
+@pytest.mark.slow
 def test_a_light_touch_is_recorded_and_a_strength_outside_zero_to_one_is_refused(people_workspace, tmp_path, capsys):
     out = tmp_path / "out"
     assert (
@@ -77,6 +81,7 @@ def test_a_light_touch_is_recorded_and_a_strength_outside_zero_to_one_is_refused
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_person_folders_name_the_people_in_the_report(people_workspace, tmp_path):
     out = tmp_path / "out"
     assert main(_restore(people_workspace, out, "--people", str(people_workspace / "people"))) == 0
@@ -85,6 +90,7 @@ def test_person_folders_name_the_people_in_the_report(people_workspace, tmp_path
     assert hopper["references"].split(";") and all(n.startswith("hopper_") for n in hopper["references"].split(";"))
 
 
+@pytest.mark.slow
 def test_a_face_of_nobody_known_is_restored_without_references_or_left_untouched(people_workspace, tmp_path):
     album = str(people_workspace / "astro_album")
     out = tmp_path / "out"
@@ -104,6 +110,7 @@ def test_a_face_of_nobody_known_is_restored_without_references_or_left_untouched
     assert not (skipped / "restored_faces" / "group_00.png").exists()
 
 
+@pytest.mark.slow
 def test_an_archive_folder_is_restored_recursively_and_bad_files_do_not_stop_it(people_workspace, tmp_path, capsys):
     archive = tmp_path / "archive"
     (archive / "1962").mkdir(parents=True)
@@ -141,6 +148,7 @@ def test_an_archive_folder_is_restored_recursively_and_bad_files_do_not_stop_it(
     assert "other settings" in message and "seed 2024 now 7" in message and "unknown 'skip' now 'no-refs'" in message
 
 
+@pytest.mark.slow
 def test_bad_people_sources_are_one_sentence_and_odd_folders_are_warned_about(people_workspace, tmp_path, capsys):
     empty_album = tmp_path / "empty_album"
     empty_album.mkdir()
@@ -170,6 +178,7 @@ def test_bad_people_sources_are_one_sentence_and_odd_folders_are_warned_about(pe
     assert "contradict" in _error(both, capsys)
 
 
+@pytest.mark.slow
 def test_a_photo_whose_faces_are_all_unknown_is_kept_as_it_is(people_workspace, tmp_path):
     photo = tmp_path / "hopper.png"
     Image.fromarray(place(grace_hopper(), 0, 0.8)[0]).save(photo)
@@ -182,6 +191,7 @@ def test_a_photo_whose_faces_are_all_unknown_is_kept_as_it_is(people_workspace, 
     assert np.array_equal(after, np.asarray(load_image(photo)))
 
 
+@pytest.mark.slow
 def test_two_processes_share_an_archive_and_the_main_one_writes_the_report(people_workspace, tmp_path):
     """A real two-process run (torchrun, gloo on the CPU), as `accelerate launch -m refface.cli restore` makes."""
     archive = tmp_path / "archive"

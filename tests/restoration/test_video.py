@@ -70,6 +70,7 @@ def face_masks(path, tracks, size: int = 512) -> list[np.ndarray]:
     return masks
 
 
+@pytest.mark.slow
 def test_a_restored_clip_keeps_its_frames_timing_and_sound_and_changes_only_the_face(pipe, detector, clips, tmp_path):
     source = clips["moving"]
     videos = VideoRestorer(restorer(pipe, detector), VideoOptions(segment_frames=10))
@@ -94,6 +95,7 @@ def test_a_restored_clip_keeps_its_frames_timing_and_sound_and_changes_only_the_
     assert min(face) > 3 * max(far)  # the face itself was restored
 
 
+@pytest.mark.slow
 def test_a_still_clip_gives_the_same_face_on_every_frame_from_the_shared_noise(pipe, detector, clips, tmp_path):
     options = VideoOptions(encoding=LOSSLESS, segment_frames=4, detect_every=3)  # tracks fill frames between
     shared = VideoRestorer(restorer(pipe, detector), options)
@@ -122,6 +124,7 @@ class Interrupting:
         return self.pipe(*args, **options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temporal_smoothing", [1.0])
 def test_an_interrupted_run_resumes_into_the_same_file(pipe, detector, clips, tmp_path, temporal_smoothing):
     options = VideoOptions(encoding=LOSSLESS, segment_frames=4, temporal_smoothing=temporal_smoothing)
@@ -140,6 +143,7 @@ def test_an_interrupted_run_resumes_into_the_same_file(pipe, detector, clips, tm
     assert resumed.output.read_bytes() == whole.output.read_bytes()
 
 
+@pytest.mark.slow
 def test_temporal_smoothing_reduces_flicker_on_a_noisy_still_clip(pipe, detector, tmp_path):
     from refface.video.measures import face_region, flicker
 
@@ -158,6 +162,7 @@ def test_temporal_smoothing_reduces_flicker_on_a_noisy_still_clip(pipe, detector
     assert crops[2.0] < 0.7 * crops[0.0]
 
 
+@pytest.mark.slow
 def test_each_track_is_matched_to_its_person_once(pipe, detector, clips, tmp_path, people_workspace):
     from refface.face.identity import DlibEmbedder
 
@@ -204,6 +209,7 @@ def restore_command(model, output, *inputs, refs=("--no-refs",), extra=()):
             "--batch-size", "3", "-q", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_restores_a_clip_with_a_report_row_per_track(tiny_model, clips, tmp_path, people_workspace, capsys):
     refs = sorted((people_workspace / "astro_album").glob("astro_*.jpg"))[:3]
     folder = tmp_path / "media"
@@ -223,6 +229,7 @@ def test_cli_restores_a_clip_with_a_report_row_per_track(tiny_model, clips, tmp_
     assert json.loads((out / "manifest.json").read_text())["settings"]["video"]["encoding"]["crf"] == 20
 
 
+@pytest.mark.slow
 def test_cli_bad_clips_each_get_one_sentence_and_nothing_is_lost(tiny_model, clips, tmp_path, capsys):
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
@@ -251,6 +258,7 @@ def test_cli_bad_clips_each_get_one_sentence_and_nothing_is_lost(tiny_model, cli
     assert "is a video; leave --aligned out" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_an_interrupted_clip_is_finished_by_the_same_command(tiny_model, clips, tmp_path, monkeypatch, capsys):
     from refface.pipelines.refldm import RefLDMPipeline
 

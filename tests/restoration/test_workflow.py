@@ -88,6 +88,7 @@ def test_faces_of_one_photo_are_matched_to_different_people_under_the_threshold(
     assert People([], None).match(np.zeros((2, 2))) == People([], None).match(np.ones((2, 2)))
 
 
+@pytest.mark.slow
 def test_each_person_is_encoded_once_and_their_faces_share_batches(people_workspace, detector, album_people):
     group = group_photo()
     photos = [(f"group{i}", lambda flipped=i % 2: group[:, ::-1] if flipped else group) for i in range(3)]
@@ -142,6 +143,7 @@ def test_composite_features_round_trip_through_the_store(tmp_path, album_people)
     assert torch.equal(made.identity, kept.identity) and torch.equal(made.facial, kept.facial)
 
 
+@pytest.mark.slow
 def test_an_interrupted_archive_run_resumes_at_the_next_photo(people_workspace, detector, album_people, tmp_path):
     archive = tmp_path / "archive"
     archive.mkdir()
@@ -170,6 +172,7 @@ def test_an_interrupted_archive_run_resumes_at_the_next_photo(people_workspace, 
         prepare_archive(tmp_path / "out", photos, {"seed": 2}, overwrite=False)
 
 
+@pytest.mark.slow
 def test_a_photo_can_be_restored_with_people_chosen_by_hand(people_workspace, detector, album_people):
     restorer = PhotoRestorer(make_tiny_pipeline(seed=3), album_people, detector, settings())
     photo = load_image(people_workspace / "group.jpg")

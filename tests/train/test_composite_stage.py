@@ -39,6 +39,7 @@ def flush_denormals():
     torch.set_flush_denormal(False)
 
 
+@pytest.mark.slow
 def test_hard_example_loss_mixes_the_two_identity_distances():
     torch.manual_seed(0)
     _, vae, scheduler = tiny_text_to_image(32)
@@ -98,6 +99,7 @@ def test_gradients_reach_the_projections_and_the_unet_but_not_the_frozen_encoder
         assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
 
 
+@pytest.mark.slow
 def test_tiny_composite_training_loss_falls_and_exports_a_restorable_model(tmp_path):
     torch.manual_seed(5)
     result = train(load_config("tiny-composite", FAST), tmp_path / "run", max_steps=20, progress=False)

@@ -18,6 +18,7 @@ from refface.train.trainer import train
 QUICK = {"data.identities": 8, "data.photos_per_identity": 3, "run.batch_size": 4, "run.validation_cases": 2}
 
 
+@pytest.mark.slow
 def test_vqgan_then_ldm_then_refldm_through_run_folders(tmp_path):
     vqgan, ldm, refldm = tmp_path / "vqgan", tmp_path / "ldm", tmp_path / "refldm"
     train(load_config("tiny-vqgan", {**QUICK, "vqgan.disc_start": 1}), vqgan, max_steps=3, progress=False)
@@ -114,6 +115,7 @@ def test_presets_command_lists_every_preset(capsys):
     assert {"tiny-vqgan", "tiny-ldm", "tiny-refldm", "vqgan", "ldm", "refldm"} <= set(listed)
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_official_checkpoints(slim, slim_pipeline, tmp_path):
     """model.init_checkpoint / vqgan_checkpoint take the authors' files (EMA weights, as their inference)."""
     from refface.train.build import build_architecture, build_stage

@@ -61,6 +61,7 @@ def reference_run(tmp_path_factory) -> Path:
     return output
 
 
+@pytest.mark.slow
 def test_tiny_refldm_loss_falls(tmp_path):
     result = train(fast_config(**{"run.log_every": 5}), tmp_path / "run", max_steps=30, progress=False)
     logged = losses(tmp_path / "run")
@@ -73,6 +74,7 @@ def test_tiny_refldm_loss_falls(tmp_path):
     assert val and val[-1]["step"] == 30 and val[-1]["val_psnr"] > 0
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_bit_exactly(reference_run, tmp_path):
     output = tmp_path / "interrupted"
 
@@ -93,6 +95,7 @@ def test_interrupted_run_resumes_bit_exactly(reference_run, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_bit_exactly(reference_run, tmp_path):
     """SIGKILL in the middle of training (maybe mid-checkpoint) loses at most the steps since the last checkpoint."""
     output = tmp_path / "killed"
@@ -114,6 +117,7 @@ def test_killed_process_resumes_bit_exactly(reference_run, tmp_path):
     assert losses(output) == losses(reference_run)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run(tmp_path):
     output = tmp_path / "ddp"
     overrides = {**FAST, "run.batch_size": 2, "run.sample_every": 4}
@@ -207,6 +211,7 @@ def test_missing_data_files_are_reported_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_identity_loss_runs_inside_training(tmp_path):
     from refface.face.arcface import iresnet
 

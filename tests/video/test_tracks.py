@@ -82,6 +82,7 @@ def test_flicker_measures_the_change_between_frames():
     assert flicker([np.zeros((8, 8, 3)), np.full((8, 8, 3), 4.0)]) == 4.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frames", [48, 72])
 def test_smoothed_tracks_cut_the_crop_jitter_on_a_known_path_to_a_third(tmp_path, frames):
     """The astronaut moves along a known smooth path with noise and JPEG damage on every frame; corners of the

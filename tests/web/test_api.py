@@ -67,6 +67,7 @@ def _wait(client, job_id: str, timeout: float = 120) -> dict:
     raise AssertionError(f"job {job_id} did not finish: {status}")
 
 
+@pytest.mark.slow
 def test_a_photo_is_restored_with_references_and_pasted_back(client, face_photos):
     reply = _upload(client, face_photos["old photo.jpg"])
     assert reply.status_code == 200, reply.text
@@ -158,6 +159,7 @@ def test_bad_requests_are_one_sentence(client, face_photos):
     assert "nothing at this address" in error(client.get("/api/jobs/x/../../../etc/passwd"), 404)
 
 
+@pytest.mark.slow
 def test_every_face_of_a_group_photo_is_restored_as_its_own_person(client, service, group_photos):
     found = _upload(client, group_photos["group.jpg"]).json()
     assert len(found["faces"]) == 2 and all(face["person"] is None for face in found["faces"])

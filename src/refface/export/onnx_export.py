@@ -36,7 +36,14 @@ from refface.export.graphs import (
     with_nested_group_norms,
 )
 from refface.export.host_flags import accept_host_flags
-from refface.export.settings import DEFAULT_OPSET, GRAPH_FILES, SAMPLER_FILE, check_opset, check_output_folder
+from refface.export.settings import (
+    DEFAULT_OPSET,
+    GRAPH_FILES,
+    SAMPLER_FILE,
+    check_exporter,
+    check_opset,
+    check_output_folder,
+)
 from refface.pipelines.refldm import RefLDMPipeline
 
 # Names the face-swap hosts bind (see docs/onnx.md); the rest are refface's.
@@ -204,6 +211,7 @@ def export_onnx(
     """Write `vq_encoder.onnx`, `vq_decoder.onnx`, `unet_reference.onnx`, `unet.onnx` and `refface_onnx.json`
     for `pipe` into the folder `output`; returns the folder. An existing non-empty folder needs `overwrite`."""
     target = Path(output)
+    check_exporter()
     check_opset(opset)
     check_exportable(pipe)
     check_output_folder(target, overwrite)

@@ -1,7 +1,9 @@
-"""What an ONNX export accepts, checked before any weights load (no torch import here)."""
+"""What an ONNX export accepts, checked before any weights load (torch only asked for its version)."""
 
 from __future__ import annotations
 
+import re
+from importlib import metadata
 from pathlib import Path
 
 from refface.export.errors import ExportError
@@ -17,6 +19,27 @@ GRAPH_FILES = {
     "unet": "unet.onnx",
 }
 SAMPLER_FILE = "onnx_sampler.py"
+# torch's ONNX exporter (dynamo) fails on these graphs in 2.6.0 and 2.9.1, and exports them in 2.13.0.
+EXPORTER_TORCH = (2, 13)
+
+
+def _torch_release() -> tuple[int, int]:
+    found = re.match(r"(\d+)\.(\d+)", metadata.version("torch"))
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def exporter_available() -> bool:
+    """Whether the installed torch exports refface's graphs (refface itself runs on older releases too)."""
+    return _torch_release() >= EXPORTER_TORCH
+
+
+def check_exporter() -> None:
+    if not exporter_available():
+        release = ".".join(map(str, EXPORTER_TORCH))
+        raise ExportError(
+            f"ONNX export needs torch {release} or newer (older releases' exporter fails on these graphs); this "
+            f"environment has torch {metadata.version('torch')}."
+        )
 
 
 def check_opset(opset: int) -> None:

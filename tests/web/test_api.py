@@ -323,3 +323,17 @@ def test_fast_mode_reaches_the_pipeline(client, service, face_photos, monkeypatc
     assert _wait(client, job["job_id"])["state"] == "done" and calls[-1].strength == 0.4
     refused = client.post("/api/jobs", data={**form, "method": "composite"})
     assert refused.status_code == 400 and refused.json()["error"] == "The solver is not an option of Composite-Context."
+
+
+def test_the_page_words_no_face_found_itself_from_the_error_s_fields():
+    from refface.face.locate import NoFaceFound
+    from refface.web.service import page_wording
+
+    for error, wanted in (
+        (NoFaceFound("party.jpg"), "No face was found in party.jpg; use a photo in which the face is upright"),
+        (NoFaceFound("party.jpg", too_small=3), "The faces in party.jpg are too small to restore; upload a larger"),
+    ):
+        assert "--detector" in str(error) or "larger scan" in str(error)  # the command line's own sentence
+        with pytest.raises(RefFaceError) as raised, page_wording():
+            raise error
+        assert str(raised.value).startswith(wanted) and "--" not in str(raised.value)

@@ -197,10 +197,6 @@ class RestoreSettings:
     def method_entry(self) -> methods.Method:
         return methods.get(self.method)
 
-    @property
-    def with_references(self) -> bool:
-        return self.references is None or self.references.given
-
     def load_pipeline(self):
         """The method's pipeline from the checked weight files (None: the release), not yet moved to a device."""
         return self.method_entry.load(self.sources)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from refface.cli import main
-from refface.errors import RefFaceError
 from refface.imaging import load_image
+from refface.weights import DownloadFailed
 
 
 @pytest.mark.slow
@@ -37,13 +37,13 @@ def test_the_demo_restores_both_people_offline(tmp_path, monkeypatch, capsys):
     assert pair.shape[1] == 2 * photo.shape[1] and np.array_equal(pair[-photo.shape[0] :, : photo.shape[1]], photo)
 
     # again into its own folder, with no download to be had and no fixture beside it: a tiny random model
-    def offline(weight, directory=None, progress=True):
-        raise RefFaceError(f"Could not download {weight.name} (no network)")
+    def offline(weights, directory=None, progress=True):
+        raise DownloadFailed(f"Could not download {weights[0].name} (no network).", "no network")
 
-    monkeypatch.setattr("refface.weights.ensure_weights", offline)
+    monkeypatch.setattr("refface.weights.ensure_all", offline)
     monkeypatch.setenv("REFFACE_FIXTURES", str(tmp_path / "nowhere"))
     assert main(["demo", "--output", str(out), "--quiet"]) == 0
-    assert "Could not download refldm.ckpt (no network)" in capsys.readouterr().err
+    assert "(they could not be downloaded: no network)" in capsys.readouterr().err
     assert (out / "test-model" / "model_index.json").is_file()
 
     (tmp_path / "mine").mkdir()

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from refface import RefFaceError
-from refface.weights import WeightFile, ensure_weights
+from refface.weights import WeightFile, ensure_all, ensure_weights
 
 PAYLOAD = bytes(range(256)) * 4000
 
@@ -78,3 +78,25 @@ def test_offline_says_where_to_put_the_file(tmp_path):
         ensure_weights(_weight(f"http://127.0.0.1:{port}/file.ckpt"), tmp_path, progress=False)
     message = str(error.value)
     assert str(tmp_path / "file.ckpt") in message and "\n" not in message
+
+
+def test_a_file_put_in_the_cache_by_hand_is_checked_once(tmp_path):
+    weight = _weight("http://127.0.0.1:9/never-asked.ckpt")
+    (tmp_path / "file.ckpt").write_bytes(PAYLOAD)
+    assert ensure_weights(weight, tmp_path, progress=False) == tmp_path / "file.ckpt"
+    assert (tmp_path / ".file.ckpt.verified").is_file()  # remembered by size and modification time
+    (tmp_path / "file.ckpt").write_bytes(PAYLOAD[:-1] + b"!")  # another file in its place
+    with pytest.raises(RefFaceError, match=r"file.ckpt is not the released file.ckpt \(SHA-256"):
+        ensure_weights(weight, tmp_path, progress=False)
+
+
+def test_offline_names_every_missing_file_and_where_it_goes(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first, second = (WeightFile(n, f"http://127.0.0.1:{port}/{n}", "0" * 64, "test") for n in ("a.ckpt", "b.ckpt"))
+    with pytest.raises(RefFaceError) as error:
+        ensure_all([first, second], tmp_path, progress=False)
+    message = str(error.value)
+    assert message.startswith("Could not download a.ckpt and b.ckpt (") and "\n" not in message
+    assert f"{first.url} at {tmp_path / 'a.ckpt'} and {second.url} at {tmp_path / 'b.ckpt'}" in message

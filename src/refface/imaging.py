@@ -23,6 +23,7 @@ from refface.files import atomic_output
 
 # Larger than any camera photo (about 16k x 16k) but far below what would exhaust memory.
 MAX_PIXELS = 250_000_000
+FRAMES_KEY = "refface_frames"  # image.info: how many frames or pages the file held (the first is the image)
 SAVE_FORMATS = {
     ".png": "PNG",
     ".jpg": "JPEG",
@@ -66,6 +67,27 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return _decode(source, f"The image {source}", f"The file {source}", max_pixels)
 
 
+def pixels_in_header(data: bytes, name: str) -> int:
+    """How many pixels an image file holds, read from its header (nothing is decoded), or one sentence."""
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as opened:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = opened.size
+    except Image.DecompressionBombError:
+        raise RefFaceError(f"The image {name} is too large to decode safely (a possible decompression bomb).") from None
+    except UnidentifiedImageError:
+        raise RefFaceError(f"The file {name} is not an image format refface can read.") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise RefFaceError(f"The image {name} is damaged or unreadable ({short_reason(error)}).") from None
+    return width * height
+
+
+def frame_count(image: Image.Image) -> int:
+    """How many frames (an animated GIF or WebP) or pages (a multi-page TIFF) the file of `image` held: refface
+    restores the first, and says so."""
+    return int(image.info.get(FRAMES_KEY, 1))
+
+
 def image_from_bytes(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an uploaded image (bytes) as upright 8-bit RGB; `name` only labels the messages."""
     return _decode(io.BytesIO(data), f"The image {name}", f"The file {name}", max_pixels)
@@ -82,10 +104,12 @@ def _decode(source, image_label: str, file_label: str, max_pixels: int) -> Image
                         f"{image_label} is {width}x{height} pixels, more than the limit of {max_pixels:,}; "
                         "it may be a decompression bomb."
                     )
+                frames = int(getattr(opened, "n_frames", 1) or 1)
                 opened.load()
                 image = ImageOps.exif_transpose(opened) or opened
                 image = _to_rgb(image)
                 image.load()
+                image.info[FRAMES_KEY] = frames
     except RefFaceError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

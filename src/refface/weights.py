@@ -5,7 +5,9 @@ Nothing is ever downloaded by the tests; they exercise this code against a loopb
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
+from refface.files import write_text_atomically
 
 CHUNK = 1 << 20
 
@@ -90,22 +93,88 @@ def _fetch(weight: WeightFile, partial: Path, progress: bool) -> None:
                 bar.update(len(block))
 
 
+class DownloadFailed(RefFaceError):
+    """Weights that are not in the cache could not be downloaded (offline, blocked, a server error). `reason` is
+    the cause in a few words, for a front end that words its own sentence."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _record(target: Path) -> Path:
+    return target.with_name(f".{target.name}.verified")
+
+
+def _verified_before(target: Path, weight: WeightFile) -> bool:
+    """Whether `target` was checked against `weight`'s SHA-256 as it is now (same size and modification time)."""
+    try:
+        record = json.loads(_record(target).read_text(encoding="utf-8"))
+        stat = target.stat()
+    except (OSError, ValueError):
+        return False
+    return record == {"sha256": weight.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _remember_verified(target: Path, weight: WeightFile) -> None:
+    stat = target.stat()
+    record = {"sha256": weight.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    with contextlib.suppress(OSError, RefFaceError):  # a read-only cache: verified again next time
+        write_text_atomically(_record(target), json.dumps(record))
+
+
+def _check_cached(target: Path, weight: WeightFile) -> None:
+    """A file in the cache (downloaded, or put there by hand) is the release: its SHA-256 checked once, then
+    remembered by size and modification time."""
+    if weight.sha256 is None or _verified_before(target, weight):
+        return
+    actual = sha256_of(target)
+    if actual != weight.sha256:
+        raise RefFaceError(
+            f"The file {target} is not the released {weight.name} (SHA-256 {actual[:12]}..., expected "
+            f"{weight.sha256[:12]}...); delete it to download it again, or pass your own file's path explicitly."
+        )
+    _remember_verified(target, weight)
+
+
 def ensure_weights(weight: WeightFile, directory: Path | None = None, progress: bool = True) -> Path:
     """Path of a verified copy of `weight` in the cache, downloading (or resuming) it if needed."""
+    return ensure_all([weight], directory, progress)[0]
+
+
+def ensure_all(weights: list[WeightFile], directory: Path | None = None, progress: bool = True) -> list[Path]:
+    """Verified copies of `weights` in the cache, downloading what is missing; when a download fails, one sentence
+    names every file still missing and where to put it."""
     directory = directory or cache_dir()
-    target = directory / weight.name
-    if target.exists():
-        return target
-    partial = directory / (weight.name + ".part")
+    paths = []
+    for number, weight in enumerate(weights):
+        target = directory / weight.name
+        if target.exists():
+            _check_cached(target, weight)
+        else:
+            try:
+                _download(weight, target, progress)
+            except DownloadFailed as failed:
+                missing = [w for w in weights[number:] if not (directory / w.name).exists()]
+                names = " and ".join(w.name for w in missing)
+                by_hand = " and ".join(f"{w.url} at {directory / w.name}" for w in missing)
+                raise DownloadFailed(
+                    f"Could not download {names} ({failed.reason}); download by hand and put {by_hand}, or pass "
+                    "your own files' paths explicitly.",
+                    failed.reason,
+                ) from None
+        paths.append(target)
+    return paths
+
+
+def _download(weight: WeightFile, target: Path, progress: bool) -> None:
+    partial = target.with_name(weight.name + ".part")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         _fetch(weight, partial, progress)
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-        reason = getattr(error, "reason", None) or error
-        raise RefFaceError(
-            f"Could not download {weight.name} from {weight.url} ({reason}); download it by hand and put it at "
-            f"{target}, or pass its path explicitly."
-        ) from None
+        reason = str(getattr(error, "reason", None) or error)
+        raise DownloadFailed(f"Could not download {weight.name} ({reason}).", reason) from None
     except OSError as error:
         raise RefFaceError(f"Could not write the download to {partial} ({error.strerror or error}).") from None
     actual = sha256_of(partial) if weight.sha256 is not None else None
@@ -116,4 +185,5 @@ def ensure_weights(weight: WeightFile, directory: Path | None = None, progress: 
             "the partial file was removed, please try again."
         )
     os.replace(partial, target)
-    return target
+    if weight.sha256 is not None:
+        _remember_verified(target, weight)

@@ -52,6 +52,8 @@ def test_bad_steps_and_spacing_are_refused(template):
         sampling_scheduler(template, REFLDM_OPTIONS.with_changes(steps=0, spacing="uniform"))
     with pytest.raises(RefFaceError, match="between 1 and 1000, got 1001"):
         sampling_scheduler(template, REFLDM_OPTIONS.with_changes(steps=1001, spacing="uniform"))
+    with pytest.raises(RefFaceError, match="between 1 and 100, got 200"):  # a model trained on fewer timesteps
+        sampling_scheduler(make_scheduler(100, 0.0015, 0.0155), REFLDM_OPTIONS.with_changes(steps=200))
     with pytest.raises(RefFaceError, match="Unknown timestep spacing"):
         sampling_scheduler(template, REFLDM_OPTIONS.with_changes(steps=10, spacing="quadratic"))
 

@@ -39,7 +39,7 @@ def service(tiny_models, tmp_path_factory):
 def client(service):
     from refface.web.app import create_app
 
-    with TestClient(create_app(service)) as client:
+    with TestClient(create_app(service), base_url="http://127.0.0.1:7860") as client:
         yield client
 
 
@@ -88,7 +88,7 @@ def test_a_photo_is_restored_with_references_and_pasted_back(client, face_photos
     assert status["state"] == "done", status
     assert status["step"] == status["steps"] == 3
     assert [r["label"] for r in status["people"][0]["references"]] == ["ref_a.png", "ref_b.png"]
-    assert status["summary"] == "1 face(s) restored: face 1 as Eileen (2 reference(s))."
+    assert status["summary"] == "1 face(s) restored: face 0 as Eileen (2 reference(s))."  # numbered as the CLI
     assert [(f["index"], f["person"], f["status"]) for f in status["faces"]] == [(0, "Eileen", "restored")]
 
     result = client.get(f"/api/jobs/{job['job_id']}/result.png?download=1")
@@ -220,7 +220,8 @@ def test_an_album_zip_is_unpacked_under_made_up_names_only(tmp_path, face_photos
         zipped.write(face_photos["ref_b.png"], "/abs/olduser/photo.PNG")
         zipped.writestr("readme.txt", "hello")
         zipped.writestr("__MACOSX/._photo.png", b"junk")
-    count = unpack_album(archive.getvalue(), "album.zip", tmp_path / "album", limits)
+    count, passed_over = unpack_album(archive.getvalue(), "album.zip", tmp_path / "album", limits)
+    assert passed_over == []
     assert count == 2
     assert sorted(p.name for p in (tmp_path / "album").iterdir()) == ["000.png", "001.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["album"]  # nothing written elsewhere

@@ -88,7 +88,7 @@ def test_restore_a_photo_in_the_browser_and_download_it(server, browser, face_ph
     page.click("#restore")
     page.wait_for_selector("#download", state="visible", timeout=120_000)
     assert page.text_content("#status") == "Done."
-    assert page.text_content("#summary") == "1 face(s) restored: face 1 as Person 1 (2 reference(s))."
+    assert page.text_content("#summary") == "1 face(s) restored: face 0 as Person 1 (2 reference(s))."
     assert page.locator("#chosen figure").count() == 2
     page.fill("#slider", "20")
     assert "20%" in page.get_attribute("#after", "style")
@@ -136,7 +136,7 @@ def test_bad_uploads_show_one_sentence_in_the_page(server, browser, face_photos,
     page.wait_for_function("!document.getElementById('restore').disabled")
     page.select_option(".face-person", "\u0000skip")
     page.click("#restore")
-    assert page.text_content("#error") == "Face 1 is set to be left untouched."
+    assert page.text_content("#error") == "Face 0 is set to be left untouched."
     page.close()
 
 
@@ -161,7 +161,7 @@ def test_restore_all_faces_of_a_group_photo_each_as_its_own_person(server, brows
     page.click("#restore-all")
     page.wait_for_selector("#download", state="visible", timeout=120_000)
     captions = page.locator("#done-faces figcaption").all_text_contents()
-    assert [c.split(" (")[0] for c in captions] == ["face 1 as Grace", "face 2 as Eileen"]
+    assert [c.split(" (")[0] for c in captions] == ["face 0 as Grace", "face 1 as Eileen"]
     references = page.locator("#chosen figcaption").all_text_contents()
     assert references == ["Grace: grace_a.jpg", "Grace: grace_b.jpg", "Eileen: eileen_a.jpg", "Eileen: eileen_b.jpg"]
     page.screenshot(path=str(tmp_path / "group.png"), full_page=True)

@@ -49,3 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("refface: interrupted; no output was left half-written.", file=sys.stderr)
         return 130
+    except OSError as error:  # reading or writing a file failed where no sentence of our own was ready
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"refface: error: {error.strerror or error}{where}.", file=sys.stderr)
+        return 1

@@ -50,11 +50,12 @@ def _test_model(output: Path) -> list[str]:
 
 def _released_weights(quiet: bool) -> str | None:
     """None when the released weights are in the cache (downloaded now, with progress, if need be); else why not."""
-    from refface.weights import REFLDM_WEIGHTS, VQGAN_WEIGHTS, ensure_weights
+    from refface.weights import REFLDM_WEIGHTS, VQGAN_WEIGHTS, DownloadFailed, ensure_all
 
     try:
-        for weight in (REFLDM_WEIGHTS, VQGAN_WEIGHTS):
-            ensure_weights(weight, progress=not quiet)
+        ensure_all([REFLDM_WEIGHTS, VQGAN_WEIGHTS], progress=not quiet)
+    except DownloadFailed as failed:
+        return f"they could not be downloaded: {failed.reason}"
     except RefFaceError as error:
         return short_reason(error)
     return None

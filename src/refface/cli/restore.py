@@ -137,32 +137,40 @@ def cmd_restore(args: argparse.Namespace) -> int:
     import torch
     from accelerate import PartialState
 
-    from refface.face.detection import DlibDetector
-    from refface.face.identity import make_embedder
-    from refface.restoration.archive import prepare_archive, result_path, run_archive
+    from refface.restoration.archive import prepare_archive
     from refface.restoration.archive_inputs import list_photos
-    from refface.restoration.photo_restorer import PhotoRestorer
-    from refface.restoration.reference_store import ReferenceStore
-    from refface.restoration.video_restorer import VideoRestorer
     from refface.video.media import is_video
-    from refface.weights import cache_dir
 
     settings = restore_settings(args)
+    state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
     if settings.aligned:
         clips = [path for path in args.lq if is_video(path)]
         if clips:
             raise RefFaceError(f"--aligned takes aligned face crops, but {clips[0]} is a video; leave --aligned out.")
         _aligned_output_paths(args)
-    else:
-        photos, notes = list_photos(args.lq, settings.output)
-        for note in notes:
-            say(args, f"note: {note}")
-        has_clips = any(photo.is_video for photo in photos)
-        prepared = prepare_archive(settings.output, photos, settings.recorded(with_video=has_clips), settings.overwrite)
+        return _run_restore(args, settings, state, None)
+    photos, notes = list_photos(args.lq, settings.output)
+    for note in notes:
+        say(args, f"note: {note}")
+    recorded = settings.recorded(with_video=any(photo.is_video for photo in photos))
+    with prepare_archive(settings.output, photos, recorded, settings.overwrite, state.is_main_process) as prepared:
+        return _run_restore(args, settings, state, prepared)  # the folder's lock is released however this ends
 
-    state = PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+
+def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
+    """The rest of `refface restore` once its settings and output folder are checked: models, people, the run."""
+    from refface.face.detection import DlibDetector
+    from refface.face.identity import make_embedder
+    from refface.restoration.archive import result_path, run_archive
+    from refface.restoration.photo_restorer import PhotoRestorer
+    from refface.restoration.reference_store import ReferenceStore
+    from refface.restoration.video_restorer import VideoRestorer
+    from refface.weights import cache_dir
+
+    has_clips = prepared is not None and any(photo.is_video for photo in prepared.photos)
     device = state.device if state.num_processes > 1 else resolve_device(settings.device)
     dtype = checked_dtype(device, settings.dtype)
+    pipe = settings.load_pipeline().to(device=device, dtype=dtype)  # the weights first: a failed download is quick
     detector = None if settings.aligned and settings.references.kind != "album" else DlibDetector(settings.detector)
     shared = detector.shape_predictor if detector is not None else None
     embedder = (
@@ -171,10 +179,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         else None
     )
     people = _people(args, settings, detector, embedder)
-
-    pipe = settings.load_pipeline().to(device=device, dtype=dtype)
     store = ReferenceStore(pipe, cache_dir() / "people")
-    one_photo = settings.aligned or (len(prepared.photos) == 1 and not has_clips)
+    one_photo = prepared is None or (len(prepared.photos) == 1 and not has_clips)
     restorer = PhotoRestorer(pipe, people, detector, settings, store=store, progress=not args.quiet and one_photo)
     if settings.aligned:
         return _restore_aligned(args, restorer)

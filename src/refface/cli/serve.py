@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import socket
 import tempfile
 from pathlib import Path
 
@@ -32,38 +34,68 @@ def load_models(folders: list[str] | None, device, dtype) -> dict:
     return models
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything slow: a port in use is one sentence, and "ready" is only said
+    once the server can be reached."""
+    if not 1 <= port <= 65535:
+        raise RefFaceError(f"--port must be between 1 and 65535, got {port}.")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise RefFaceError(f"--host {host} is not an address of this machine ({error}).") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise RefFaceError(
+            f"Cannot listen on {host}:{port} ({error.strerror or error}); another program may be using the port: "
+            "choose another with --port."
+        ) from None
+    return sock
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    """A service manager's stop: leave through the same clean-up as Ctrl+C (uploads and results deleted)."""
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from refface.face.detection import DlibDetector
     from refface.face.identity import DlibEmbedder
     from refface.web.app import create_app
+    from refface.web.guard import allowed_names
     from refface.web.limits import ServeLimits
     from refface.web.service import RestorationService
 
-    if not 1 <= args.port <= 65535:
-        raise RefFaceError(f"--port must be between 1 and 65535, got {args.port}.")
-    if args.max_upload_mb <= 0 or args.max_pending < 1:
-        raise RefFaceError("--max-upload-mb must be positive and --max-pending at least 1.")
-    limits = ServeLimits(
-        max_file_bytes=int(args.max_upload_mb * 2**20),
-        max_request_bytes=int(args.max_upload_mb * 2**20) * 8,
-        max_pending=args.max_pending,
-    )
-    device = resolve_device(args.device)
-    models = load_models(args.model, device, checked_dtype(device, args.dtype))
-    detector = DlibDetector(args.detector)
-    embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
-    root = Path(tempfile.mkdtemp(prefix="refface-serve-"))  # private (0700), outside anything served
-    service = RestorationService(models, detector, embedder, limits, root)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        say(args, f"note: serving on {args.host}: anyone who can reach this machine can use the page.")
-    say(args, f"refface: {', '.join(models)} ready on http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    limits = ServeLimits.from_megabytes(args.max_upload_mb, args.max_pending)
+    sock = listening_socket(args.host, args.port)
+    root = None
+    service = None
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
+        device = resolve_device(args.device)
+        models = load_models(args.model, device, checked_dtype(device, args.dtype))
+        detector = DlibDetector(args.detector)
+        embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
+        root = Path(tempfile.mkdtemp(prefix="refface-serve-"))  # private (0700), outside anything served
+        service = RestorationService(models, detector, embedder, limits, root)
+        app = create_app(service, allowed_names(args.host, args.allow_host or ()))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            say(args, f"note: serving on {args.host}: anyone who can reach this machine can use the page.")
+        say(args, f"refface: {', '.join(models)} ready on http://{args.host}:{args.port}/ (Ctrl+C stops)")
+        server.run(sockets=[sock])
     finally:
-        service.close()
-        shutil.rmtree(root, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+        if service is not None:
+            service.close()
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+        sock.close()
     return 0
 
 
@@ -74,6 +106,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help=COMMANDS["serve"])
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    serve.add_argument(
+        "--allow-host", action="append", help="another name or address clients reach this server by (repeatable)"
+    )
     labels = [method.label for method in methods.METHODS]
     several = "both" if len(labels) == 2 else "several"
     serve.add_argument(

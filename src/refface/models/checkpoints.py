@@ -108,3 +108,14 @@ def load_converted(
         lines = str(error).splitlines()
         detail = lines[1].strip() if len(lines) > 1 else lines[0]
         raise RefFaceError(f"The weights in {source} have the wrong shapes for this architecture ({detail}).") from None
+    check_finite(module, source)
+
+
+def check_finite(module: torch.nn.Module, source: str | Path) -> None:
+    """Refuse weights that are not all finite numbers (a damaged or badly trained file restores only garbage)."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
+            raise RefFaceError(
+                f"The weights in {source} are not all finite numbers ({name} holds NaN or infinity); the file is "
+                "damaged or was saved from a diverged training run."
+            )

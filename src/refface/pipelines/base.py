@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 SPACINGS = {"uniform_trailing": ("trailing", 0), "uniform": ("leading", 1)}
 SOLVERS = ("ddim", "dpm++")
 FAST_STEPS = 20  # DPM-Solver++ steps of ReF-LDM's fast mode
+MAX_STEPS = 1000  # both methods are trained on 1000 timesteps: a sampler takes at most one step for each
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2^64 - 1
 
 # What each option is called in a sentence that refuses it to a method without it.
@@ -91,6 +92,8 @@ class SamplingOptions:
         steps = _whole(self.steps)
         if steps is None or steps < 1:
             raise RefFaceError(f"The number of steps must be a whole number of at least 1, got {self.steps!r}.")
+        if steps > MAX_STEPS:
+            raise RefFaceError(f"The number of steps must be between 1 and {MAX_STEPS}, got {steps}.")
         object.__setattr__(self, "steps", steps)
         _finite(self.guidance, "guidance")
         if self.lq_guidance is not None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from refface.errors import RefFaceError, short_reason
+from refface.models.checkpoints import check_finite
 from refface.pipelines.refldm import RefLDMPipeline
-from refface.weights import REFLDM_WEIGHTS, VQGAN_WEIGHTS, ensure_weights
+from refface.weights import REFLDM_WEIGHTS, VQGAN_WEIGHTS, ensure_all
 
 
 def saved_pipeline_class(folder: Path) -> str:
@@ -50,6 +53,9 @@ def _load(pipeline_class: type, folder: str | Path, speedups: bool = True):
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         reason = short_reason(error)
         raise RefFaceError(f"The model folder {source} could not be loaded ({reason}).") from None
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            check_finite(component, source / name)
     return pipe.eval_mode()
 
 
@@ -80,6 +86,5 @@ def load_refldm(
     if model is not None:
         return load_saved(model)
     if checkpoint is None:
-        checkpoint = ensure_weights(REFLDM_WEIGHTS)
-        vqgan = ensure_weights(VQGAN_WEIGHTS)
+        checkpoint, vqgan = ensure_all([REFLDM_WEIGHTS, VQGAN_WEIGHTS])
     return RefLDMPipeline.from_official(checkpoint, vqgan, config)

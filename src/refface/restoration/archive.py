@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
+from refface.files import FolderLock, remove_stale_parts
 from refface.imaging import check_output_path, load_image, save_image
 from refface.restoration.archive_inputs import ArchivePhoto
 from refface.restoration.photo_restorer import ERROR, FaceResult, PhotoRestorer, PhotoResult
@@ -100,24 +101,50 @@ def _check_clip_output(target: Path, source: Path) -> None:
 @dataclass(frozen=True)
 class PreparedArchive:
     """An archive run checked against its output folder: what `run_archive` restores, where, and with which
-    recorded settings; `resuming` when the folder holds an earlier run with the same settings."""
+    recorded settings; `resuming` when the folder holds an earlier run with the same settings. `lock`: the
+    folder's lock, held until the run ends (None for the other processes of a sharded run)."""
 
     output: Path
     photos: tuple[ArchivePhoto, ...]
     settings: dict
     overwrite: bool
     resuming: bool
+    lock: FolderLock | None = None
+
+    def __enter__(self) -> PreparedArchive:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """However the run ends, the folder is free for the next one."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def prepare_archive(
-    output: str | Path, photos: Sequence[ArchivePhoto], settings: dict, overwrite: bool
+    output: str | Path, photos: Sequence[ArchivePhoto], settings: dict, overwrite: bool, lock: bool = True
 ) -> PreparedArchive:
-    """Check, once and before any slow work, that the run may write into `output`.
+    """Check, once and before any slow work, that the run may write into `output`, and take the folder's lock
+    (`lock`: the main process of a sharded run takes it for all).
 
     Nothing the run writes may be an input, nor an earlier result unless --overwrite (or the run's own,
-    resuming); a run recorded with other settings is refused.
+    resuming); a run recorded with other settings is refused, and so is a second run into the same folder while
+    the first is writing. Temporary files a killed run left behind are removed.
     """
     output = Path(output)
+    held = FolderLock(output).acquire() if lock else None
+    try:
+        return _prepare(output, photos, settings, overwrite, held)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+
+
+def _prepare(
+    output: Path, photos: Sequence[ArchivePhoto], settings: dict, overwrite: bool, held: FolderLock | None
+) -> PreparedArchive:
+    if held is not None:
+        remove_stale_parts(output)
     record = RunRecord(output, settings)
     resuming = record.exists() and not overwrite
     if resuming:
@@ -129,7 +156,7 @@ def prepare_archive(
             check_output_path(result_path(output, photo), [photo.path], overwrite=True)
         if not (resuming or overwrite) and (existing := _existing_output(output, photo)) is not None:
             raise RefFaceError(f"The output file {existing} already exists; pass --overwrite to replace it.")
-    return PreparedArchive(output, tuple(photos), settings, overwrite, resuming)
+    return PreparedArchive(output, tuple(photos), settings, overwrite, resuming, held)
 
 
 def write_face(output: Path, photo: ArchivePhoto, face: FaceResult) -> str:
@@ -196,7 +223,12 @@ def run_archive(
     """Restore every photo and clip of a prepared run not done yet into its output folder (restored_imgs/,
     restored_videos/, cropped_faces/, restored_faces/, cmp/, report.csv, report.json, people.png). `state`:
     Accelerate's PartialState when several processes share it. `videos`: how clips are restored (default: with
-    `restorer` and its settings' video options)."""
+    `restorer` and its settings' video options). The folder's lock is released when the run ends."""
+    with prepared:
+        return _run(prepared, restorer, state, progress, on_photo, videos, on_video)
+
+
+def _run(prepared, restorer, state, progress, on_photo, videos, on_video) -> ArchiveSummary:
     output, photos, settings = prepared.output, prepared.photos, prepared.settings
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     is_main = state is None or state.is_main_process

@@ -72,6 +72,11 @@ def list_photos(inputs: Sequence[str | Path], output: str | Path) -> tuple[list[
         if not given.exists():
             raise RefFaceError(f"The input {given} does not exist.")
         if given.is_dir():
+            if given.resolve() == output_real:
+                raise RefFaceError(
+                    f"The output folder {output} is the input folder {given}; choose another --output (refface never "
+                    "writes among its inputs)."
+                )
             files = _walk(given, output_real, notes)
             if not files:
                 raise RefFaceError(

@@ -22,7 +22,7 @@ from refface.face.detection import FaceDetector
 from refface.face.guard import lq_is_usable
 from refface.face.locate import NoFaceFound, find_faces
 from refface.face.paste import paste_face
-from refface.imaging import as_rgb_array
+from refface.imaging import as_rgb_array, frame_count
 from refface.pipelines.base import RestorationPipeline
 from refface.restoration.people import Match, People, Person, no_people
 from refface.restoration.reference_store import ReferenceStore
@@ -296,8 +296,12 @@ class PhotoRestorer:
             yield from self._finish(pending)
 
     def _plan_photo(self, source: str, load: PhotoSource) -> _Planned:
+        frames: list[str] = []
         try:
-            pixels = as_rgb_array(load())
+            photo = load()
+            if isinstance(photo, Image.Image) and (count := frame_count(photo)) > 1:
+                frames.append(f"{source} holds {count} frames or pages; the first is restored.")
+            pixels = as_rgb_array(photo)
         except RefFaceError as error:
             return _Planned(source, None, [], [], str(error))
         except OSError as error:
@@ -305,10 +309,10 @@ class PhotoRestorer:
         try:
             faces, notes = self.find(pixels, source)
         except NoFaceFound as nothing:  # passed over: the photo is kept as it is
-            return _Planned(source, pixels, [], [str(nothing)])
+            return _Planned(source, pixels, [], [*frames, str(nothing)])
         except RefFaceError as error:
             return _Planned(source, None, [], [], str(error))
-        return _Planned(source, pixels, faces, notes)
+        return _Planned(source, pixels, faces, [*frames, *notes])
 
     def _finish(self, pending: list[_Planned]) -> list[PhotoResult]:
         self.restore_faces([face for planned in pending for face in planned.faces])

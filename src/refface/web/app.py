@@ -21,9 +21,13 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from refface.errors import RefFaceError
+from refface.web.guard import HostGuard, allowed_names
 from refface.web.jobs import ServerBusy
 from refface.web.service import RestorationService, RestoreRequest, data_url, people_reply
-from refface.web.uploads import decode_upload, label
+from refface.web.uploads import decode_upload, label, within_budget
+
+MAX_FIELD_CHARS = 4096  # a form field the page fills by hand (face numbers, people chosen by hand)
+SHOWN_CHARS = 40  # at most this much of a client's value is repeated back in a message
 
 
 class RequestTooLarge(Exception):
@@ -75,29 +79,45 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def shown(value: str) -> str:
+    """A client's value as a message repeats it: quoted, and cut short."""
+    return repr(value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "...")
+
+
+def _bounded(text: str, field: str) -> str:
+    if len(text) > MAX_FIELD_CHARS:
+        raise RefFaceError(
+            f"The field {field!r} is {len(text):,} characters long; at most {MAX_FIELD_CHARS:,} are read."
+        )
+    return text
+
+
 def _face_numbers(text: str) -> list[int] | None:
     """'all' -> None (every face); '0,2' -> [0, 2]."""
-    if text.strip().lower() == "all":
+    if _bounded(text, "faces").strip().lower() == "all":
         return None
     try:
         return sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise RefFaceError(f"The faces to restore are 'all' or face numbers such as 0,2; got {text!r}.") from None
+        raise RefFaceError(f"The faces to restore are 'all' or face numbers such as 0,2; got {shown(text)}.") from None
 
 
 def _people_of(text: str | None) -> dict[int, str | None]:
-    """The page's choices by hand, JSON {"face number": "person name" or null}."""
+    """The page's choices by hand, a flat JSON object {"face number": "person name" or null}."""
     if not text:
         return {}
     try:
-        choices = json.loads(text)
-        return {int(face): (None if name in (None, "") else str(name)) for face, name in choices.items()}
-    except (ValueError, AttributeError, TypeError):
+        choices = json.loads(_bounded(text, "people_of"))
+        if not isinstance(choices, dict) or not all(isinstance(v, str | None) for v in choices.values()):
+            raise ValueError("not a flat object of names")
+        return {int(face): (None if name in (None, "") else name[:60]) for face, name in choices.items()}
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep for the parser
         raise RefFaceError('The people chosen by hand must be JSON such as {"0": "Anna", "1": null}.') from None
 
 
-def create_app(service: RestorationService) -> FastAPI:
-    """The web app; `service` holds the loaded models (one load per process)."""
+def create_app(service: RestorationService, names: frozenset[str] | None = None) -> FastAPI:
+    """The web app; `service` holds the loaded models (one load per process). `names`: what clients may call the
+    server (default: the loopback names, for a server on 127.0.0.1)."""
     page = resources.files("refface.web").joinpath("static/index.html").read_text(encoding="utf-8")
     limits = service.limits
 
@@ -108,10 +128,11 @@ def create_app(service: RestorationService) -> FastAPI:
 
     app = FastAPI(title="refface", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(HostGuard, names=names if names is not None else allowed_names("127.0.0.1"))
 
     @app.exception_handler(RefFaceError)
     async def refface_error(request: Request, error: RefFaceError) -> JSONResponse:
-        return _error(503 if isinstance(error, ServerBusy) else 400, str(error))
+        return _error(503 if isinstance(error, ServerBusy) else 400, service.public(str(error)))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -133,11 +154,13 @@ def create_app(service: RestorationService) -> FastAPI:
         return service.info()
 
     def _decoded(uploads: list[UploadFile], fallback: str) -> list[tuple[str, Image.Image]]:
-        decoded = []
-        for number, upload in enumerate(uploads):
-            name = label(upload.filename, f"{fallback} {number + 1}")
-            decoded.append((name, decode_upload(upload.file.read(limits.max_file_bytes + 1), name, limits)))
-        return decoded
+        """The uploads decoded, once their sizes and pixels together are within the server's limits."""
+        read = [
+            (label(upload.filename, f"{fallback} {number}"), upload.file.read(limits.max_file_bytes + 1))
+            for number, upload in enumerate(uploads)
+        ]
+        within_budget(read, limits.max_request_pixels, "The photos of this request", limits)
+        return [(name, decode_upload(data, name, limits)) for name, data in read]
 
     @app.post("/api/photos")
     def add_photo(photo: Annotated[UploadFile, File()], people_id: Annotated[str | None, Form()] = None) -> dict:
@@ -147,6 +170,7 @@ def create_app(service: RestorationService) -> FastAPI:
             "photo_id": identifier,
             "width": image.width,
             "height": image.height,
+            "notes": stored.notes,
             "faces": [
                 {**match, "size": round(face.quad.size), "thumbnail": data_url(face.image)}
                 for face, match in zip(stored.faces, service.faces_of(identifier, people_id), strict=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import io
+import re
 import secrets
 import shutil
 import threading
@@ -23,7 +25,7 @@ from refface import methods
 from refface.errors import RefFaceError
 from refface.face.alignment import AlignedFace
 from refface.face.locate import NoFaceFound, find_faces
-from refface.imaging import save_image
+from refface.imaging import frame_count, save_image
 from refface.restoration.people import People, people_from_album, people_from_images
 from refface.restoration.photo_restorer import RESTORED, WITHOUT_REFERENCES, FaceResult, PhotoRestorer
 from refface.restoration.reference_store import ReferenceStore
@@ -43,6 +45,32 @@ class StoredPhoto:
     label: str
     pixels: np.ndarray
     faces: list[AlignedFace]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """The bytes its arrays hold (what the server's memory bound counts)."""
+        return self.pixels.nbytes + sum(face.image.nbytes for face in self.faces)
+
+
+class OneAtATime:
+    """A face tool (the detector, the embedder) shared by the requests and the restoration worker: each call holds
+    the shared lock alone, so a long album scan lets other users' calls in between its photos."""
+
+    def __init__(self, tool, lock: threading.RLock) -> None:
+        self._tool, self._lock = tool, lock
+
+    def __getattr__(self, name: str):
+        value = getattr(self._tool, name)
+        if not callable(value):
+            return value
+
+        @functools.wraps(value)
+        def locked(*args, **kwargs):
+            with self._lock:
+                return value(*args, **kwargs)
+
+        return locked
 
 
 @dataclass
@@ -122,9 +150,9 @@ def _summary(faces: list[FaceResult]) -> str:
     told = []
     for face in faces:
         if face.status == RESTORED:
-            told.append(f"face {face.index + 1} as {face.person_name} ({len(face.references)} reference(s))")
+            told.append(f"face {face.index} as {face.person_name} ({len(face.references)} reference(s))")
         elif face.status == WITHOUT_REFERENCES:
-            told.append(f"face {face.index + 1} without references")
+            told.append(f"face {face.index} without references")
     restored = sum(1 for face in faces if face.restored is not None)
     return f"{restored} face(s) restored: " + "; ".join(told) + "." if told else "No face was restored."
 
@@ -139,15 +167,18 @@ class RestorationService:
     def __init__(self, models: dict, detector, embedder, limits: ServeLimits, root: Path) -> None:
         if not models:
             raise RefFaceError("refface serve needs at least one model.")
-        self.models, self.detector, self.embedder, self.limits = models, detector, embedder, limits
-        self.root = root
-        self._faces_lock = threading.Lock()  # dlib's detector and embedder are shared by requests and the worker
+        lock = threading.RLock()  # dlib's detector and embedder are shared by requests and the worker
+        self.models, self.limits, self.root = models, limits, root
+        self.detector = OneAtATime(detector, lock) if detector is not None else None
+        self.embedder = OneAtATime(embedder, lock) if embedder is not None else None
         self.photos: Kept[StoredPhoto] = Kept(
-            limits.keep_seconds, "The uploaded photo has expired or is unknown; please upload it again."
-        )
+            limits.keep_seconds, "The uploaded photo has expired or is unknown; please upload it again.",
+            max_items=limits.max_kept_photos, max_bytes=limits.max_kept_bytes, size=lambda stored: stored.size,
+        )  # fmt: skip
         self.people: Kept[StoredPeople] = Kept(
-            limits.keep_seconds, "The people given have expired or are unknown; please give them again.", _forget_files
-        )
+            limits.keep_seconds, "The people given have expired or are unknown; please give them again.", _forget_files,
+            max_items=limits.max_kept_people,
+        )  # fmt: skip
         # encoded references per model, in memory: restoring the same people again encodes nothing
         self.stores = {name: ReferenceStore(pipe) for name, pipe in models.items()}
         self.jobs = JobQueue(self._restore, root, limits.max_pending, limits.keep_seconds)
@@ -177,9 +208,12 @@ class RestorationService:
     def add_photo(self, photo: Image.Image, label: str) -> tuple[str, StoredPhoto]:
         """Find the faces of an uploaded photo and keep it for the restoration the user will ask for."""
         pixels = np.asarray(photo.convert("RGB"))
-        with self._faces_lock, page_wording():
+        with page_wording():
             search = find_faces(pixels, self.detector, "all", source=label)
-        stored = StoredPhoto(label, pixels, search.faces)
+        notes = list(search.notes)
+        if (frames := frame_count(photo)) > 1:
+            notes.append(f"{label} holds {frames} frames or pages; the first is restored.")
+        stored = StoredPhoto(label, pixels, search.faces, notes)
         return self.photos.add(stored), stored
 
     def add_people(
@@ -190,7 +224,8 @@ class RestorationService:
     ) -> tuple[str, People]:
         """People from reference photos per person, or from an album zip (grouped into people), kept by id.
 
-        The album is unpacked into a private folder that lives as long as the people do.
+        The album is unpacked into a private folder that lives as long as the people do; a photo of it that cannot
+        be read is passed over with a note, as on the command line. No message names the folder.
         """
         if references and album is not None:
             raise RefFaceError("Give reference photos or an album, not both.")
@@ -203,28 +238,35 @@ class RestorationService:
             raise RefFaceError("Give reference photos of at least one person, or an album.")
         folder = self.root / f"people-{secrets.token_urlsafe(12)}" if album is not None else None
         try:
-            if folder is not None:
-                unpack_album(album[1], album[0], folder / "album", self.limits)
-            with self._faces_lock, page_wording():
+            with page_wording():
                 if folder is not None:
+                    _, passed_over = unpack_album(album[1], album[0], folder / "album", self.limits)
                     people = people_from_album(folder / "album", self.detector, self.embedder, num_refs,
                                                cache_root=folder / "scan", progress=False)  # fmt: skip
+                    people.notes[:0] = passed_over
                 else:
                     people = people_from_images(references, self.detector, self.embedder)
-        except RefFaceError:
+        except RefFaceError as error:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
-            raise
+            raise RefFaceError(self.public(str(error))) from None
+        people.notes[:] = [self.public(note) for note in people.notes]
+        people.warnings[:] = [self.public(warning) for warning in people.warnings]
         return self.people.add(StoredPeople(people, folder)), people
+
+    def public(self, message: str) -> str:
+        """`message` without the server's private folders: a file under them is named by its file name only."""
+        for root in {str(self.root), str(self.root.resolve())}:
+            message = re.sub(re.escape(root) + r"[^\s,;:()'\"]*/", "", message)
+            message = message.replace(root, "the server's upload folder")
+        return message
 
     def faces_of(self, photo_id: str, people_id: str | None) -> list[dict]:
         """Each face of a photo with the person it matches (none without people), as the page shows them."""
         stored = self.photos.get(photo_id)
         people = self.people.get(people_id).people if people_id else None
         restorer = PhotoRestorer(None, people)
-        with self._faces_lock:
-            faces = restorer.match_faces(stored.faces, stored.label)
-        return [_face_reply(face) for face in faces]
+        return [_face_reply(face) for face in restorer.match_faces(stored.faces, stored.label)]
 
     # ------------------------------------------------------------------------------ jobs
     def settings_for(self, method: str, **choices) -> RestoreSettings:
@@ -280,12 +322,11 @@ class RestorationService:
             self.models[settings.method], people, None, settings, store=self.stores[settings.method],
             step_callback=on_step, batch_callback=on_batch,
         )  # fmt: skip
-        with self._faces_lock:  # matched among all the photo's faces, as the page showed them
-            faces = restorer.match_faces(stored.faces, stored.label)
-            if request.faces is not None:
-                faces = [face for face in faces if face.index in request.faces]
-            chosen = {face.index for face in faces}
-            restorer.assign(faces, {i: name for i, name in request.people_of.items() if i in chosen})
+        faces = restorer.match_faces(stored.faces, stored.label)  # among all the photo's faces, as the page showed
+        if request.faces is not None:
+            faces = [face for face in faces if face.index in request.faces]
+        chosen = {face.index for face in faces}
+        restorer.assign(faces, {i: name for i, name in request.people_of.items() if i in chosen})
         used = [p for p in (people or []) if any(f.person is p and f.status == RESTORED for f in faces)]
         update(
             job,

@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,12 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.face.photos import astronaut, place  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.serving import start_server  # noqa: E402
 
 
 def _encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -166,21 +158,8 @@ def main() -> int:
 
     torch.manual_seed(0)
     RefLDMPipeline.from_architecture(tiny_architecture(32)).save_pretrained(work / "tiny")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "refface.cli", "serve", "--port", str(port), "--model", str(work / "tiny"),
-               "--device", "cpu", "--max-pending", str(args.clients)]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "TMPDIR": str(work)})  # fmt: skip
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(url + "/api/info", timeout=2).read()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"refface serve did not start: {server.stderr.read()}") from None
-            time.sleep(0.3)
+    server, url = start_server("--model", str(work / "tiny"), "--device", "cpu", "--max-pending", str(args.clients),
+                               env={"TMPDIR": str(work)})  # fmt: skip
     limit = json.loads(urllib.request.urlopen(url + "/api/info").read())["limits"]["max_megapixels"] * 1e6
     photo = _encode(place(astronaut(), 0, 0.6, (200, 200), canvas=(400, 400))[0], "JPEG")
     reference = _encode(astronaut()[::-1].copy())

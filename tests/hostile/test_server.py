@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -22,6 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from refface.web.limits import ServeLimits
+from tests.serving import start_server
 
 BASE = "http://127.0.0.1:7860"
 
@@ -194,30 +191,9 @@ def test_an_album_scan_lets_other_requests_in_between_its_photos():
     assert order.index("other") < len(order) - 1  # it ran before the scan's last photo
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_sigterm_stops_the_server_and_deletes_what_users_uploaded(tiny_models, face_photos, tmp_path):
-    port = _free_port()
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    command = [sys.executable, "-m", "refface.cli", "serve", "--port", str(port), "--model", str(tiny_models["refldm"]),
-               "--device", "cpu"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/info", timeout=2).read()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"refface serve did not start:\n{process.stdout.read()}") from None
-            time.sleep(0.3)
+    process, url = start_server("--model", str(tiny_models["refldm"]), "--device", "cpu", env={"TMPDIR": str(tmp_path)})
     album = io.BytesIO()
     with zipfile.ZipFile(album, "w") as archive:
         archive.writestr("a.png", face_photos["ref_a.png"].read_bytes())

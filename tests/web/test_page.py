@@ -6,16 +6,13 @@ Chromium is Debian's (`.ci/run` installs the `chromium` package); Playwright onl
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.serving import start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Flags for a sandboxed CI machine with no network beyond loopback (as the machine notes prescribe).
@@ -35,29 +32,10 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_models):
-    port = _free_port()
-    command = [sys.executable, "-m", "refface.cli", "serve", "--port", str(port), "--model", str(tiny_models["refldm"]),
-               "--model", str(tiny_models["composite"]), "--device", "cpu", "--max-upload-mb", "3"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/info", timeout=2).read()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"refface serve did not start:\n{process.stdout.read()}") from None
-            time.sleep(0.3)
+    process, url = start_server("--model", str(tiny_models["refldm"]), "--model", str(tiny_models["composite"]),
+                                "--device", "cpu", "--max-upload-mb", "3")  # fmt: skip
     yield url
     process.terminate()
     process.wait(timeout=30)

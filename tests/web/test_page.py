@@ -150,7 +150,7 @@ def test_restore_all_faces_of_a_group_photo_each_as_its_own_person(server, brows
     page.click("#restore-all")
     page.wait_for_function("document.querySelectorAll('#done-faces figcaption').length === 1", timeout=120_000)
     page.wait_for_selector("#download", state="visible", timeout=120_000)
-    assert page.locator("#done-faces figcaption").all_text_contents() == ["face 2 without references"]
+    assert page.locator("#done-faces figcaption").all_text_contents() == ["face 1 without references"]
     with page.expect_download() as waiting:
         page.click("#download")
     saved = tmp_path / "restored.png"

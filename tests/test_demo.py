@@ -57,7 +57,8 @@ def test_help_and_argument_errors_do_not_load_the_heavy_libraries():
     code = (
         "import sys\n"
         "from refface.cli import main\n"
-        "for argv in (['--help'], ['restore', '--help'], ['restore', 'x.jpg', '--steps', 'many']):\n"
+        "for argv in (['--help'], ['restore', '--help'], ['restore', 'x.jpg', '--steps', 'many'], ['benchmark', '--help'],\n"
+        "             ['degrade', '--help'], ['dataset', 'build', '--help'], ['serve', '--help'], ['demo', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"

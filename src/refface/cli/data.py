@@ -153,13 +153,13 @@ def _identity_count(value: str) -> int | None:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register the data commands on the `refface` parser."""
-    from refface.data.degradations import PRESETS
+    from refface.data.preset_names import PRESET_NAMES
 
     degrade = commands.add_parser("degrade", help=COMMANDS["degrade"])
     degrade.add_argument("input", help="folder of HQ images")
     degrade.add_argument("output", help="folder for the LQ images and degradation_params.csv")
     degrade.add_argument(
-        "--preset", choices=sorted(PRESETS), default="severe", help="degradation model (default severe)"
+        "--preset", choices=sorted(PRESET_NAMES), default="severe", help="degradation model (default severe)"
     )
     degrade.add_argument("--seed", type=int, default=0, help="image i uses the generator of (seed, i)")
     degrade.add_argument("--size", type=int, help="resize the HQ images to SIZE x SIZE first (default: keep)")
@@ -196,7 +196,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("references", help="reference CSV (e.g. reference_mapping/test_references.csv)")
     bench.add_argument("images", help="folder of the HQ images it names")
     bench.add_argument("output", help="folder for the LQ images, degradation_params.csv and references.csv")
-    bench.add_argument("--preset", choices=sorted(PRESETS), default="severe")
+    bench.add_argument("--preset", choices=sorted(PRESET_NAMES), default="severe")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument(
         "--size", type=_non_negative, default=512, help="HQ resized to SIZE first (0: keep; default 512)"

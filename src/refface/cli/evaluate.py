@@ -14,7 +14,7 @@ COMMANDS = {
 
 
 def _metric_list(text: str) -> list[str]:
-    from refface.evaluation.evaluate import METRICS
+    from refface.evaluation.catalogue import METRICS
 
     names = [name.strip().lower() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in METRICS]
@@ -101,8 +101,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register `refface evaluate` and `refface benchmark` on the `refface` parser."""
     from refface import methods
-    from refface.evaluation.evaluate import METRICS
-    from refface.evaluation.paper_sets import SETS
+    from refface.evaluation.catalogue import METRICS, SETS
     from refface.evaluation.restorers import BENCHMARK_SPACING, BENCHMARK_STEPS
 
     evaluate = commands.add_parser("evaluate", help=COMMANDS["evaluate"])

@@ -31,6 +31,7 @@ from refface.data.base import (
     uniform,
 )
 from refface.data.kernels import gaussian_kernel
+from refface.data.preset_names import PRESET_NAMES
 from refface.data.realesrgan import SecondOrderDegradation
 from refface.errors import RefFaceError
 
@@ -122,12 +123,18 @@ class PaperDegradation:
 
 
 PRESETS: MappingProxyType[str, Degradation] = MappingProxyType(
-    {
-        "train": PaperDegradation((0, 16), (1, 32), (0, 20), (30, 100), name="train"),
-        "moderate": PaperDegradation((0, 8), (1, 8), (0, 15), (60, 100), name="moderate"),
-        "severe": PaperDegradation((8, 16), (8, 32), (0, 20), (30, 100), name="severe"),
-        "realesrgan": SecondOrderDegradation(),
-    }
+    dict(
+        zip(
+            PRESET_NAMES,
+            (
+                PaperDegradation((0, 16), (1, 32), (0, 20), (30, 100), name="train"),
+                PaperDegradation((0, 8), (1, 8), (0, 15), (60, 100), name="moderate"),
+                PaperDegradation((8, 16), (8, 32), (0, 20), (30, 100), name="severe"),
+                SecondOrderDegradation(),
+            ),
+            strict=True,
+        )
+    )
 )
 
 

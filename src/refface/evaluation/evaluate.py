@@ -22,11 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
+from refface.evaluation.catalogue import METRICS
 from refface.evaluation.metrics import ImageMetric, Unavailable
 from refface.files import write_text_atomically
 from refface.imaging import SAVE_FORMATS, load_image, resize_square, save_image
 
-METRICS = ("ids", "ids_ref", "ids_dlib", "lpips", "flpips", "psnr", "ssim", "niqe", "musiq", "fid")
 OFFLINE_METRICS = ("ids_dlib", "psnr", "ssim")
 LOWER_IS_BETTER = {"lpips", "flpips", "niqe", "fid"}
 MASK_EXAMPLES = 4  # face-region debug images written for the first cases

@@ -15,41 +15,8 @@ from pathlib import Path
 from refface.data.embed import check_images_exist
 from refface.data.reference_csv import read_reference_csv
 from refface.errors import RefFaceError
+from refface.evaluation.catalogue import SETS, SetLayout
 from refface.evaluation.evaluate import images_by_stem
-
-
-@dataclass(frozen=True)
-class SetLayout:
-    """Where a named test set keeps its reference CSV and LQ images, relative to the data folder."""
-
-    name: str
-    title: str
-    references_csv: str
-    lq_dir: str
-    preset: str  # the degradation `refface dataset benchmark` makes its LQ with
-
-
-SETS = {
-    "ffhq-ref-severe": SetLayout(
-        "ffhq-ref-severe",
-        "FFHQ-Ref-Severe",
-        "reference_mapping/test_references.csv",
-        "test_images/severe_degrad",
-        "severe",
-    ),
-    "ffhq-ref-moderate": SetLayout(
-        "ffhq-ref-moderate",
-        "FFHQ-Ref-Moderate",
-        "reference_mapping/test_references.csv",
-        "test_images/moderate_degrad",
-        "moderate",
-    ),
-    "celeba-test-ref": SetLayout(
-        "celeba-test-ref", "CelebA-Test-Ref", "reference_mapping/test_references.csv", "lq", "severe"
-    ),
-    # Your own set, e.g. `refface dataset build album_aligned/ my-set` + `refface dataset benchmark ... my-set/lq`.
-    "custom": SetLayout("custom", "Custom test set", "reference_mapping/test_references.csv", "lq", "severe"),
-}
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,9 @@ def test_help_and_argument_errors_do_not_load_the_heavy_libraries():
     code = (
         "import sys\n"
         "from refface.cli import main\n"
-        "for argv in (['--help'], ['restore', '--help'], ['restore', 'x.jpg', '--steps', 'many'], ['benchmark', '--help'],\n"
-        "             ['degrade', '--help'], ['dataset', 'build', '--help'], ['serve', '--help'], ['demo', '--help']):\n"
+        "for argv in (['--help'], ['restore', '--help'], ['restore', 'x.jpg', '--steps', 'many'],\n"
+        "             ['benchmark', '--help'], ['degrade', '--help'], ['dataset', 'build', '--help'],\n"
+        "             ['serve', '--help'], ['demo', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"

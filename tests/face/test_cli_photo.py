@@ -87,7 +87,8 @@ def test_album_references_are_chosen_and_explained(workspace, tmp_path, capsys):
     hopper = _restore(workspace, tmp_path / "h", "--refs-dir", str(workspace / "album"), "--person")
     assert main([*hopper, str(workspace / "hopper.jpg")]) == 0  # explicit person: Grace Hopper's faces
     rows = list(csv.DictReader((tmp_path / "h" / "report.csv").open()))
-    assert [row["face"] for row in rows] == ["0"]  # a named person: the largest face only
+    # a named person: the largest face only; the other is in the report as seen and not restored
+    assert [(row["face"], row["status"]) for row in rows] == [("0", "restored"), ("", "skipped")]
     assert all(name.startswith("hopper_") for name in rows[0]["references"].split(";"))
 
 

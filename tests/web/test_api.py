@@ -334,7 +334,7 @@ def test_the_page_words_no_face_found_itself_from_the_error_s_fields():
         (NoFaceFound("party.jpg"), "No face was found in party.jpg; use a photo in which the face is upright"),
         (NoFaceFound("party.jpg", too_small=3), "The faces in party.jpg are too small to restore; upload a larger"),
     ):
-        assert "--detector" in str(error) or "larger scan" in str(error)  # the command line's own sentence
+        assert "--aligned" in str(error) or "larger scan" in str(error)  # the command line's own sentence
         with pytest.raises(RefFaceError) as raised, page_wording():
             raise error
         assert str(raised.value).startswith(wanted) and "--" not in str(raised.value)

@@ -159,7 +159,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
     """The rest of `refface restore` once its settings and output folder are checked: models, people, the run."""
-    from refface.face.detection import DlibDetector
+    from refface.face.detectors import make_detector
     from refface.face.identity import make_embedder
     from refface.restoration.archive import result_path, run_archive
     from refface.restoration.photo_restorer import PhotoRestorer
@@ -171,7 +171,8 @@ def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
     device = state.device if state.num_processes > 1 else resolve_device(settings.device)
     dtype = checked_dtype(device, settings.dtype)
     pipe = settings.load_pipeline().to(device=device, dtype=dtype)  # the weights first: a failed download is quick
-    detector = None if settings.aligned and settings.references.kind != "album" else DlibDetector(settings.detector)
+    needs_detector = not settings.aligned or settings.references.kind == "album"
+    detector = make_detector(settings.detector) if needs_detector else None
     shared = detector.shape_predictor if detector is not None else None
     embedder = (
         make_embedder(settings.identity, device, settings.arcface_weights, shared)
@@ -219,7 +220,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from refface.face.detection import DlibDetector
+    from refface.face.detectors import make_detector
     from refface.face.locate import find_faces
     from refface.imaging import check_output_path, load_image, save_image
 
@@ -228,7 +229,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise RefFaceError(f"--output must be a folder, but {output} is a file.")
-    detector = DlibDetector(args.detector)
+    detector = make_detector(args.detector)
     select = "largest" if args.face == "auto" else args.face
     failures = 0
     for path in args.inputs:
@@ -315,7 +316,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="which faces: all, largest, or a number (largest first); auto = largest with --ref, else all",
     )
     restore.add_argument("--aligned", action="store_true", help="inputs are already FFHQ-aligned face crops")
-    restore.add_argument("--detector", choices=DETECTORS, default="hog", help="dlib face detector (cnn: slower)")
+    restore.add_argument(
+        "--detector", choices=DETECTORS, default="auto",
+        help="face detector: auto (default: the best at hand), cascade (dlib's detectors in turn), hog or cnn alone",
+    )  # fmt: skip
     restore.add_argument("--identity", choices=IDENTITY_MODELS, default="dlib", help="identity model for checks")
     restore.add_argument("--arcface-weights", help="ArcFace .onnx/.pth file for --identity arcface (default: download)")
     restore.add_argument("--strict", action="store_true", help="refuse when the identity check fails")
@@ -386,7 +390,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     align.add_argument("--output", "-o", required=True, help="folder for the crops")
     align.add_argument("--face", type=face_selection, default="largest", help="all, largest (default) or a number")
     align.add_argument("--size", type=int, default=512, help="crop size in pixels (default 512, as FFHQ-Ref)")
-    align.add_argument("--detector", choices=DETECTORS, default="hog")
+    align.add_argument("--detector", choices=DETECTORS, default="auto")
     align.add_argument("--overwrite", action="store_true")
     align.add_argument("--quiet", "-q", action="store_true")
     align.set_defaults(handler=cmd_align)

@@ -64,7 +64,7 @@ def _stop_on_sigterm(signum, frame) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from refface.face.detection import DlibDetector
+    from refface.face.detectors import make_detector
     from refface.face.identity import DlibEmbedder
     from refface.web.app import create_app
     from refface.web.guard import allowed_names
@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         models = load_models(args.model, device, checked_dtype(device, args.dtype))
-        detector = DlibDetector(args.detector)
+        detector = make_detector(args.detector)
         embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
         root = Path(tempfile.mkdtemp(prefix="refface-serve-"))  # private (0700), outside anything served
         service = RestorationService(models, detector, embedder, limits, root)
@@ -117,7 +117,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     serve.add_argument("--device", choices=DEVICE_NAMES, default="auto")
     serve.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
-    serve.add_argument("--detector", choices=DETECTORS, default="hog", help="dlib face detector")
+    serve.add_argument("--detector", choices=DETECTORS, default="auto", help="face detector (default: best at hand)")
     serve.add_argument("--max-upload-mb", type=float, default=30, help="largest photo accepted, in MB (default 30)")
     serve.add_argument("--max-pending", type=int, default=4, help="restorations that may wait at once (default 4)")
     serve.add_argument("--quiet", "-q", action="store_true")

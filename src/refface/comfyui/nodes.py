@@ -19,7 +19,8 @@ from refface import methods
 from refface.comfyui.host import Progress, comfyui_models_folder
 from refface.comfyui.tensors import to_arrays, to_image, to_mask
 from refface.devices import DEVICE_NAMES, DTYPE_NAMES, resolve_device, torch_dtype
-from refface.face.detection import DlibDetector
+from refface.face.detection import FaceDetector
+from refface.face.detectors import DETECTOR_NAMES, make_detector
 from refface.face.identity import DlibEmbedder
 from refface.face.locate import NoFaceFound
 from refface.face.paste import face_mask
@@ -42,7 +43,7 @@ class RefFaceModel:
 
     method: methods.Method
     pipe: Any
-    detector: DlibDetector
+    detector: FaceDetector
     embedder: DlibEmbedder
     store: ReferenceStore
 
@@ -80,18 +81,21 @@ class LoadRefLDM:
                 ),
                 "device": (list(DEVICE_NAMES),),
                 "dtype": (list(DTYPE_NAMES),),
-            }
+            },
+            "optional": {
+                "detector": (list(DETECTOR_NAMES), {"tooltip": "auto: the best at hand (dlib's cascade offline)"}),
+            },
         }
 
-    def load(self, model_folder: str, device: str, dtype: str) -> tuple[RefFaceModel]:
+    def load(self, model_folder: str, device: str, dtype: str, detector: str = "auto") -> tuple[RefFaceModel]:
         # ComfyUI runs every node under torch.inference_mode(), where new tensors are inference tensors
         # without a version counter, which the pipeline's weight-derived caches check: load normal ones.
         with torch.inference_mode(False):
             method, pipe = _load_pipeline(model_folder)
             pipe = pipe.to(device=resolve_device(device, "The device"), dtype=torch_dtype(dtype))
-        detector = DlibDetector()
-        embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
-        return (RefFaceModel(method, pipe, detector, embedder, ReferenceStore(pipe, cache_dir() / "people")),)
+        faces = make_detector(detector)
+        embedder = DlibEmbedder(shape_predictor=faces.shape_predictor)
+        return (RefFaceModel(method, pipe, faces, embedder, ReferenceStore(pipe, cache_dir() / "people")),)
 
 
 class EncodePerson:

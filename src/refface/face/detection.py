@@ -80,14 +80,14 @@ class DlibDetector:
     are on another scale and use `min_score` as given).
     """
 
-    def __init__(self, model: str = "hog", upsample: int = 1, min_score: float = 0.3) -> None:
+    def __init__(self, model: str = "hog", upsample: int = 1, min_score: float = 0.3, shape_predictor=None) -> None:
         if model not in ("hog", "cnn"):
             raise RefFaceError(f"Unknown face detector {model!r}; choose 'hog' or 'cnn'.")
         dlib = import_dlib()
         self.model = model
         self.upsample = upsample
         self.min_score = min_score
-        self.shape_predictor = load_shape_predictor()
+        self.shape_predictor = shape_predictor or load_shape_predictor()
         if model == "cnn":
             self._detector = dlib.cnn_face_detection_model_v1(str(dlib_model_path(CNN_DETECTOR_MODEL)))
         else:

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -30,6 +29,7 @@ from refface.face.alignment import (
     yaw_asymmetry,
 )
 from refface.face.detection import DetectedFace, FaceDetector, import_dlib, load_shape_predictor
+from refface.face.search import detect_rotated, scaled, shrunk
 from refface.imaging import as_rgb_array, resize_square
 
 # Where dlib's face box sits inside an FFHQ crop, as fractions of the side (measured on real faces).
@@ -37,7 +37,6 @@ CANONICAL_BOX = (0.22, 0.32, 0.77, 0.86)
 REFINE_SIZE = 256
 # Nose this far from the middle of the jaw (0 frontal, 1 profile) makes alignment and restoration unreliable.
 EXTREME_YAW = 0.6
-FALLBACK_ROTATIONS = (90, -90, 180, 45, -45)
 # Detection runs on a copy no larger than this; the landmark refinement then works at full resolution.
 DETECT_MAX_SIDE = 1600
 
@@ -66,29 +65,66 @@ class NoFaceFound(RefFaceError):
 
     `source` names the photo and `too_small` counts the faces found that were too small to align (0: none was
     found at all), so each front end can word the advice its user can act on; the message is the command line's.
+    `unaligned`: why the faces that were found could not be aligned, when that is what stopped them.
     """
 
-    def __init__(self, source: str, too_small: int = 0) -> None:
-        self.source, self.too_small = str(source), too_small
-        if too_small:
+    def __init__(self, source: str, too_small: int = 0, unaligned: str | None = None) -> None:
+        self.source, self.too_small, self.unaligned = str(source), too_small, unaligned
+        if unaligned is not None:
+            message = f"The face(s) found in {source} could not be aligned ({unaligned})."
+        elif too_small:
             message = (
                 f"Every face found in {source} is under {MIN_FACE_SIZE} pixels across, too small to align; "
                 "use a larger scan of the photo."
             )
         else:
-            message = (
-                f"No face was found in {source}; try --detector cnn for turned or small faces, or --aligned if it "
-                "is already a face crop."
-            )
+            message = f"No face was found in {source}; if it is already an aligned face crop, pass --aligned."
         super().__init__(message)
+
+
+@dataclass(frozen=True)
+class DroppedFace:
+    """A face the detector saw that is not restored, and why: the report and the page list every one."""
+
+    box: tuple[float, float, float, float]
+    reason: str
+
+    @property
+    def where(self) -> str:
+        x0, y0, x1, y1 = (round(v) for v in self.box)
+        return f"({x0}, {y0})-({x1}, {y1})"
 
 
 @dataclass
 class FaceSearch:
-    """The aligned faces chosen from one photo and what the user should know about them."""
+    """The aligned faces chosen from one photo, the faces seen but not chosen or not usable, and what the user
+    should know about them."""
 
     faces: list[AlignedFace]
     notes: list[str] = field(default_factory=list)
+    dropped: list[DroppedFace] = field(default_factory=list)
+
+
+def landmarks_fit(face: DetectedFace) -> bool:
+    """Whether the 68 landmarks sit on the face the detector boxed (centres within a third of the box's width,
+    sizes within a factor of 2); when they do not, the alignment follows the landmarks to somewhere else."""
+    low, high = face.landmarks.min(axis=0), face.landmarks.max(axis=0)
+    box = np.asarray(face.box, dtype=np.float64)
+    width = max(box[2] - box[0], 1.0)
+    offset = np.hypot(*((low + high) / 2 - (box[:2] + box[2:]) / 2))
+    return bool(offset <= width / 3 and 0.5 <= (high[0] - low[0]) / width <= 2.0)
+
+
+def _dropped_notes(source: str | Path, dropped: list[DroppedFace], found: int) -> list[str]:
+    """One note per reason: how many faces, and where."""
+    by_reason: dict[str, list[DroppedFace]] = {}
+    for face in dropped:
+        by_reason.setdefault(face.reason, []).append(face)
+    return [
+        f"{source}: {found} faces found; {len(faces)} not restored, {reason}: at "
+        f"{', '.join(face.where for face in faces)}."
+        for reason, faces in by_reason.items()
+    ]
 
 
 def refine_landmarks(photo: np.ndarray, face: DetectedFace, detector: FaceDetector) -> DetectedFace:
@@ -104,49 +140,24 @@ def refine_landmarks(photo: np.ndarray, face: DetectedFace, detector: FaceDetect
     return DetectedFace(face.box, face.score, landmarks)
 
 
-def _rotated_search(photo: np.ndarray, detector: FaceDetector) -> list[DetectedFace]:
-    """Detect in rotated copies of the photo; map boxes and landmarks back to the original frame."""
-    height, width = photo.shape[:2]
-    for angle in FALLBACK_ROTATIONS:
-        rotation = cv2.getRotationMatrix2D((width / 2 - 0.5, height / 2 - 0.5), angle, 1.0)
-        cos, sin = abs(rotation[0, 0]), abs(rotation[0, 1])
-        new_w, new_h = int(np.ceil(width * cos + height * sin)), int(np.ceil(width * sin + height * cos))
-        rotation[:, 2] += ((new_w - width) / 2, (new_h - height) / 2)
-        rotated = cv2.warpAffine(photo, rotation, (new_w, new_h), flags=cv2.INTER_LINEAR)
-        found = detector.detect(rotated)
-        if found:
-            back = invert_matrix(rotation)
-            faces = []
-            for face in found:
-                landmarks = transform_points(back, face.landmarks)
-                low, high = landmarks.min(axis=0), landmarks.max(axis=0)
-                faces.append(DetectedFace((*low, *high), face.score, landmarks))
-            return faces
-    return []
-
-
-def _scaled(face: DetectedFace, factor: float) -> DetectedFace:
-    return DetectedFace(tuple(v * factor for v in face.box), face.score, face.landmarks * factor)
-
-
 def detect_faces(photo: np.ndarray, detector: FaceDetector, refine: bool = True) -> list[DetectedFace]:
     """All faces in the photo, largest first, with refined landmarks.
 
-    Big photos are searched at DETECT_MAX_SIDE pixels (a 24-megapixel scan upsampled by dlib would need
-    gigabytes and minutes); refinement then places the landmarks on the full-resolution face.
+    A detector with its own `search(photo)` (the offline cascade: shrunk copies, tiles, rotated copies, its
+    stages in turn) searches the photo itself. Any other searches a copy of at most DETECT_MAX_SIDE pixels (a
+    24-megapixel scan upsampled by dlib would need gigabytes and minutes), then rotated copies when nothing is
+    upright. Refinement places the landmarks on the full-resolution face.
     """
-    factor = min(1.0, DETECT_MAX_SIDE / max(photo.shape[:2]))
-    search = photo
-    if factor < 1.0:
-        size = (round(photo.shape[1] * factor), round(photo.shape[0] * factor))
-        search = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
-    faces = detector.detect(search) or _rotated_search(search, detector)
-    if factor < 1.0:
-        faces = [_scaled(face, photo.shape[1] / search.shape[1]) for face in faces]
-        refine = True
+    own_search = getattr(detector, "search", None)
+    if own_search is not None:
+        faces = own_search(photo)
+    else:
+        copy, factor = shrunk(photo, DETECT_MAX_SIDE)
+        faces = [scaled(face, factor) for face in detector.detect(copy) or detect_rotated(copy, detector.detect)]
+        refine = refine or factor > 1.0
     if refine:
         faces = [refine_landmarks(photo, face, detector) for face in faces]
-    return faces
+    return sorted(faces, key=lambda face: face.area, reverse=True)
 
 
 def find_faces(
@@ -160,18 +171,15 @@ def find_faces(
     faces = detect_faces(photo, detector)
     if not faces:
         raise NoFaceFound(source)
-    notes = []
     usable = [face for face in faces if big_enough(face)]
-    if len(usable) < len(faces):
-        notes.append(f"{source}: skipped {len(faces) - len(usable)} face(s) under {MIN_FACE_SIZE} pixels across.")
+    dropped = [DroppedFace(face.box, f"under {MIN_FACE_SIZE} pixels across") for face in faces if not big_enough(face)]
     if not usable:
         raise NoFaceFound(source, too_small=len(faces))
     if select == "largest":
-        chosen = usable[:1]
-        if len(usable) > 1:
-            notes.append(f"{source}: {len(usable)} faces found; restoring the largest (choose with --face).")
+        chosen = [0]
+        dropped += [DroppedFace(face.box, "not the largest (choose with --face)") for face in usable[1:]]
     elif select == "all":
-        chosen = usable
+        chosen = list(range(len(usable)))
     else:
         index = int(select)
         if not 0 <= index < len(usable):
@@ -179,15 +187,31 @@ def find_faces(
                 f"{source} has {len(usable)} usable face(s) (numbered 0 to {len(usable) - 1}, largest first); "
                 f"face {index} does not exist."
             )
-        chosen = [usable[index]]
-    for number, face in enumerate(chosen):
+        chosen = [index]
+        dropped += [DroppedFace(face.box, f"not face {index} (--face)") for n, face in enumerate(usable) if n != index]
+    notes, aligned, failures = [], [], []
+    for index in chosen:
+        face = usable[index]
+        try:
+            aligned.append(align_face(photo, face, size))
+        except RefFaceError as error:
+            failures.append(str(error).rstrip("."))
+            dropped.append(DroppedFace(face.box, "it could not be aligned"))
+            continue
         yaw = yaw_asymmetry(face.landmarks)
         if yaw > EXTREME_YAW:
             notes.append(
-                f"{source}: face {number} is turned far to the side (asymmetry {yaw:.2f}); alignment and "
+                f"{source}: face {index} is turned far to the side (asymmetry {yaw:.2f}); alignment and "
                 "restoration may be poor."
             )
-    return FaceSearch([align_face(photo, face, size) for face in chosen], notes)
+        if not landmarks_fit(face):
+            notes.append(
+                f"{source}: face {index}: its 68 landmarks do not sit on the face the detector found; its alignment "
+                "may be off."
+            )
+    if not aligned:
+        raise NoFaceFound(source, unaligned=failures[0])
+    return FaceSearch(aligned, [*_dropped_notes(source, dropped, len(faces)), *notes], dropped)
 
 
 def align_references(

@@ -20,7 +20,7 @@ from refface.face.album import sharpness
 from refface.face.alignment import ALIGNED_SIZE, AlignedFace
 from refface.face.detection import FaceDetector
 from refface.face.guard import lq_is_usable
-from refface.face.locate import NoFaceFound, find_faces
+from refface.face.locate import DroppedFace, FaceSearch, NoFaceFound, find_faces
 from refface.face.paste import paste_face
 from refface.imaging import as_rgb_array, frame_count
 from refface.pipelines.base import RestorationPipeline
@@ -69,6 +69,7 @@ class PhotoResult:
     faces: list[FaceResult]
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    dropped: list[DroppedFace] = field(default_factory=list)  # faces seen but not restored, and why
 
     @property
     def restored_faces(self) -> list[FaceResult]:
@@ -84,6 +85,7 @@ class _Planned:
     faces: list[FaceResult]
     notes: list[str]
     error: str | None = None
+    dropped: list[DroppedFace] = field(default_factory=list)
 
 
 class PhotoRestorer:
@@ -133,11 +135,14 @@ class PhotoRestorer:
     # ------------------------------------------------------------------------------ planning
     def find(self, photo: Image.Image | np.ndarray, source: str = "the photo") -> tuple[list[FaceResult], list[str]]:
         """The chosen faces of a photo, each matched to a person (nothing restored yet), and notes."""
+        faces, search = self._search(photo, source)
+        return faces, list(search.notes)
+
+    def _search(self, photo: Image.Image | np.ndarray, source: str) -> tuple[list[FaceResult], FaceSearch]:
         if self.detector is None:
             raise RefFaceError("Whole photos need a face detector; pass one, or restore aligned crops.")
-        pixels = as_rgb_array(photo)
-        search = find_faces(pixels, self.detector, self.select, self.aligned_size, source)
-        return self.match_faces(search.faces, source), list(search.notes)
+        search = find_faces(as_rgb_array(photo), self.detector, self.select, self.aligned_size, source)
+        return self.match_faces(search.faces, source), search
 
     def match_faces(self, aligned: Sequence[AlignedFace], source: str = "the photo") -> list[FaceResult]:
         """Faces found earlier (e.g. shown to a user before choosing references), each matched to a person."""
@@ -254,7 +259,7 @@ class PhotoRestorer:
         for face in planned.faces:
             if face.restored is not None and face.aligned is not None:
                 result = paste_face(result, face.restored, face.aligned)
-        return PhotoResult(planned.source, result, planned.faces, planned.notes)
+        return PhotoResult(planned.source, result, planned.faces, planned.notes, dropped=planned.dropped)
 
     def restore(
         self,
@@ -269,11 +274,13 @@ class PhotoRestorer:
         again; only those are restored.
         """
         notes: list[str] = []
+        dropped: list[DroppedFace] = []
         if faces is None:
-            faces, notes = self.find(photo, source)
+            faces, search = self._search(photo, source)
+            notes, dropped = list(search.notes), search.dropped
         if people_of:
             self.assign(faces, people_of)
-        planned = _Planned(source, as_rgb_array(photo), faces, notes)
+        planned = _Planned(source, as_rgb_array(photo), faces, notes, dropped=dropped)
         self.restore_faces(faces)
         return self._paste(planned)
 
@@ -307,12 +314,12 @@ class PhotoRestorer:
         except OSError as error:
             return _Planned(source, None, [], [], f"{source} could not be read ({short_reason(error)}).")
         try:
-            faces, notes = self.find(pixels, source)
+            faces, search = self._search(pixels, source)
         except NoFaceFound as nothing:  # passed over: the photo is kept as it is
             return _Planned(source, pixels, [], [*frames, str(nothing)])
         except RefFaceError as error:
             return _Planned(source, None, [], [], str(error))
-        return _Planned(source, pixels, faces, [*frames, *notes])
+        return _Planned(source, pixels, faces, [*frames, *search.notes], dropped=search.dropped)
 
     def _finish(self, pending: list[_Planned]) -> list[PhotoResult]:
         self.restore_faces([face for planned in pending for face in planned.faces])

@@ -52,9 +52,13 @@ def photo_rows(name: str, result: PhotoResult, face_files: Sequence[str]) -> lis
         return [error_row(name, result.error)]
     if not result.faces:
         return [_row(name, status=SKIPPED, message="; ".join(result.notes))]
-    return [
+    faces = [
         _face_row(name, face, file if face.restored is not None else "", face.message)
         for face, file in zip(result.faces, face_files, strict=True)
+    ]
+    # faces seen but not restored get a row each (no number: they are not among the photo's faces)
+    return faces + [
+        _row(name, status=SKIPPED, message=f"the face at {face.where}: {face.reason}") for face in result.dropped
     ]
 
 

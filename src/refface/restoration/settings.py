@@ -14,13 +14,14 @@ from pathlib import Path
 from refface import methods
 from refface.devices import DEVICE_NAMES, DTYPE_NAMES
 from refface.errors import RefFaceError
+from refface.face.detectors import DETECTOR_NAMES
 from refface.pipelines.base import SamplingOptions
 from refface.video.options import VideoOptions
 
 UNKNOWN_FACES = ("no-refs", "skip")  # a face that matches nobody: restored without references, or left as it is
 FACE_CHOICES = ("auto", "all", "largest")
 IDENTITY_MODELS = ("dlib", "arcface")
-DETECTORS = ("hog", "cnn")
+DETECTORS = DETECTOR_NAMES
 DEFAULT_BATCH_SIZE = 4
 DEFAULT_REFERENCES = 5  # references per person taken from an album or a person's folder
 # The choices `RestoreSettings.build` hands to the method as its `SamplingOptions` (`Method.sampling`).
@@ -132,7 +133,7 @@ class RestoreSettings:
     strict: bool = False
     identity: str = "dlib"
     arcface_weights: Path | None = None
-    detector: str = "hog"
+    detector: str = "auto"
     aligned: bool = False
     device: str = "auto"
     dtype: str = "fp32"

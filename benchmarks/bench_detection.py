@@ -8,11 +8,13 @@ Grace Hopper) and their mirror images, each FFHQ-aligned at 512 px, pasted into 
 scikit-image's non-face photos at face widths of 16 to 256 px, turned 0, 20 or 45 degrees in the image plane,
 and left clean; or "degraded" as an old print (the scene blurred with a Gaussian of face width / 60 and saved as
 a JPEG of quality 35); or with the face degraded by the FFHQ-Ref "moderate" or "severe" model first (the test
-sets' LQ model, on the 512 px face as there: blur of 0-8 or 8-16 px, shrunk 1-8 or 8-32 times, noise, JPEG). A face counts as found when a detection's centre lies within half a face width of
-the true centre and its width is within a factor 2 of the true width; every other detection is a false positive.
-Each detector runs through `refface.face.locate.detect_faces`, the search refface itself runs (shrunk copies,
-tiles and rotated copies included). The table gives recall per face width and condition, false positives per
-image and seconds per megapixel.
+sets' LQ model, on the 512 px face as there: blur of 0-8 or 8-16 px, shrunk 1-8 or 8-32 times, noise, JPEG).
+
+A face counts as found when a detection's centre lies within half a face width of the true centre and its width
+is within a factor 2 of the true width; every other detection is a false positive. Each detector runs through
+`refface.face.locate.detect_faces`, the search refface itself runs (shrunk copies, tiles and rotated copies
+included). The table gives recall per face width and condition, false positives per image and seconds per
+megapixel.
 """
 
 from __future__ import annotations
@@ -78,20 +80,18 @@ def build_cases(quick: bool = False, seed: int = 0) -> list[Case]:
     cases = []
     for number, face in enumerate(faces):
         for condition in CONDITIONS:
-            if condition in ("clean", "degraded"):
-                version = face
-            else:
-                version = PRESETS[condition](face, rng).image
+            version = face if condition in ("clean", "degraded") else PRESETS[condition](face, rng).image
             for width in WIDTHS:
                 for angle in ANGLES:
                     side = width / BOX_FRACTION  # the aligned crop's side that makes the face `width` wide
-                    box_centre = ((CANONICAL_BOX[0] + CANONICAL_BOX[2]) / 2, (CANONICAL_BOX[1] + CANONICAL_BOX[3]) / 2)
+                    box_centre = (sum(CANONICAL_BOX[0::2]) / 2, sum(CANONICAL_BOX[1::2]) / 2)
                     centre = (CANVAS[0] / 2 + rng.uniform(-60, 60), CANVAS[1] / 2 + rng.uniform(-40, 40))
                     scale = side / 512
                     matrix = cv2.getRotationMatrix2D((255.5, 255.5), angle, scale)
                     matrix[:, 2] += np.array(centre) - (255.5, 255.5)
                     scene = backgrounds[(number + width) % len(backgrounds)].copy()
-                    warped = cv2.warpAffine(version, matrix, CANVAS, flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+                    flags = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+                    warped = cv2.warpAffine(version, matrix, CANVAS, flags=flags)
                     mask = cv2.warpAffine(np.ones((512, 512), np.float32), matrix, CANVAS)[..., None]
                     scene = (scene * (1 - mask) + warped * mask).astype(np.uint8)
                     if condition == "degraded":

@@ -1,6 +1,6 @@
 """How many faces each detector finds in the photos refface's users bring: small, blurred, damaged, turned, huge.
 
-    python benchmarks/bench_detection.py [--detectors hog,hog2x,cnn,cascade] [--quick]
+    python benchmarks/bench_detection.py [--detectors hog,hog2x,cnn,cascade,retinaface] [--quick]
     python benchmarks/bench_detection.py --large            # a 90 px face in a 20000x600 and a 9000x9000 photo
 
 The synthetic set: the two public-domain faces installed packages ship (scikit-image's astronaut, matplotlib's
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -130,6 +131,15 @@ def make_detector(name: str):
         from refface.face.cascade import DlibCascade
 
         return DlibCascade()
+    if name == "retinaface":  # the released weights, downloaded on first use
+        from refface.face.detectors import choose_detector
+
+        return choose_detector("retinaface", "cuda" if torch.cuda.is_available() else "cpu")[0]
+    if name == "retinaface-random":  # the same network with random weights: its time and memory, not its recall
+        from refface.face.retinaface import RetinaFaceDetector
+        from refface.models.retinaface import RetinaFace
+
+        return RetinaFaceDetector(RetinaFace(), "cuda" if torch.cuda.is_available() else "cpu")
     raise SystemExit(f"unknown detector {name!r}")
 
 

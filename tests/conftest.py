@@ -14,6 +14,9 @@ from refface import RefLDMPipeline, tiny_architecture
 from refface.pipelines.base import REFLDM_OPTIONS
 from refface.pipelines.schedule import sampling_scheduler
 
+# Tests never download: a detector or model whose weights are not in the cache falls back or says so at once.
+os.environ["REFFACE_OFFLINE"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("REFFACE_FIXTURES", REPO / "tests" / "fixtures"))
 SLIM = FIXTURES / "official-slim"

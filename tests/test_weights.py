@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from refface import RefFaceError
-from refface.weights import WeightFile, ensure_all, ensure_weights
+from refface.weights import DownloadFailed, WeightFile, ensure_all, ensure_weights
 
 PAYLOAD = bytes(range(256)) * 4000
 
@@ -44,6 +44,22 @@ def server():
     _RangeHandler.served = []
     yield f"http://127.0.0.1:{httpd.server_address[1]}/file.ckpt"
     httpd.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def downloads_on(monkeypatch):
+    """These tests download from a loopback server; the suite otherwise keeps downloads off."""
+    monkeypatch.delenv("REFFACE_OFFLINE", raising=False)
+
+
+def test_refface_offline_stops_a_download_before_any_request(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("REFFACE_OFFLINE", "1")
+    with pytest.raises(DownloadFailed, match=r"REFFACE_OFFLINE is set.*download by hand") as failed:
+        ensure_weights(_weight(server), tmp_path, progress=False)
+    assert failed.value.reason == "downloads are off: REFFACE_OFFLINE is set"
+    assert _RangeHandler.served == [] and not any(tmp_path.iterdir())
+    monkeypatch.setenv("REFFACE_OFFLINE", "0")  # 0 means downloads are on
+    assert ensure_weights(_weight(server), tmp_path, progress=False).read_bytes() == PAYLOAD
 
 
 def _weight(url: str, digest: str | None = None) -> WeightFile:

@@ -20,6 +20,7 @@ from refface.errors import RefFaceError
 from refface.files import write_text_atomically
 
 CHUNK = 1 << 20
+OFFLINE_VARIABLE = "REFFACE_OFFLINE"  # set (not 0): never download; what is in the cache is used
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,9 @@ def ensure_all(weights: list[WeightFile], directory: Path | None = None, progres
 
 
 def _download(weight: WeightFile, target: Path, progress: bool) -> None:
+    if os.environ.get(OFFLINE_VARIABLE, "") not in ("", "0"):
+        reason = f"downloads are off: {OFFLINE_VARIABLE} is set"
+        raise DownloadFailed(f"Could not download {weight.name} ({reason}).", reason)
     partial = target.with_name(weight.name + ".part")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -338,3 +338,22 @@ def test_the_page_words_no_face_found_itself_from_the_error_s_fields():
         with pytest.raises(RefFaceError) as raised, page_wording():
             raise error
         assert str(raised.value).startswith(wanted) and "--" not in str(raised.value)
+
+
+def test_the_page_chooses_the_detector_a_photo_is_searched_with(client, service):
+    from tests.face.test_cascade import degraded_astronaut
+
+    info = client.get("/api/info").json()
+    assert info["detectors"] == ["auto (hog)", "cascade", "hog", "cnn"]  # no RetinaFace: no request downloads it
+    buffer = io.BytesIO()
+    Image.fromarray(degraded_astronaut(160)).save(buffer, format="PNG")  # a face HOG alone misses
+    photo = {"photo": ("old.png", buffer.getvalue(), "image/png")}
+    for name in ("auto", "hog"):
+        missed = client.post("/api/photos", data={"detector": name}, files=photo)
+        assert missed.status_code == 400 and "No face was found" in missed.json()["error"]
+    found = client.post("/api/photos", data={"detector": "cascade"}, files=photo)
+    assert found.status_code == 200 and len(found.json()["faces"]) == 1
+    assert service.detector_named("cascade") is service.detector_named("cascade")  # made once
+    refused = client.post("/api/photos", data={"detector": "retinaface"}, files=photo)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "Unknown face detector 'retinaface'; choose one of auto, cascade, hog, cnn."

@@ -25,7 +25,7 @@ COMMANDS = {
     "restore": "restore the face(s) in photos (or aligned crops) with reference photos of the same person",
     "align": "write FFHQ-aligned face crops of photos",
     "convert": "convert official checkpoints to a diffusers folder (safetensors)",
-    "download": "download the released ReF-LDM weights into the cache",
+    "download": "download the released ReF-LDM weights and the face detector into the cache",
 }
 
 
@@ -159,7 +159,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
     """The rest of `refface restore` once its settings and output folder are checked: models, people, the run."""
-    from refface.face.detectors import make_detector
+    from refface.face.detectors import choose_detector
     from refface.face.identity import make_embedder
     from refface.restoration.archive import result_path, run_archive
     from refface.restoration.photo_restorer import PhotoRestorer
@@ -172,7 +172,11 @@ def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
     dtype = checked_dtype(device, settings.dtype)
     pipe = settings.load_pipeline().to(device=device, dtype=dtype)  # the weights first: a failed download is quick
     needs_detector = not settings.aligned or settings.references.kind == "album"
-    detector = make_detector(settings.detector) if needs_detector else None
+    detector = None
+    if needs_detector:
+        detector, notes = choose_detector(settings.detector, device, progress=not args.quiet)
+        for note in notes:
+            say(args, f"note: {note}")
     shared = detector.shape_predictor if detector is not None else None
     embedder = (
         make_embedder(settings.identity, device, settings.arcface_weights, shared)
@@ -220,7 +224,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from refface.face.detectors import make_detector
+    from refface.face.detectors import choose_detector
     from refface.face.locate import find_faces
     from refface.imaging import check_output_path, load_image, save_image
 
@@ -229,7 +233,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise RefFaceError(f"--output must be a folder, but {output} is a file.")
-    detector = make_detector(args.detector)
+    detector, notes = choose_detector(args.detector)
+    for note in notes:
+        say(args, f"note: {note}")
     select = "largest" if args.face == "auto" else args.face
     failures = 0
     for path in args.inputs:
@@ -269,10 +275,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    from refface.face.retinaface import RETINAFACE_WEIGHTS
     from refface.weights import REFLDM_WEIGHTS, VQGAN_WEIGHTS, cache_dir, ensure_weights
 
     directory = Path(args.dir) if args.dir else cache_dir()
-    weights = [REFLDM_WEIGHTS, VQGAN_WEIGHTS]
+    weights = [REFLDM_WEIGHTS, VQGAN_WEIGHTS, RETINAFACE_WEIGHTS]
     if args.encoders:
         from refface.face.arcface import ARCFACE_R50_WEIGHTS
         from refface.models.farl import FARL_WEIGHTS
@@ -318,7 +325,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     restore.add_argument("--aligned", action="store_true", help="inputs are already FFHQ-aligned face crops")
     restore.add_argument(
         "--detector", choices=DETECTORS, default="auto",
-        help="face detector: auto (default: the best at hand), cascade (dlib's detectors in turn), hog or cnn alone",
+        help="face detector: auto (default: RetinaFace where its weights are at hand or downloadable, else cascade), "
+        "retinaface, cascade (dlib's detectors in turn), hog or cnn alone",
     )  # fmt: skip
     restore.add_argument("--identity", choices=IDENTITY_MODELS, default="dlib", help="identity model for checks")
     restore.add_argument("--arcface-weights", help="ArcFace .onnx/.pth file for --identity arcface (default: download)")

@@ -64,7 +64,7 @@ def _stop_on_sigterm(signum, frame) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from refface.face.detectors import make_detector
+    from refface.face.detectors import choose_detector
     from refface.face.identity import DlibEmbedder
     from refface.web.app import create_app
     from refface.web.guard import allowed_names
@@ -79,7 +79,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         models = load_models(args.model, device, checked_dtype(device, args.dtype))
-        detector = make_detector(args.detector)
+        detector, notes = choose_detector(args.detector, device)
+        for note in notes:
+            say(args, f"note: {note}")
         embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
         root = Path(tempfile.mkdtemp(prefix="refface-serve-"))  # private (0700), outside anything served
         service = RestorationService(models, detector, embedder, limits, root)

@@ -20,7 +20,7 @@ from refface.comfyui.host import Progress, comfyui_models_folder
 from refface.comfyui.tensors import to_arrays, to_image, to_mask
 from refface.devices import DEVICE_NAMES, DTYPE_NAMES, resolve_device, torch_dtype
 from refface.face.detection import FaceDetector
-from refface.face.detectors import DETECTOR_NAMES, make_detector
+from refface.face.detectors import DETECTOR_NAMES, choose_detector
 from refface.face.identity import DlibEmbedder
 from refface.face.locate import NoFaceFound
 from refface.face.paste import face_mask
@@ -83,17 +83,23 @@ class LoadRefLDM:
                 "dtype": (list(DTYPE_NAMES),),
             },
             "optional": {
-                "detector": (list(DETECTOR_NAMES), {"tooltip": "auto: the best at hand (dlib's cascade offline)"}),
+                "detector": (
+                    list(DETECTOR_NAMES),
+                    {"tooltip": "auto: RetinaFace where its weights are at hand, else dlib's cascade"},
+                ),
             },
         }
 
     def load(self, model_folder: str, device: str, dtype: str, detector: str = "auto") -> tuple[RefFaceModel]:
         # ComfyUI runs every node under torch.inference_mode(), where new tensors are inference tensors
         # without a version counter, which the pipeline's weight-derived caches check: load normal ones.
+        where = resolve_device(device, "The device")
         with torch.inference_mode(False):
             method, pipe = _load_pipeline(model_folder)
-            pipe = pipe.to(device=resolve_device(device, "The device"), dtype=torch_dtype(dtype))
-        faces = make_detector(detector)
+            pipe = pipe.to(device=where, dtype=torch_dtype(dtype))
+            faces, notes = choose_detector(detector, where)
+        for note in notes:
+            print(f"refface: note: {note}")
         embedder = DlibEmbedder(shape_predictor=faces.shape_predictor)
         return (RefFaceModel(method, pipe, faces, embedder, ReferenceStore(pipe, cache_dir() / "people")),)
 

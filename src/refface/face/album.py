@@ -110,9 +110,11 @@ def album_photos(folder: str | Path) -> list[Path]:
     return photos
 
 
-def _cache_file(folder: Path, cache_root: Path, embedder: IdentityEmbedder) -> Path:
+def _cache_file(folder: Path, cache_root: Path, detector: FaceDetector, embedder: IdentityEmbedder) -> Path:
+    """One scan per album, detector and embedder: another detector finds other faces."""
     digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
-    return cache_root / "albums" / f"{digest}-{embedder.name}.json"
+    found_by = getattr(detector, "name", type(detector).__name__)
+    return cache_root / "albums" / f"{digest}-{found_by}-{embedder.name}.json"
 
 
 def _read_cache(path: Path) -> dict:
@@ -164,7 +166,7 @@ def scan_album(
     from refface.weights import cache_dir
 
     photos = album_photos(folder)
-    cache_path = _cache_file(Path(folder), cache_root or cache_dir(), embedder)
+    cache_path = _cache_file(Path(folder), cache_root or cache_dir(), detector, embedder)
     cached = _read_cache(cache_path)
     entries: dict = {}
     for photo in tqdm(photos, desc="scanning album", unit="photo", disable=not progress):

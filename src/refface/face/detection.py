@@ -23,11 +23,17 @@ RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 
 @dataclass(frozen=True)
 class DetectedFace:
-    """One face in a photo: box (left, top, right, bottom), detector score, 68 landmarks as [68, 2] (x, y)."""
+    """One face in a photo: box (left, top, right, bottom), detector score, 68 landmarks as [68, 2] (x, y).
+
+    `points`: the five points a learned detector gives (eye centres, nose tip, mouth corners), else None;
+    `from_points`: the landmarks were placed on those five points because the 68-point model's fit disagreed.
+    """
 
     box: tuple[float, float, float, float]
     score: float
     landmarks: np.ndarray
+    points: np.ndarray | None = None
+    from_points: bool = False
 
     @property
     def width(self) -> float:
@@ -92,6 +98,10 @@ class DlibDetector:
             self._detector = dlib.cnn_face_detection_model_v1(str(dlib_model_path(CNN_DETECTOR_MODEL)))
         else:
             self._detector = dlib.get_frontal_face_detector()
+
+    @property
+    def name(self) -> str:
+        return self.model
 
     def _boxes(self, image: np.ndarray) -> list[tuple[object, float]]:
         if self.model == "cnn":

@@ -8,7 +8,7 @@ scanned sideways get a second chance through rotated copies when nothing is foun
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from refface.face.alignment import (
     yaw_asymmetry,
 )
 from refface.face.detection import DetectedFace, FaceDetector, import_dlib, load_shape_predictor
+from refface.face.five_points import agree, landmarks_from_five
 from refface.face.search import detect_rotated, scaled, shrunk
 from refface.imaging import as_rgb_array, resize_square
 
@@ -128,7 +129,10 @@ def _dropped_notes(source: str | Path, dropped: list[DroppedFace], found: int) -
 
 
 def refine_landmarks(photo: np.ndarray, face: DetectedFace, detector: FaceDetector) -> DetectedFace:
-    """Re-run the landmark model on the upright FFHQ crop of `face` and map the points back to the photo."""
+    """Re-run the landmark model on the upright FFHQ crop of `face` and map the points back to the photo.
+
+    A face the detector gave five points for keeps landmarks placed on those points when the refined 68 do not
+    agree with them (`from_points`): the detector is sure of the face, the 68-point model cannot read it."""
     in_box = getattr(detector, "landmarks_in_box", None)
     if in_box is None:
         return face
@@ -137,7 +141,9 @@ def refine_landmarks(photo: np.ndarray, face: DetectedFace, detector: FaceDetect
     crop = warp_quad(photo, quad, REFINE_SIZE, pad=False)
     box = tuple(v * REFINE_SIZE for v in CANONICAL_BOX)
     landmarks = transform_points(invert_matrix(matrix), in_box(crop, box))
-    return DetectedFace(face.box, face.score, landmarks)
+    if face.points is not None and not agree(landmarks, face.points):
+        return replace(face, landmarks=landmarks_from_five(face.points), from_points=True)
+    return replace(face, landmarks=landmarks, from_points=False)
 
 
 def detect_faces(photo: np.ndarray, detector: FaceDetector, refine: bool = True) -> list[DetectedFace]:
@@ -155,6 +161,19 @@ def detect_faces(photo: np.ndarray, detector: FaceDetector, refine: bool = True)
         copy, factor = shrunk(photo, DETECT_MAX_SIDE)
         faces = [scaled(face, factor) for face in detector.detect(copy) or detect_rotated(copy, detector.detect)]
         refine = refine or factor > 1.0
+    return _refined(photo, faces, detector, refine)
+
+
+def detect_faces_many(photos: Sequence[np.ndarray], detector: FaceDetector) -> list[list[DetectedFace]]:
+    """`detect_faces` for several photos (video frames): a detector with `search_many` (RetinaFace) runs them
+    through its network as batches, which is what makes a GPU worth it."""
+    search_many = getattr(detector, "search_many", None)
+    if search_many is None:
+        return [detect_faces(photo, detector) for photo in photos]
+    return [_refined(photo, faces, detector, True) for photo, faces in zip(photos, search_many(photos), strict=True)]
+
+
+def _refined(photo: np.ndarray, faces: list[DetectedFace], detector: FaceDetector, refine: bool) -> list[DetectedFace]:
     if refine:
         faces = [refine_landmarks(photo, face, detector) for face in faces]
     return sorted(faces, key=lambda face: face.area, reverse=True)
@@ -204,7 +223,12 @@ def find_faces(
                 f"{source}: face {index} is turned far to the side (asymmetry {yaw:.2f}); alignment and "
                 "restoration may be poor."
             )
-        if not landmarks_fit(face):
+        if face.from_points:
+            notes.append(
+                f"{source}: face {index}: the 68-point model could not read it; aligned from the detector's five "
+                "points."
+            )
+        elif not landmarks_fit(face):
             notes.append(
                 f"{source}: face {index}: its 68 landmarks do not sit on the face the detector found; its alignment "
                 "may be off."

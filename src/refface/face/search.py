@@ -9,6 +9,7 @@ the coordinates of the photo it was given.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -37,7 +38,8 @@ def scaled(face: DetectedFace, factor: float, offset: tuple[float, float] = (0.0
     dx, dy = offset
     x0, y0, x1, y1 = face.box
     box = (x0 * factor + dx, y0 * factor + dy, x1 * factor + dx, y1 * factor + dy)
-    return DetectedFace(box, face.score, face.landmarks * factor + np.array([dx, dy]))
+    points = None if face.points is None else face.points * factor + np.array([dx, dy])
+    return replace(face, box=box, landmarks=face.landmarks * factor + np.array([dx, dy]), points=points)
 
 
 def detect_shrunk(photo: np.ndarray, detect: Detect, max_side: int) -> list[DetectedFace]:
@@ -70,7 +72,8 @@ def detect_rotated(photo: np.ndarray, detect: Detect, angles=FALLBACK_ROTATIONS)
             for face in found:
                 landmarks = transform_points(back, face.landmarks)
                 low, high = landmarks.min(axis=0), landmarks.max(axis=0)
-                faces.append(DetectedFace((*low, *high), face.score, landmarks))
+                points = None if face.points is None else transform_points(back, face.points)
+                faces.append(replace(face, box=(*low, *high), landmarks=landmarks, points=points))
             return faces
     return []
 

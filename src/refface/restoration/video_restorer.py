@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
 from refface.face.alignment import AlignedFace, FaceQuad, big_enough, ffhq_quad, quad_matrix, warp_quad
-from refface.face.locate import detect_faces
+from refface.face.locate import detect_faces_many
 from refface.face.paste import paste_face
 from refface.files import atomic_output
 from refface.restoration.people import Match
@@ -37,6 +37,7 @@ from refface.video.media import Frame, VideoInfo, decode_frames, probe_video
 from refface.video.options import VideoOptions
 from refface.video.tracks import FaceTrack, TrackBuilder
 
+DETECT_BATCH = 8  # video frames searched together (RetinaFace runs them as one batch)
 EMBED_SIZE = 256  # aligned crop size for identity vectors while tracking (the embedders work below it)
 TRACKS_FILE = "tracks.npz"
 SETTINGS_FILE = "settings.json"
@@ -95,19 +96,32 @@ class VideoRestorer:
             distances=embedder.distances if embedder is not None else None,
         )
         bar = tqdm(total=info.frames, desc="finding faces", unit="frame", disable=not self.progress)
+        waiting: list[Frame] = []  # frames to search, a batch at a time (one network call on a GPU)
         for frame in decode_frames(info):
             if frame.index % self.options.detect_every == 0 or frame.index == info.frames - 1:
-                faces = [f for f in detect_faces(frame.pixels, self.restorer.detector) if big_enough(f)]
-                if self.restorer.select == "largest":
-                    faces = faces[:1]
-                vectors = None
-                if embedder is not None and faces:
-                    crops = [warp_quad(frame.pixels, ffhq_quad(f.landmarks), EMBED_SIZE, pad=False) for f in faces]
-                    vectors = embedder.embed(crops)
-                builder.add(frame.index, faces, vectors)
-            bar.update(1)
+                waiting.append(frame)
+            else:
+                bar.update(1)
+            if len(waiting) == DETECT_BATCH:
+                self._add_faces(builder, waiting, embedder, bar)
+                waiting = []
+        if waiting:
+            self._add_faces(builder, waiting, embedder, bar)
         bar.close()
         return builder.finish(self.options.window(info))
+
+    def _add_faces(self, builder: TrackBuilder, frames: list[Frame], embedder, bar: tqdm) -> None:
+        found = detect_faces_many([frame.pixels for frame in frames], self.restorer.detector)
+        bar.update(len(frames))
+        for frame, detected in zip(frames, found, strict=True):
+            faces = [f for f in detected if big_enough(f)]
+            if self.restorer.select == "largest":
+                faces = faces[:1]
+            vectors = None
+            if embedder is not None and faces:
+                crops = [warp_quad(frame.pixels, ffhq_quad(f.landmarks), EMBED_SIZE, pad=False) for f in faces]
+                vectors = embedder.embed(crops)
+            builder.add(frame.index, faces, vectors)
 
     def plan_tracks(self, info: VideoInfo, tracks: list[FaceTrack], source: str) -> list[TrackResult]:
         """Each track's person (tracks seen together get different people) and its representative face."""

@@ -163,9 +163,13 @@ def create_app(service: RestorationService, names: frozenset[str] | None = None)
         return [(name, decode_upload(data, name, limits)) for name, data in read]
 
     @app.post("/api/photos")
-    def add_photo(photo: Annotated[UploadFile, File()], people_id: Annotated[str | None, Form()] = None) -> dict:
+    def add_photo(
+        photo: Annotated[UploadFile, File()],
+        people_id: Annotated[str | None, Form()] = None,
+        detector: Annotated[str, Form()] = "auto",
+    ) -> dict:
         ((name, image),) = _decoded([photo], "the photo")
-        identifier, stored = service.add_photo(image, name)
+        identifier, stored = service.add_photo(image, name, detector)
         return {
             "photo_id": identifier,
             "width": image.width,

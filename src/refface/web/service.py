@@ -170,6 +170,8 @@ class RestorationService:
         lock = threading.RLock()  # dlib's detector and embedder are shared by requests and the worker
         self.models, self.limits, self.root = models, limits, root
         self.detector = OneAtATime(detector, lock) if detector is not None else None
+        self._lock = lock
+        self._detectors = {"auto": self.detector}  # the page's other choices, made when first asked for
         self.embedder = OneAtATime(embedder, lock) if embedder is not None else None
         self.photos: Kept[StoredPhoto] = Kept(
             limits.keep_seconds, "The uploaded photo has expired or is unknown; please upload it again.",
@@ -184,8 +186,29 @@ class RestorationService:
         self.jobs = JobQueue(self._restore, root, limits.max_pending, limits.keep_seconds)
 
     # ------------------------------------------------------------------------------ page data
+    def detector_choices(self) -> list[str]:
+        """What the page offers: the server's detector ("auto") and dlib's searches (RetinaFace only where the
+        server has it: a request never starts a download)."""
+        server = getattr(self.detector, "name", "auto")
+        return ["auto", *(n for n in ("retinaface", "cascade", "hog", "cnn") if n != "retinaface" or server == n)]
+
+    def detector_named(self, name: str):
+        if name not in self.detector_choices():
+            raise RefFaceError(f"Unknown face detector {name!r}; choose one of {', '.join(self.detector_choices())}.")
+        with self._lock:
+            if name not in self._detectors:
+                from refface.face.detectors import choose_detector
+
+                found, _ = choose_detector(name, shape_predictor=self.detector.shape_predictor)
+                self._detectors[name] = OneAtATime(found, self._lock)
+        return self._detectors[name]
+
     def info(self) -> dict:
         return {
+            "detectors": [
+                f"auto ({getattr(self.detector, 'name', 'auto')})" if name == "auto" else name
+                for name in self.detector_choices()
+            ],
             "methods": [
                 {
                     "name": method.name,
@@ -205,11 +228,13 @@ class RestorationService:
             },
         }
 
-    def add_photo(self, photo: Image.Image, label: str) -> tuple[str, StoredPhoto]:
-        """Find the faces of an uploaded photo and keep it for the restoration the user will ask for."""
+    def add_photo(self, photo: Image.Image, label: str, detector: str = "auto") -> tuple[str, StoredPhoto]:
+        """Find the faces of an uploaded photo (with the detector the page chose) and keep it for the restoration
+        the user will ask for."""
+        finder = self.detector_named(detector)
         pixels = np.asarray(photo.convert("RGB"))
         with page_wording():
-            search = find_faces(pixels, self.detector, "all", source=label)
+            search = find_faces(pixels, finder, "all", source=label)
         notes = list(search.notes)
         if (frames := frame_count(photo)) > 1:
             notes.append(f"{label} holds {frames} frames or pages; the first is restored.")

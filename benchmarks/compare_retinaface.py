@@ -22,8 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refface.face.retinaface import RetinaFaceDetector, load_retinaface  # noqa: E402
 from tests.face.photos import astronaut, grace_hopper, group_photo  # noqa: E402
+
+from refface.face.retinaface import BGR_MEAN, RetinaFaceDetector, load_retinaface  # noqa: E402
+
+
+def _network_input(pixels: np.ndarray) -> torch.Tensor:
+    """An RGB photo as both networks read it: [1, 3, H, W] BGR minus the mean."""
+    bgr = torch.from_numpy(np.ascontiguousarray(pixels[..., ::-1])).float() - torch.tensor(BGR_MEAN)
+    return bgr.permute(2, 0, 1)[None]
 
 
 def _photos() -> dict[str, np.ndarray]:
@@ -51,8 +58,7 @@ def _reference_network(weights: Path | None, photos: dict[str, np.ndarray]):
         reference.train()
         with torch.no_grad():
             for pixels in photos.values():
-                bgr = torch.from_numpy(np.ascontiguousarray(pixels[..., ::-1])).float() - torch.tensor([104.0, 117, 123])
-                reference(bgr.permute(2, 0, 1)[None])
+                reference(_network_input(pixels))
     return reference.eval()
 
 
@@ -71,7 +77,7 @@ def main() -> int:
     print(f"weights: {args.weights or 'random (batch-norm statistics from the photos)'}; min score {min_score}")
     for name, pixels in photos.items():
         bgr = np.ascontiguousarray(pixels[..., ::-1])
-        tensor = (torch.from_numpy(bgr).float() - torch.tensor([104.0, 117, 123])).permute(2, 0, 1)[None]
+        tensor = _network_input(pixels)
         with torch.no_grad():
             loc, conf, landmarks = reference(tensor)
             boxes, scores, points = ours.network(tensor)

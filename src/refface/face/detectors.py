@@ -5,11 +5,14 @@ The names are read without loading any model (the command line lists them); `cho
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from refface.errors import RefFaceError
 from refface.face.detection import FaceDetector
 from refface.weights import DownloadFailed, ensure_weights
+
+if TYPE_CHECKING:  # the names are read by argument parsing, which must not load torch
+    import torch
 
 # auto: RetinaFace where its weights are at hand or can be downloaded, else the offline cascade (with a note);
 # retinaface: the learned detector, downloaded on first use; cascade: dlib's detectors in turn, cheap ones first;

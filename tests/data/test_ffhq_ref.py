@@ -195,11 +195,39 @@ def test_references_are_same_identity_and_split(built) -> None:
             refs = np.stack([embeddings[row_of[ref]] for ref in entry.ref_images])
             assert farthest_point_order(target, refs).tolist() == list(range(len(refs)))
         if split != "test":
-            # Every image of an identity with 2+ images is a target, with all the others as references.
-            expected = {name for name in members if np.sum(labels == label_of[name]) >= 2}
-            assert set(targets) == expected
-            for entry in dataset.references[split]:
-                assert len(entry.ref_images) == np.sum(labels == label_of[entry.gt_image]) - 1
+            # The references of an image are exactly the images of its identity within the threshold of it, and
+            # every image with at least one such image is a target.
+            found = dataset.identities
+            index_of = {name: row for row, name in enumerate(names)}
+            for name in members:
+                close = {
+                    other
+                    for other in members
+                    if other != name
+                    and found[index_of[other]] == found[index_of[name]]
+                    and distance(embeddings[row_of[name]], embeddings[row_of[other]]) < SMALL.threshold
+                }
+                given = {entry.gt_image: set(entry.ref_images) for entry in dataset.references[split]}
+                assert given.get(name, set()) == close
+
+
+def test_a_chain_links_one_identity_but_references_only_the_close_images() -> None:
+    """A-B and B-C under the threshold, A-C far over it: one identity (the splits keep them together), but A's
+    only reference is B, C's only B, and B has both."""
+    rng = np.random.default_rng(11)
+    a, c = unit(rng.standard_normal((2, 32)))
+    c = unit(c - (c @ a) * a)  # orthogonal to a: A-C distance 1.0
+    b = unit(a + c)  # 0.29 from each
+    other = unit(rng.standard_normal((2, 32)))
+    names = ["a.png", "b.png", "c.png", "d.png", "e.png"]
+    embeddings = np.stack([a, b, c, other[0], other[0] + 0.05 * other[1]])
+    dataset = build_reference_dataset(names, embeddings, BuildSettings(val_ids=0, test_ids=0))
+    assert dataset.identities[0] == dataset.identities[1] == dataset.identities[2] != dataset.identities[3]
+    refs = {entry.gt_image: set(entry.ref_images) for entry in dataset.references["train"]}
+    assert refs == {"a.png": {"b.png"}, "b.png": {"a.png", "c.png"}, "c.png": {"b.png"}, "d.png": {"e.png"},
+                    "e.png": {"d.png"}}  # fmt: skip
+    assert dataset.statistics["images_without_references"] == 0
+    assert dataset.statistics["splits"]["train"]["references_per_image_histogram"] == {"1": 4, "2": 1}
 
 
 def test_test_references_respect_min_distance(built) -> None:
@@ -233,6 +261,7 @@ def test_near_duplicates_are_removed_from_test_only() -> None:
     assert refs == {"a0.png": ("a2.png",), "a1.png": ("a2.png",), "a2.png": refs["a2.png"]}
     assert set(refs["a2.png"]) == {"a0.png", "a1.png"}
     assert test_all.statistics["test_targets_dropped"] == 2  # b0 and b1 had only each other
+    assert test_all.statistics["images_without_references"] == 2
     assert test_all.statistics["test_references_removed"] == 4  # a0<->a1 and b0<->b1, both ways
     assert test_all.splits["test"] == names  # dropped targets stay in the split list
     train_all = build_reference_dataset(names, embeddings, BuildSettings(val_ids=0, test_ids=0))
@@ -265,6 +294,10 @@ def test_statistics_are_json_and_consistent(built) -> None:
         assert sum(row["references_per_image_histogram"].values()) == len(counts)
         assert row["references_per_image"]["max"] == max(counts) and row["references"] == sum(counts)
     assert statistics["splits"]["val"]["identities"] == SMALL.val_ids
+    # Every image of an identity with several images has one within the threshold (that is what joined it),
+    # so the images without references are the single ones and the test targets the minimum distance emptied.
+    expected = statistics["single_image_identities"] + statistics["test_targets_dropped"]
+    assert statistics["images_without_references"] == expected > 0
 
 
 @pytest.mark.parametrize(

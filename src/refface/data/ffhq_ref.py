@@ -1,10 +1,11 @@
 """Build an FFHQ-Ref style reference dataset from ArcFace embeddings (ReF-LDM, NeurIPS 2024).
 
-FFHQ has no identity labels, so identities are the connected components of the graph linking
-images closer than a cosine-distance threshold (0.4 in the release). Splits are identity-disjoint
-so no person seen in training is evaluated on; test references must differ from their target by
-at least 0.1 so a near-duplicate cannot make restoration trivial; references are ordered by
-farthest point sampling so the first few are the most varied.
+FFHQ has no identity labels. The references of an image are the images whose ArcFace cosine distance to it is
+under a threshold (0.4 in the release), as the paper defines them (Sec. 4.1); the connected components of the
+graph linking such pairs are identities, which keep the splits identity-disjoint so no person seen in training
+is evaluated on (a chain A-B-C puts all three in one identity, but C is not a reference of A). Test references
+must differ from their target by at least 0.1 so a near-duplicate cannot make restoration trivial; references
+are ordered by farthest point sampling so the first few are the most varied.
 """
 
 from __future__ import annotations
@@ -147,27 +148,45 @@ def _choose_splits(labels: np.ndarray, settings: BuildSettings, source: str) -> 
     return split_of_identity
 
 
+@dataclass
+class _Lost:
+    """What the test rule left out: references under the minimum distance, targets with none left."""
+
+    test_references: int = 0
+    test_targets: int = 0
+
+
 def _identity_references(
-    members: np.ndarray, unit: np.ndarray, names: list[str], min_distance: float | None
-) -> tuple[list[tuple[int, ReferenceEntry]], int, int]:
-    """Entries for one identity's images, and how many references and targets the distance rule removed."""
+    members: np.ndarray,
+    unit: np.ndarray,
+    names: list[str],
+    min_distance: float | None,
+    threshold: float | None,
+    lost: _Lost,
+) -> list[tuple[int, ReferenceEntry]]:
+    """Entries for one identity's images: the references of an image are the images of its identity within
+    `threshold` of it (the paper's definition; None: every other image, for identities given by labels), and in
+    the test split only those at least `min_distance` from it."""
     distances = cosine_distances(unit[members])
     entries: list[tuple[int, ReferenceEntry]] = []
-    removed = dropped = 0
     everyone = np.arange(members.size)
     for position, image in enumerate(members):
         candidates = everyone[everyone != position]
+        if threshold is not None:
+            candidates = candidates[distances[position, candidates] < threshold]
+            if candidates.size == 0:  # only where rounding put its one link on the threshold
+                continue
         if min_distance is not None:
             kept = candidates[distances[position, candidates] >= min_distance]
-            removed += candidates.size - kept.size
+            lost.test_references += candidates.size - kept.size
             candidates = kept
             if candidates.size == 0:
-                dropped += 1
+                lost.test_targets += 1
                 continue
         order = fps_from_distances(distances[position, candidates], distances[np.ix_(candidates, candidates)])
         refs = tuple(names[members[index]] for index in candidates[order])
         entries.append((int(image), ReferenceEntry(names[image], refs)))
-    return entries, removed, dropped
+    return entries
 
 
 def _summary(counts: list[int]) -> dict | None:
@@ -187,24 +206,26 @@ def _histogram(values: Sequence[int]) -> dict[str, int]:
 
 
 def _collect_references(
-    labels: np.ndarray, split_of_image: np.ndarray, unit: np.ndarray, names: list[str], min_test_distance: float
-) -> tuple[dict[str, list[ReferenceEntry]], int, int]:
-    """Per-split entries in input order, and how many test references and targets the distance rule removed."""
+    labels: np.ndarray,
+    split_of_image: np.ndarray,
+    unit: np.ndarray,
+    names: list[str],
+    min_test_distance: float,
+    threshold: float | None,
+) -> tuple[dict[str, list[ReferenceEntry]], _Lost]:
+    """Per-split entries in input order, and what the reference rules left out."""
     order = np.argsort(labels, kind="stable")
     groups = np.split(order, np.cumsum(np.bincount(labels))[:-1])
     collected: dict[str, list[tuple[int, ReferenceEntry]]] = {split: [] for split in SPLITS}
-    removed = dropped = 0
+    lost = _Lost()
     for members in groups:
         if members.size < 2:
             continue
         split = SPLITS[split_of_image[members[0]]]
         rule = min_test_distance if split == "test" else None
-        entries, lost_refs, lost_targets = _identity_references(members, unit, names, rule)
-        collected[split].extend(entries)
-        removed += lost_refs
-        dropped += lost_targets
+        collected[split].extend(_identity_references(members, unit, names, rule, threshold, lost))
     references = {split: [entry for _, entry in sorted(items)] for split, items in collected.items()}
-    return references, removed, dropped
+    return references, lost
 
 
 def _split_statistics(
@@ -249,7 +270,10 @@ def build_reference_dataset(
     split_of_identity = _choose_splits(labels, settings, source)
     split_of_image = split_of_identity[labels]
     splits = {split: [names[i] for i in np.flatnonzero(split_of_image == index)] for index, split in enumerate(SPLITS)}
-    references, removed, dropped = _collect_references(labels, split_of_image, unit, names, settings.min_test_distance)
+    threshold = settings.threshold if identities is None else None
+    references, lost = _collect_references(
+        labels, split_of_image, unit, names, settings.min_test_distance, threshold
+    )
 
     sizes = np.bincount(labels)
     statistics = {
@@ -266,8 +290,9 @@ def build_reference_dataset(
         "val_ids": settings.val_ids,
         "test_ids": int((split_of_identity == 2).sum()),
         "min_test_distance": settings.min_test_distance,
-        "test_references_removed": removed,
-        "test_targets_dropped": dropped,
+        "test_references_removed": lost.test_references,
+        "test_targets_dropped": lost.test_targets,
+        "images_without_references": len(names) - sum(len(entries) for entries in references.values()),
         "splits": _split_statistics(labels, split_of_image, splits, references, names),
     }
     return ReferenceDataset(names, labels, splits, references, statistics)
@@ -280,14 +305,20 @@ def _statistics_markdown(statistics: dict) -> str:
             f"connected components of {statistics['pairs_linked']} image pairs closer than ArcFace cosine "
             f"distance {statistics['threshold']}"
         )
+        references_rule = (
+            f"References of an image: the images of its identity within distance {statistics['threshold']} of it"
+        )
     else:
         how = "the given identity labels"
+        references_rule = "References of an image: every other image of its identity"
     lines = [
         "# Reference dataset statistics",
         "",
         f"- {statistics['images']} images of {statistics['identities']} identities, from {how}.",
         f"- Largest identity: {statistics['largest_identity']} images; "
         f"{statistics['single_image_identities']} identities have a single image (train, no references).",
+        f"- {references_rule}; {statistics['images_without_references']} images have no reference (single-image "
+        "identities, and test targets with none left at the minimum distance below).",
         f"- Test references at least {statistics['min_test_distance']} from their target: "
         f"{statistics['test_references_removed']} references removed, "
         f"{statistics['test_targets_dropped']} targets dropped for having none left.",

@@ -18,6 +18,7 @@ def test_presets_are_shipped_and_follow_the_paper():
     refldm = load_config("refldm", PAPER_DATA)
     assert (refldm.run.max_steps, refldm.run.batch_size, refldm.data.num_refs) == (150_000, 8, 5)
     assert (refldm.loss.identity, refldm.loss.identity_scale, refldm.loss.condition_dropout) == ("scaled", 0.1, 0.1)
+    assert refldm.loss.diffusion == "l1" and load_config("ldm", PAPER_DATA).loss.diffusion == "l1"  # Sec. 3
     assert (refldm.optim.learning_rate, refldm.optim.warmup_steps) == (5e-5, 10_000)
     ldm = load_config("ldm", PAPER_DATA)
     assert (ldm.stage, ldm.run.max_steps, ldm.run.batch_size) == ("ldm", 500_000, 40)
@@ -51,6 +52,7 @@ def test_yaml_file_with_overrides(tmp_path):
         ("run: 5", r"run in .* must be a mapping"),
         ("stage: vae", r"'stage' .* must be one of vqgan, ldm, refldm"),
         ("loss: {identity: t<200}", r"'loss.identity' .* must be one of scaled"),
+        ("loss: {diffusion: mse}\ndata: {kind: synthetic}", r"'loss.diffusion' .* must be one of l1, l2, got 'mse'"),
         ("data: {degradation: blurry, kind: synthetic}", r"'data.degradation' .* must be one of train"),
         ("data: {size: 20, kind: synthetic}", r"'data.size' .* a multiple of 8"),
         ("run: {ema_decay: 1.0}\ndata: {kind: synthetic}", r"'run.ema_decay' .* in \[0, 1\)"),

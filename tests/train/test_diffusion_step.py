@@ -113,3 +113,38 @@ def test_condition_dropout_zeroes_lq_and_references_independently():
     kept = ~lq_zero
     assert torch.equal(dropped.lq[kept], latents.lq[kept]) and torch.equal(dropped.gt, latents.gt)
     assert torch.equal(drop_conditions(latents, 0.0, g).lq, latents.lq)
+
+
+class _Recording(torch.nn.Module):
+    """A denoiser that predicts zero noise and keeps what it was given."""
+
+    def forward(self, noisy, lq, refs, timesteps):
+        self.noisy, self.timesteps = noisy, timesteps
+        return torch.zeros_like(noisy)
+
+
+@pytest.mark.parametrize(("loss", "expected"), [("l1", lambda n: n.abs().mean()), ("l2", lambda n: n.square().mean())])
+def test_the_diffusion_loss_is_the_chosen_distance_to_the_true_noise(loss, expected):
+    g = torch.Generator().manual_seed(4)
+    latents = LatentBatch(torch.randn(3, 4, 6, 6, generator=g), torch.randn(3, 4, 6, 6, generator=g),
+                          torch.randn(3, 2, 4, 6, 6, generator=g))  # fmt: skip
+    alphas = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+    denoiser = _Recording()
+    output = diffusion_step(denoiser, latents, alphas, torch.Generator().manual_seed(9), 0.0, loss=loss)
+    ab = alphas[denoiser.timesteps].float().view(-1, 1, 1, 1)
+    noise = (denoiser.noisy - ab.sqrt() * latents.gt) / (1 - ab).sqrt()  # what the step drew, recovered
+    assert output.loss.item() == pytest.approx(expected(noise).item(), rel=1e-5)
+    assert output.diffusion == pytest.approx(output.loss.item())
+
+
+def test_the_paper_s_l1_is_the_default_and_the_loss_names_match():
+    from refface.train.config import DIFFUSION_LOSS_NAMES, LossConfig
+    from refface.train.diffusion_step import DIFFUSION_LOSSES
+
+    assert LossConfig().diffusion == "l1" and tuple(DIFFUSION_LOSSES) == DIFFUSION_LOSS_NAMES
+    latents = LatentBatch(torch.randn(2, 4, 4, 4) * 3, torch.randn(2, 4, 4, 4), torch.randn(2, 1, 4, 4, 4))
+    alphas = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+    default = diffusion_step(_Recording(), latents, alphas, torch.Generator().manual_seed(1), 0.0)
+    l1 = diffusion_step(_Recording(), latents, alphas, torch.Generator().manual_seed(1), 0.0, loss="l1")
+    l2 = diffusion_step(_Recording(), latents, alphas, torch.Generator().manual_seed(1), 0.0, loss="l2")
+    assert torch.equal(default.loss, l1.loss) and not torch.allclose(l1.loss, l2.loss)

@@ -218,6 +218,7 @@ def build_stage(config: TrainConfig, arch: RefLDMArchitecture):
         use_references=use_references,
         identity_loss=_identity_loss(config, vq, alphas) if use_references else None,
         guidance_scale=validation_sampling(config).guidance,
+        diffusion_loss=config.loss.diffusion,
     )
 
 

@@ -77,4 +77,5 @@ def build_composite_stage(config: TrainConfig) -> CompositeStage:
         config.loss.condition_dropout,
         identity_loss,
         DualGuidance.of(validation_sampling(config)),
+        config.loss.diffusion,
     )

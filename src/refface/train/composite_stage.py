@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 from torch import nn
 from transformers import CLIPVisionModel
@@ -25,6 +24,7 @@ from refface.pipelines.base import COMPOSITE_OPTIONS
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.composite import CompositeContextPipeline, DualGuidance, sample_composite
 from refface.pipelines.noise import item_noise
+from refface.train.diffusion_step import diffusion_loss
 from refface.train.identity_loss import IdentityLoss
 from refface.train.stage import LossTerm, SampleRows, SingleDenoiserStage
 
@@ -56,6 +56,7 @@ class CompositeStage(SingleDenoiserStage):
         condition_dropout: float,
         identity_loss: IdentityLoss | None = None,
         guidance: DualGuidance | None = None,
+        diffusion_loss: str = "l1",
     ) -> None:
         self.denoiser = denoiser.train().requires_grad_(True)
         self.vae = vae.eval().requires_grad_(False)
@@ -66,6 +67,7 @@ class CompositeStage(SingleDenoiserStage):
         self.condition_dropout = condition_dropout
         self.identity_loss = identity_loss
         self.guidance = guidance or DualGuidance.of(COMPOSITE_OPTIONS)
+        self.diffusion_loss = diffusion_loss
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         for module in (self.vae, self.identity_encoder, self.facial_encoder):
@@ -101,7 +103,7 @@ class CompositeStage(SingleDenoiserStage):
             target = self.scheduler.get_velocity(gt_latents, noise, timesteps)
         else:
             target = noise
-        diffusion = F.l1_loss(prediction.float(), target.float())
+        diffusion = diffusion_loss(self.diffusion_loss, prediction, target)
         loss, logs = diffusion, {"diffusion": float(diffusion.detach())}
         if self.identity_loss is not None:
             eps = epsilon_from_prediction(self.scheduler, prediction.float(), noisy.float(), timesteps)

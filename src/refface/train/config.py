@@ -80,10 +80,15 @@ class OptimConfig:
     beta2: float = 0.999
 
 
+DIFFUSION_LOSS_NAMES = ("l1", "l2")  # train.diffusion_step.DIFFUSION_LOSSES has one function per name
+
+
 @dataclass(frozen=True)
 class LossConfig:
-    """The identity loss switch (the paper's ablations) and the condition dropout of guidance training."""
+    """The diffusion loss, the identity loss switch (the paper's ablations) and the condition dropout of guidance
+    training."""
 
+    diffusion: str = "l1"  # l1 (both papers' choice) | l2 (MSE, for comparison)
     identity: str = "scaled"  # scaled | unscaled | t<100 | t<500 | none
     identity_scale: float = 0.1
     arcface_weights: str | None = None  # .onnx/.pth; None downloads the default R50
@@ -209,6 +214,7 @@ def check_config(config: TrainConfig, source: str) -> TrainConfig:
         ("data.expression", 0.0 <= config.data.expression <= 1.0, "between 0 and 1"),
         ("loss.identity", config.loss.identity in IDENTITY_WEIGHTINGS, f"one of {', '.join(IDENTITY_WEIGHTINGS)}"),
         ("loss.condition_dropout", 0.0 <= config.loss.condition_dropout < 1.0, "in [0, 1)"),
+        ("loss.diffusion", config.loss.diffusion in DIFFUSION_LOSS_NAMES, f"one of {', '.join(DIFFUSION_LOSS_NAMES)}"),
         ("run.mixed_precision", config.run.mixed_precision in MIXED_PRECISION, f"one of {', '.join(MIXED_PRECISION)}"),
         ("run.max_steps", config.run.max_steps >= 1, "at least 1"),
         ("run.batch_size", config.run.batch_size >= 1, "at least 1"),

@@ -35,6 +35,7 @@ class DiffusionStage(SingleDenoiserStage):
         use_references: bool = True,
         identity_loss: IdentityLoss | None = None,
         guidance_scale: float = REFLDM_OPTIONS.guidance,
+        diffusion_loss: str = "l1",
     ) -> None:
         self.denoiser = denoiser.train().requires_grad_(True)
         self.vq = vq.eval().requires_grad_(False)
@@ -45,6 +46,7 @@ class DiffusionStage(SingleDenoiserStage):
         self.use_references = use_references
         self.identity_loss = identity_loss
         self.guidance_scale = guidance_scale
+        self.diffusion_loss = diffusion_loss
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         self.vq.to(device)
@@ -66,6 +68,7 @@ class DiffusionStage(SingleDenoiserStage):
             self.condition_dropout,
             self.identity_loss,
             batch["gt"] if self.identity_loss is not None else None,
+            self.diffusion_loss,
         )
         logs = {"diffusion": output.diffusion}
         if self.identity_loss is not None:

@@ -17,6 +17,15 @@ from diffusers import VQModel
 from refface.models.reference_integration import ReferenceDenoiser
 from refface.models.vq import encode_unquantized
 
+# The diffusion loss between predicted and true noise: L1, as both papers train (ReF-LDM Sec. 3, the
+# Composite-Context stage), or L2 (MSE), the usual LDM choice, kept for comparison (`loss.diffusion`).
+DIFFUSION_LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+
+
+def diffusion_loss(name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The `name` loss ("l1" or "l2") between prediction and target, in fp32 whatever the training precision."""
+    return DIFFUSION_LOSSES[name](prediction.float(), target.float())
+
 
 @dataclass
 class StepOutput:
@@ -79,8 +88,9 @@ def diffusion_step(
     condition_dropout: float = 0.1,
     identity_loss=None,
     hq_images: torch.Tensor | None = None,
+    loss: str = "l1",
 ) -> StepOutput:
-    """eps-prediction MSE (+ the identity loss) for one batch.
+    """The eps-prediction loss (`loss`: "l1" or "l2") plus the identity loss, for one batch.
 
     `denoiser` may be DDP-wrapped: it is only called, so gradients of the reference encoding and the
     noise prediction are synchronised together.
@@ -94,10 +104,10 @@ def diffusion_step(
     device_t = timesteps.to(latents.gt.device)
 
     eps = denoiser(noisy, latents.lq, latents.refs, device_t)
-    diffusion = F.mse_loss(eps.float(), noise.float())
-    loss, identity_value = diffusion, 0.0
+    diffusion = diffusion_loss(loss, eps, noise)
+    total, identity_value = diffusion, 0.0
     if identity_loss is not None:
         identity = identity_loss(noisy, eps, device_t, hq_images)
-        loss = loss + identity.loss
+        total = total + identity.loss
         identity_value = float(identity.loss.detach())
-    return StepOutput(loss, float(diffusion.detach()), identity_value, timesteps)
+    return StepOutput(total, float(diffusion.detach()), identity_value, timesteps)

@@ -72,6 +72,16 @@ def _trained_folder_only(sources: ModelSources) -> None:
 
 
 @dataclass(frozen=True)
+class BenchmarkDefaults:
+    """How a method's paper evaluates it, which `refface benchmark` follows unless told otherwise: sampling steps,
+    the references of the main table, and the reference counts of the multi-reference study."""
+
+    steps: int
+    references: int
+    sweep: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Method:
     """One restoration method: its name, pipeline, weights, default sampling options and benchmark options.
 
@@ -86,6 +96,7 @@ class Method:
     summary: str  # where the weights come from, for --method's help
     with_references: str  # the benchmark's description of `name` ...
     without_references: str  # ... and of `name`-no-refs
+    benchmark: BenchmarkDefaults
     benchmark_options: tuple[str, ...] = ()  # of spacing, lq_guidance, color_fix: what a benchmark sets and records
     check_sources: Callable[[ModelSources], None] = _any_official_files
 
@@ -179,6 +190,8 @@ METHODS: tuple[Method, ...] = (
         summary="released weights",
         with_references="CacheKV, guidance toward them",
         without_references="the same weights, no guidance",
+        # the official evaluation script's 100 DDIM steps, 5 references, and the paper's 1/3/5/8 study
+        benchmark=BenchmarkDefaults(steps=100, references=5, sweep=(1, 3, 5, 8)),
         benchmark_options=("spacing",),
     ),
     Method(
@@ -189,6 +202,8 @@ METHODS: tuple[Method, ...] = (
         summary="Composite-Context, a model folder you trained",
         with_references="dual guidance, training-free multi-reference ensemble",
         without_references="guidance toward the LQ image only",
+        # its paper's 50 DDIM steps, one reference in the main tables, and its 1-5 reference study
+        benchmark=BenchmarkDefaults(steps=50, references=1, sweep=(1, 2, 3, 4, 5)),
         check_sources=_trained_folder_only,
         benchmark_options=("lq_guidance", "color_fix"),  # the timestep spacing is its own scheduler's
     ),

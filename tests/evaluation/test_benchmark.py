@@ -291,3 +291,22 @@ def test_the_composite_method_runs_through_the_same_benchmark(dataset, tmp_path,
     ]:
         assert main([*args, *extra]) == 1
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("method", "steps", "counts"), [("refldm", 100, [5, 1, 3, 8]), ("composite", 50, [1, 2, 3, 4, 5])]
+)
+def test_each_method_is_benchmarked_as_its_paper_evaluates_it(dataset, tmp_path, method, steps, counts):
+    """Steps, main-table references and sweep come from the method registry unless given."""
+    from refface import methods
+    from refface.evaluation.restorers import benchmark_sampling
+
+    entry = methods.get(method)
+    assert benchmark_sampling(entry).steps == steps and benchmark_sampling(entry, steps=7).steps == 7
+    data = locate_set("ffhq-ref-severe", dataset["data"], dataset["images"])
+    restorer = Counting()
+    report = run_benchmark(data, restorer, method, tmp_path, metrics=["psnr"], limit=1, progress=False)
+    assert list(report.results) == counts
+    given = run_benchmark(data, Counting(), method, tmp_path / "given", metrics=["psnr"], limit=1, progress=False,
+                          max_refs=2, sweep=[])  # fmt: skip
+    assert list(given.results) == [2]

@@ -102,7 +102,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register `refface evaluate` and `refface benchmark` on the `refface` parser."""
     from refface import methods
     from refface.evaluation.catalogue import METRICS, SETS
-    from refface.evaluation.restorers import BENCHMARK_SPACING, BENCHMARK_STEPS
+    from refface.evaluation.restorers import BENCHMARK_SPACING
 
     evaluate = commands.add_parser("evaluate", help=COMMANDS["evaluate"])
     evaluate.add_argument("--pred", required=True, help="folder of restored images")
@@ -131,12 +131,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--method", required=True, choices=list(described), help="; ".join(f"{k}: {v}" for k, v in described.items())
     )
+    papers = {method.name: method.benchmark for method in methods.METHODS}  # each method's paper's evaluation
     bench.add_argument(
-        "--max-refs", type=int, default=5, help="references for the main table (default 5, as the papers)"
-    )
+        "--max-refs", type=int,
+        help="references for the main table (default: the method's paper's: "
+        + ", ".join(f"{name} {b.references}" for name, b in papers.items()) + ")",
+    )  # fmt: skip
     bench.add_argument(
-        "--sweep", type=_counts, default=[1, 3, 5, 8], help="reference counts to sweep, or none (default 1,3,5,8)"
-    )
+        "--sweep", type=_counts,
+        help="reference counts to sweep, or none (default: the method's paper's: "
+        + "; ".join(f"{name} {','.join(map(str, b.sweep))}" for name, b in papers.items()) + ")",
+    )  # fmt: skip
     bench.add_argument(
         "--metrics", type=_metric_list, help=f"comma-separated subset of {','.join(METRICS)} (default: all)"
     )
@@ -144,8 +149,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--limit", type=int, help="only the first N images (a quick look; the table says so)")
     bench.add_argument("--examples", type=int, default=6, help="rows of the contact sheet (default 6)")
     bench.add_argument(
-        "--steps", type=int, default=BENCHMARK_STEPS, help=f"DDIM steps (default {BENCHMARK_STEPS}, as the papers)"
-    )
+        "--steps", type=int,
+        help="DDIM steps (default: the method's paper's: "
+        + ", ".join(f"{name} {b.steps}" for name, b in papers.items()) + ")",
+    )  # fmt: skip
     add_guidance_options(bench)
     bench.add_argument("--seed", type=int, default=2024, help="noise seed, the same for every image (default 2024)")
     bench.add_argument(

@@ -6,7 +6,7 @@ What lands in OUT:
     OUT/<set>/<method>/refs-<k>/images/<name>.png  restorations with at most k references (refs-0: none)
     OUT/<set>/<method>/refs-<k>/eval/              `refface evaluate`'s per_image.csv, summary.csv/md, cache
     OUT/<set>/table.md, table.csv                  every method of the folder at the main reference count
-    OUT/<set>/sweep.md                             each method over the reference counts (1, 3, 5, 8)
+    OUT/<set>/sweep.md                             each method over the reference counts (its paper's study)
     OUT/<set>/contact_sheet.png                    LQ | references | each method | GT for a few examples
 
 Restoration skips images already written, so an interrupted run resumes; under `accelerate launch`
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from refface import methods
 from refface.errors import RefFaceError
 from refface.evaluation.benchmark_report import write_set_tables
 from refface.evaluation.contact_sheet import write_contact_sheet
@@ -31,8 +32,6 @@ from refface.evaluation.paper_sets import BenchmarkCase, BenchmarkData
 from refface.evaluation.restorers import Restorer
 from refface.files import write_text_atomically
 from refface.imaging import load_image, save_image
-
-SWEEP = (1, 3, 5, 8)  # ReF-LDM's multi-reference study
 
 
 @dataclass
@@ -101,8 +100,8 @@ def run_benchmark(
     restorer: Restorer,
     method: str,
     out: str | Path,
-    max_refs: int = 5,
-    sweep: Sequence[int] = SWEEP,
+    max_refs: int | None = None,
+    sweep: Sequence[int] | None = None,
     metrics: Sequence[str] = METRICS,
     limit: int | None = None,
     examples: int = 6,
@@ -112,6 +111,8 @@ def run_benchmark(
 ) -> BenchmarkReport:
     """Restore `data` with `restorer` at every reference count, evaluate each, and write the set's tables.
 
+    `max_refs` (the main table's references) and `sweep` (the reference counts of the study) default to the
+    method's paper's (`refface.methods.Method.benchmark`).
     `evaluation` says how to score (device, batches, downloads; its `progress` is this call's); `limit`
     restores and scores only the first cases (a quick look; the tables say so).
     `state` is Accelerate's PartialState when several processes share the work (None: this one does all).
@@ -119,6 +120,10 @@ def run_benchmark(
     if limit is not None and limit < 1:
         raise RefFaceError(f"--limit must be at least 1, got {limit}.")
     cases = data.cases[:limit] if limit else data.cases
+    if max_refs is None or sweep is None:
+        defaults = methods.benchmark_method(method)[0].benchmark
+        max_refs = defaults.references if max_refs is None else max_refs
+        sweep = defaults.sweep if sweep is None else sweep
     counts = reference_counts(restorer, max_refs, sweep)
     set_folder = Path(out) / data.layout.name
     method_folder = set_folder / method

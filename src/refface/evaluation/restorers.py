@@ -2,8 +2,9 @@
 
 A restorer restores one aligned LQ face from a list of aligned references (possibly empty) and describes its
 settings, so a results folder can refuse to mix outputs made with different ones. The benchmark's sampling
-defaults are those of the official evaluation script (`scripts/inference_dataset.py`): 100 DDIM steps on the
-"uniform" schedule, the method's guidance and the same starting noise (seed 2024) for every image.
+defaults are each method's paper's (`Method.benchmark`: ReF-LDM's official evaluation script runs 100 DDIM
+steps on the "uniform" schedule, the Composite-Context paper 50), with the method's guidance and the same
+starting noise (seed 2024) for every image.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-BENCHMARK_STEPS = 100
 BENCHMARK_SPACING = "uniform"
 
 
@@ -33,17 +33,18 @@ class Restorer(Protocol):
 
 def benchmark_sampling(
     method: methods.Method,
-    steps: int = BENCHMARK_STEPS,
+    steps: int | None = None,
     guidance: float | None = None,
     spacing: str = BENCHMARK_SPACING,
     seed: int | None = None,
     lq_guidance: float | None = None,
     color_fix: bool | None = None,
 ) -> SamplingOptions:
-    """The options a benchmark of `method` samples with: the official evaluation's steps and spacing (the spacing
-    where the method has one), the method's guidance unless given, and `lq_guidance` / `color_fix` for the
-    methods that have them (given to another, one sentence)."""
+    """The options a benchmark of `method` samples with: its paper's steps unless given, the official evaluation's
+    spacing (where the method has one), the method's guidance unless given, and `lq_guidance` / `color_fix` for
+    the methods that have them (given to another, one sentence)."""
     has_spacing = "spacing" in method.benchmark_options
+    steps = method.benchmark.steps if steps is None else steps
     return method.sampling(
         steps=steps, guidance=guidance, spacing=spacing if has_spacing else None, seed=seed,
         lq_guidance=lq_guidance, color_fix=color_fix,

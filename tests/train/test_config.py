@@ -25,6 +25,9 @@ def test_presets_are_shipped_and_follow_the_paper():
     vqgan = load_config("vqgan", PAPER_DATA)
     assert (vqgan.stage, vqgan.run.max_steps, vqgan.run.batch_size, vqgan.data.size) == ("vqgan", 200_000, 32, 512)
     assert (vqgan.optim.beta1, vqgan.optim.beta2, vqgan.vqgan.lpips) == (0.5, 0.9, "vgg")
+    composite = load_config("composite", PAPER_DATA)
+    assert composite.run.batch_size * composite.run.gradient_accumulation == 256  # the paper's batch
+    assert (composite.optim.learning_rate, composite.loss.diffusion, composite.data.num_refs) == (8e-5, "l1", 1)
     assert load_config("tiny-vqgan").vqgan.lpips == "none"  # CPU presets download nothing
     assert load_config("tiny-ldm").loss.identity == "none" and load_config("tiny-ldm").data.kind == "synthetic"
 

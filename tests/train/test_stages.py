@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,3 +141,51 @@ def test_fine_tuning_starts_from_the_official_checkpoints(slim, slim_pipeline, t
     assert result.step == 1 and torch.isfinite(torch.tensor(result.last_metrics["loss"]))
     with pytest.raises(RefFaceError, match="works on 128x128 images but data.size is 32"):
         build_architecture(load_config("tiny-refldm", {"model.architecture": str(slim / "config.yaml")}))
+
+
+def _pool(folder, count: int = 6, size: int = 40):
+    """A folder of random photos in FFHQ's layout (numbered subfolders), without any reference list."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for index in range(count):
+        path = folder / f"{index // 3:05d}" / f"{index:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return folder
+
+
+def test_the_image_pool_trains_the_stages_without_references(tmp_path):
+    from refface.data.training_set import ReferenceFaceDataset, pool_entries
+
+    pool = _pool(tmp_path / "ffhq")
+    entries = pool_entries(pool)
+    assert [e.gt_image for e in entries] == [f"{i // 3:05d}/{i:05d}.png" for i in range(6)]
+    assert all(e.ref_images == () for e in entries)
+    item = ReferenceFaceDataset(entries, pool, "train", 0, 32)[2]
+    assert item["gt"].shape == (3, 32, 32) and item["refs"].shape == (0, 3, 32, 32)
+    listed = tmp_path / "train.txt"
+    listed.write_text("00001/00004.png\n00000/00000.png\n\n")
+    assert [e.gt_image for e in pool_entries(pool, listed)] == ["00001/00004.png", "00000/00000.png"]
+    folder = {"data.kind": "folder", "data.images_dir": str(pool), "run.batch_size": 2, "run.validation_cases": 1}
+    train(load_config("tiny-vqgan", {**folder, "vqgan.disc_start": 1}), tmp_path / "vqgan", max_steps=2,
+          progress=False)  # fmt: skip
+    assert (tmp_path / "vqgan" / "model" / "vqvae" / "config.json").is_file()
+    ldm = {**folder, "data.images_list": str(listed), "model.vqgan_checkpoint": str(tmp_path / "vqgan"),
+           "run.sample_steps": 2}  # fmt: skip
+    train(load_config("tiny-ldm", ldm), tmp_path / "ldm", max_steps=2, progress=False)
+    assert (tmp_path / "ldm" / "model").is_dir()
+
+
+def test_an_image_pool_is_refused_where_references_are_needed(tmp_path):
+    folder = {"data.kind": "folder", "data.images_dir": str(tmp_path)}
+    with pytest.raises(RefFaceError, match="stage refldm trains with references, which an image folder does not"):
+        load_config("tiny-refldm", folder)
+    with pytest.raises(RefFaceError, match="data.kind folder needs data.images_dir"):
+        load_config("tiny-vqgan", {"data.kind": "folder"})
+    with pytest.raises(RefFaceError, match="data.images_list only applies with data.kind folder"):
+        load_config("tiny-vqgan", {"data.images_list": "x.txt"})
+    with pytest.raises(RefFaceError, match=r"The image list .*absent\.txt"):
+        from refface.data.training_set import pool_entries
+
+        pool_entries(tmp_path, tmp_path / "absent.txt")

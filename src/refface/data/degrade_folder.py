@@ -31,12 +31,15 @@ PARTIAL_NAME = ".degradation_params.partial.jsonl"
 FIXED_COLUMNS = ("index", "image", "preset", "seed")
 
 
-def list_images(folder: Path) -> list[str]:
-    """Sorted names of the image files directly inside `folder` (not subfolders)."""
+def list_images(folder: Path, recursive: bool = False) -> list[str]:
+    """Sorted names of the image files directly inside `folder`, or with `recursive` of every image below it as
+    paths relative to it (FFHQ keeps its images in numbered subfolders)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RefFaceError(f"The image folder {folder} does not exist or is not a folder.")
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    images = (p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    names = sorted(p.relative_to(folder).as_posix() for p in images)
     if not names:
         raise RefFaceError(f"The image folder {folder} has no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images.")
     return names

@@ -136,13 +136,15 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
             )
 
         return synthetic("train", data.identities), synthetic("val", max(1, config.run.validation_cases))
-    from refface.data.training_set import ReferenceFaceDataset
+    from refface.data.training_set import ReferenceFaceDataset, pool_entries
 
+    pool = data.kind == "folder"  # the FFHQ pool: no references, which stages vqgan and ldm do not use
+    num_refs = 0 if pool else data.num_refs
     train = ReferenceFaceDataset(
-        data.references_csv,
+        pool_entries(data.images_dir, data.images_list) if pool else data.references_csv,
         data.images_dir,
         degradation,
-        data.num_refs,
+        num_refs,
         data.size,
         seed=config.run.seed,
         color_jitter=data.color_jitter,
@@ -153,7 +155,7 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
             data.val_references_csv,
             data.images_dir,
             degradation,
-            data.num_refs,
+            num_refs,
             data.size,
             flip=False,
             shuffle_refs=False,

@@ -49,9 +49,10 @@ class ModelConfig:
 class DataConfig:
     """Where training items come from: an FFHQ-Ref style CSV over an image folder, or the synthetic task."""
 
-    kind: str = "csv"  # csv | synthetic
+    kind: str = "csv"  # csv | folder (an image pool without references: stages vqgan and ldm) | synthetic
     references_csv: str | None = None
     images_dir: str | None = None
+    images_list: str | None = None  # folder: the images to use (paths relative to images_dir); None: all of them
     val_references_csv: str | None = None
     size: int = 512
     num_refs: int = 5
@@ -80,6 +81,7 @@ class OptimConfig:
     beta2: float = 0.999
 
 
+STAGES_WITHOUT_REFERENCES = ("vqgan", "ldm")  # the stages that can train on a plain image pool
 DIFFUSION_LOSS_NAMES = ("l1", "l2")  # train.diffusion_step.DIFFUSION_LOSSES has one function per name
 
 
@@ -198,7 +200,7 @@ def check_config(config: TrainConfig, source: str) -> TrainConfig:
 
     rules = [
         ("stage", config.stage in STAGES, f"one of {', '.join(STAGES)}"),
-        ("data.kind", config.data.kind in ("csv", "synthetic"), "csv or synthetic"),
+        ("data.kind", config.data.kind in ("csv", "folder", "synthetic"), "csv, folder or synthetic"),
         ("data.degradation", config.data.degradation in PRESETS, f"one of {', '.join(PRESETS)}"),
         ("data.num_refs", config.data.num_refs >= 1, "at least 1 (stage ldm loads but ignores them)"),
         (
@@ -252,6 +254,15 @@ def check_config(config: TrainConfig, source: str) -> TrainConfig:
         )
     if config.data.kind == "csv" and not (config.data.references_csv and config.data.images_dir):
         raise RefFaceError(f"Config {source}: data.kind csv needs data.references_csv and data.images_dir.")
+    if config.data.kind == "folder" and not config.data.images_dir:
+        raise RefFaceError(f"Config {source}: data.kind folder needs data.images_dir.")
+    if config.data.kind == "folder" and config.stage not in STAGES_WITHOUT_REFERENCES:
+        raise RefFaceError(
+            f"Config {source}: stage {config.stage} trains with references, which an image folder does not have; "
+            "use data.kind csv (a reference list)."
+        )
+    if config.data.images_list and config.data.kind != "folder":
+        raise RefFaceError(f"Config {source}: data.images_list only applies with data.kind folder.")
     return config
 
 

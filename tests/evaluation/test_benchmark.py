@@ -310,3 +310,18 @@ def test_each_method_is_benchmarked_as_its_paper_evaluates_it(dataset, tmp_path,
     given = run_benchmark(data, Counting(), method, tmp_path / "given", metrics=["psnr"], limit=1, progress=False,
                           max_refs=2, sweep=[])  # fmt: skip
     assert list(given.results) == [2]
+
+
+def test_tables_give_each_metric_as_mean_and_standard_deviation(dataset, tmp_path):
+    data = locate_set("ffhq-ref-severe", dataset["data"], dataset["images"])
+    report = run_benchmark(data, Counting(), "counting", tmp_path, metrics=["psnr", "ssim"], max_refs=2, sweep=[1],
+                           progress=False)  # fmt: skip
+    psnr = [scores["psnr"] for scores in report.results[2].per_image.values()]
+    assert len(psnr) == 5 and np.std(psnr) > 0
+    rows = list(csv.DictReader((tmp_path / "ffhq-ref-severe" / "table.csv").open()))
+    assert list(rows[0]) == ["method", "refs", "images", "psnr", "psnr_std", "ssim", "ssim_std"]
+    assert float(rows[0]["psnr"]) == pytest.approx(np.mean(psnr), abs=1e-4)
+    assert float(rows[0]["psnr_std"]) == pytest.approx(np.std(psnr, ddof=1), abs=1e-4)
+    cell = f"{np.mean(psnr):.4f} ± {np.std(psnr, ddof=1):.4f}"
+    assert f"| counting | 2 | 5 | {cell} |" in (tmp_path / "ffhq-ref-severe" / "table.md").read_text()
+    assert "| counting | 1 | 5 |" in (tmp_path / "ffhq-ref-severe" / "sweep.md").read_text()

@@ -130,12 +130,19 @@ def test_offline_evaluation_fills_what_needs_no_download_and_explains_the_rest(t
     psnr = [float(r["psnr"]) for r in rows]
     assert psnr[2] < psnr[0]  # the wrong pose is far from the GT pixel-wise
     assert np.mean(psnr) == pytest.approx(result.summary["psnr"], abs=1e-3)
+    assert np.std(psnr, ddof=1) == pytest.approx(result.spread["psnr"], abs=1e-3) and result.spread["fid"] is None
     assert rows[0]["lpips"] == ""  # unavailable is empty, never 0
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| images | ids ↑ | ids_ref ↑ | ids_dlib ↑ | lpips ↓" in summary and "n/a" in summary
     assert "`niqe`: pyiqa" in summary
-    header = (tmp_path / "out" / "summary.csv").read_text().splitlines()[0]
-    assert header == "images,ids,ids_ref,ids_dlib,lpips,flpips,psnr,ssim,niqe,musiq,fid"
+    assert f"| 3 | n/a | n/a | {result.summary['ids_dlib']:.4f} ± {result.spread['ids_dlib']:.4f} | n/a" in summary
+    header, values = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert header == (
+        "images,ids,ids_std,ids_ref,ids_ref_std,ids_dlib,ids_dlib_std,lpips,lpips_std,flpips,flpips_std,psnr,psnr_std,"
+        "ssim,ssim_std,niqe,niqe_std,musiq,musiq_std,fid,fid_std"
+    )
+    row = dict(zip(header.split(","), values.split(","), strict=True))
+    assert float(row["psnr_std"]) == pytest.approx(np.std(psnr, ddof=1), abs=1e-3) and row["ids_std"] == ""
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import csv
 import io
 from pathlib import Path
 
-from refface.evaluation.evaluate import LOWER_IS_BETTER, METRICS
+from refface.evaluation.evaluate import LOWER_IS_BETTER, METRICS, STD_SUFFIX, mean_and_spread
 from refface.files import write_text_atomically
 
 
@@ -49,7 +49,15 @@ def _label(metric: str) -> str:
 
 
 def _row(method: str, count: int, summary: dict[str, str], metrics: list[str]) -> list[str]:
-    return [method, str(count), summary.get("images", ""), *(summary.get(m) or "n/a" for m in metrics)]
+    """A markdown row: each metric as "mean ± std" (n/a where unavailable)."""
+    cells = (mean_and_spread(summary.get(m) or "n/a", summary.get(m + STD_SUFFIX, "")) for m in metrics)
+    return [method, str(count), summary.get("images", ""), *cells]
+
+
+def _csv_row(method: str, count: int, summary: dict[str, str], metrics: list[str]) -> list[str]:
+    """A CSV row: each metric's mean and standard deviation in columns of their own (empty where unavailable)."""
+    values = (summary.get(m + suffix, "") for m in metrics for suffix in ("", STD_SUFFIX))
+    return [method, str(count), summary.get("images", ""), *values]
 
 
 def write_set_tables(set_folder: Path, title: str, main_refs: int, total_cases: int) -> list[Path]:
@@ -61,7 +69,6 @@ def write_set_tables(set_folder: Path, title: str, main_refs: int, total_cases: 
         for method, counts in sorted(summaries.items())
         for count in [main_count(counts, main_refs)]
     ]
-    header = ["method", "refs", "images", *metrics]
     labelled = ["method", "refs", "images", *map(_label, metrics)]
     partial = [r[0] for r in rows if r[2] != str(total_cases)]
     note = f"{title}, {total_cases} test images; n/a = unavailable (see the method's eval/summary.md)."
@@ -72,8 +79,12 @@ def write_set_tables(set_folder: Path, title: str, main_refs: int, total_cases: 
     write_text_atomically(table_md, "\n".join(lines) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow(["method", "refs", "images", *(f"{m}{suffix}" for m in metrics for suffix in ("", STD_SUFFIX))])
+    writer.writerows(
+        _csv_row(method, count, counts[count], metrics)
+        for method, counts in sorted(summaries.items())
+        for count in [main_count(counts, main_refs)]
+    )
     table_csv = set_folder / "table.csv"
     write_text_atomically(table_csv, buffer.getvalue())
 

@@ -28,6 +28,7 @@ from refface.files import write_text_atomically
 from refface.imaging import SAVE_FORMATS, load_image, resize_square, save_image
 
 OFFLINE_METRICS = ("ids_dlib", "psnr", "ssim")
+STD_SUFFIX = "_std"  # summary.csv and table.csv: each metric's standard deviation over the images, beside its mean
 LOWER_IS_BETTER = {"lpips", "flpips", "niqe", "fid"}
 MASK_EXAMPLES = 4  # face-region debug images written for the first cases
 
@@ -49,13 +50,15 @@ class EvalCase:
 
 @dataclass
 class EvaluationResult:
-    """Mean scores (None where unavailable), their reasons, and where the tables were written."""
+    """Mean scores (None where unavailable), their standard deviations over the images (None for FID, a score of
+    the whole set), the reasons for what is unavailable, and where the tables were written."""
 
     summary: dict[str, float | None]
     unavailable: dict[str, str]
     per_image: dict[str, dict[str, float]]
     out: Path
     files: list[Path] = field(default_factory=list)
+    spread: dict[str, float | None] = field(default_factory=dict)
 
 
 def images_by_stem(folder: Path, role: str) -> dict[str, Path]:
@@ -146,7 +149,12 @@ def _load_batch(cases: Sequence[EvalCase], needs_refs: bool):
     return preds, gts, refs
 
 
-def _write_tables(out: Path, cases, names, per_image, summary, unavailable) -> list[Path]:
+def mean_and_spread(mean: str, spread: str) -> str:
+    """A table cell: "mean ± std", or the mean alone where there is no spread (FID; unavailable: the mean's text)."""
+    return f"{mean} ± {spread}" if mean not in ("", "n/a") and spread else mean
+
+
+def _write_tables(out: Path, cases, names, per_image, summary, spread, unavailable) -> list[Path]:
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     writer.writerow(["image", *names])
@@ -159,8 +167,8 @@ def _write_tables(out: Path, cases, names, per_image, summary, unavailable) -> l
     columns = list(names)
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
-    writer.writerow(["images", *columns])
-    writer.writerow([len(cases), *(_cell(summary.get(n)) for n in columns)])
+    writer.writerow(["images", *(f"{n}{suffix}" for n in columns for suffix in ("", STD_SUFFIX))])
+    writer.writerow([len(cases), *(_cell(value.get(n)) for n in columns for value in (summary, spread))])
     summary_csv = out / "summary.csv"
     write_text_atomically(summary_csv, rows.getvalue())
 
@@ -168,7 +176,9 @@ def _write_tables(out: Path, cases, names, per_image, summary, unavailable) -> l
     lines = [
         "| images | " + " | ".join(arrows) + " |",
         "|---" * (len(columns) + 1) + "|",
-        f"| {len(cases)} | " + " | ".join(_cell(summary.get(n), "n/a") for n in columns) + " |",
+        f"| {len(cases)} | "
+        + " | ".join(mean_and_spread(_cell(summary.get(n), "n/a"), _cell(spread.get(n))) for n in columns)
+        + " |",
     ]
     if unavailable:
         lines += ["", "Unavailable:"] + [f"- `{n}`: {reason}." for n, reason in unavailable.items()]
@@ -280,8 +290,11 @@ def evaluate_cases(
 
     per_image = {c.name: {m.name: cached[(c.name, stamps[c.name], m.name)] for m in image_metrics} for c in cases}
     summary: dict[str, float | None] = {n: None for n in names}
+    spread: dict[str, float | None] = {n: None for n in names}
     for metric in image_metrics:
-        summary[metric.name] = float(np.mean([per_image[c.name][metric.name] for c in cases]))
+        values = [per_image[c.name][metric.name] for c in cases]
+        summary[metric.name] = float(np.mean(values))
+        spread[metric.name] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     if "fid" in names:
         from refface.evaluation.pyiqa_metrics import fid
 
@@ -295,10 +308,10 @@ def evaluate_cases(
             unavailable["fid"] = value.reason
         else:
             summary["fid"] = value
-    files = _write_tables(out, cases, names, per_image, summary, unavailable)
+    files = _write_tables(out, cases, names, per_image, summary, spread, unavailable)
     if "flpips" in names:
         files += _face_mask_examples(out, cases)
-    return EvaluationResult(summary, unavailable, per_image, out, files)
+    return EvaluationResult(summary, unavailable, per_image, out, files, spread)
 
 
 def _face_mask_examples(out: Path, cases: Sequence[EvalCase]) -> list[Path]:

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import torch
 
-from refface.errors import RefFaceError
 from refface.face.detection import DetectedFace, DlibDetector, load_shape_predictor
 from refface.face.five_points import landmarks_from_five
 from refface.face.search import detect_rotated, detect_tiled, scaled, shrunk
+from refface.models.checkpoints import load_converted, read_state_dict
 from refface.models.retinaface import RetinaFace
 from refface.weights import WeightFile
 
@@ -89,44 +89,12 @@ class FoundFaces:
         return len(self.scores)
 
 
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise RefFaceError(
-            f"The RetinaFace weights file {path} could not be read as a PyTorch state dict ({type(error).__name__})."
-        ) from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise RefFaceError(f"The RetinaFace weights file {path} does not hold a state dict.")
-    return {key.removeprefix("module."): value for key, value in loaded.items()}  # saved from DataParallel
-
-
 def load_retinaface(path: str | Path) -> RetinaFace:
     """The network with the weights of `path` (the released `detection_Resnet50_Final.pth`, or any state dict
-    of its layout); every tensor must be there with its shape, or one sentence names the first that is not."""
-    path = Path(path)
-    if not path.is_file():
-        raise RefFaceError(f"The RetinaFace weights file {path} does not exist.")
-    state = _state_dict(path)
+    of its layout, saved from DataParallel or not); anything else is one sentence naming the file."""
+    state = read_state_dict(path, "RetinaFace weights")
     network = RetinaFace()
-    expected = network.state_dict()
-    for key, tensor in expected.items():
-        if key.endswith("num_batches_tracked"):
-            state.setdefault(key, tensor)
-            continue
-        if key not in state:
-            raise RefFaceError(f"The RetinaFace weights file {path} has no tensor {key}: not RetinaFace ResNet-50.")
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise RefFaceError(
-                f"The RetinaFace weights file {path} has {key} of shape {list(state[key].shape)}, expected "
-                f"{list(tensor.shape)}: not RetinaFace ResNet-50."
-            )
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise RefFaceError(f"The RetinaFace weights file {path} has a tensor {unexpected[0]} RetinaFace does not.")
-    network.load_state_dict(state)
+    load_converted(network, {key.removeprefix("module."): value for key, value in state.items()}, path)
     return network.eval()
 
 

@@ -121,7 +121,7 @@ def test_offline_evaluation_fills_what_needs_no_download_and_explains_the_rest(t
     )
     for name in ("psnr", "ssim", "ids_dlib"):
         assert result.summary[name] is not None and np.isfinite(result.summary[name])
-    for name in ("ids", "ids_ref", "lpips", "flpips"):
+    for name in ("ids", "ids_ref", "ids_facenet", "lpips", "flpips"):
         assert result.summary[name] is None and "downloads are off" in result.unavailable[name]
     for name in ("niqe", "musiq", "fid"):
         assert result.summary[name] is None and "pyiqa" in result.unavailable[name]
@@ -133,13 +133,14 @@ def test_offline_evaluation_fills_what_needs_no_download_and_explains_the_rest(t
     assert np.std(psnr, ddof=1) == pytest.approx(result.spread["psnr"], abs=1e-3) and result.spread["fid"] is None
     assert rows[0]["lpips"] == ""  # unavailable is empty, never 0
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "| images | ids ↑ | ids_ref ↑ | ids_dlib ↑ | lpips ↓" in summary and "n/a" in summary
+    assert "| images | ids ↑ | ids_ref ↑ | ids_facenet ↑ | ids_dlib ↑ | lpips ↓" in summary and "n/a" in summary
     assert "`niqe`: pyiqa" in summary
-    assert f"| 3 | n/a | n/a | {result.summary['ids_dlib']:.4f} ± {result.spread['ids_dlib']:.4f} | n/a" in summary
+    dlib = f"{result.summary['ids_dlib']:.4f} ± {result.spread['ids_dlib']:.4f}"
+    assert f"| 3 | n/a | n/a | n/a | {dlib} | n/a" in summary
     header, values = (tmp_path / "out" / "summary.csv").read_text().splitlines()
     assert header == (
-        "images,ids,ids_std,ids_ref,ids_ref_std,ids_dlib,ids_dlib_std,lpips,lpips_std,flpips,flpips_std,psnr,psnr_std,"
-        "ssim,ssim_std,niqe,niqe_std,musiq,musiq_std,fid,fid_std"
+        "images,ids,ids_std,ids_ref,ids_ref_std,ids_facenet,ids_facenet_std,ids_dlib,ids_dlib_std,lpips,lpips_std,"
+        "flpips,flpips_std,psnr,psnr_std,ssim,ssim_std,niqe,niqe_std,musiq,musiq_std,fid,fid_std"
     )
     row = dict(zip(header.split(","), values.split(","), strict=True))
     assert float(row["psnr_std"]) == pytest.approx(np.std(psnr, ddof=1), abs=1e-3) and row["ids_std"] == ""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METRICS = ("ids", "ids_ref", "ids_dlib", "lpips", "flpips", "psnr", "ssim", "niqe", "musiq", "fid")
+METRICS = ("ids", "ids_ref", "ids_facenet", "ids_dlib", "lpips", "flpips", "psnr", "ssim", "niqe", "musiq", "fid")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Identity metrics: IDS and IDS(REF) with ArcFace, and the same with dlib as a second, offline model."""
+"""Identity metrics: IDS and IDS(REF) with ArcFace, FaceNet's similarity (the Composite-Context paper's second
+identity model), and dlib's as an offline one."""
 
 from __future__ import annotations
 
@@ -38,6 +39,18 @@ class ArcFaceSimilarity(ImageMetric):
     def compute(self, preds, gts, refs) -> list[float]:
         targets = gts if self.against == "gt" else refs
         return _cosine(self._embed(preds), self._embed(targets))
+
+
+class FaceNetSimilarity(ArcFaceSimilarity):
+    """Cosine similarity of FaceNet embeddings of the restoration and the GT (`ids_facenet`)."""
+
+    def __init__(self, embedder: nn.Module, device: torch.device | str = "cpu") -> None:
+        super().__init__(embedder, "gt", device)
+        self.name = "ids_facenet"
+
+    @torch.no_grad()
+    def _embed(self, images) -> np.ndarray:
+        return np.concatenate([self.embedder(to_tensor([i], self.device)).cpu().numpy() for i in images])
 
 
 class DlibSimilarity(ImageMetric):

@@ -12,6 +12,8 @@ Conventions (documented because papers differ):
   gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=2)`.
 - `ids` / `ids_ref`: cosine similarity of ArcFace embeddings (the official 112x112 preprocessing) of
   the restoration and the GT / the first reference, as ReF-LDM's evaluation computes IDS.
+- `ids_facenet`: the same with FaceNet (Inception-ResNet-v1, facenet-pytorch's VGGFace2 weights) on the
+  face square of the aligned crop at 160 px, the Composite-Context paper's second identity model.
 - `ids_dlib`: the same with dlib's face descriptor (offline, ships with the package); a second,
   independently trained identity model, so a method tuned against ArcFace cannot game both.
 - `lpips`: LPIPS-VGG v0.1 (the weights pyiqa's `lpips-vgg` and the `lpips` package use), inputs in [-1, 1].

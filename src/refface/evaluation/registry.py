@@ -33,6 +33,15 @@ def _arcface(weights: str | Path | None, download: bool):
     return default_arcface()
 
 
+def _facenet(download: bool):
+    from refface.face.facenet import FACENET_WEIGHTS, default_facenet
+
+    reason = _weights_reason([FACENET_WEIGHTS], download)
+    if reason:
+        raise RefFaceError(reason)
+    return default_facenet()
+
+
 def _lpips(download: bool):
     from refface.models.lpips import LPIPS_VGG_WEIGHTS, VGG16_WEIGHTS, default_lpips
 
@@ -70,6 +79,10 @@ def build_metrics(
 
                 arcface = arcface or _arcface(arcface_weights, download)
                 built.append(ArcFaceSimilarity(arcface, "gt" if name == "ids" else "ref", device))
+            elif name == "ids_facenet":
+                from refface.evaluation.identity_metrics import FaceNetSimilarity
+
+                built.append(FaceNetSimilarity(_facenet(download), device))
             elif name in ("lpips", "flpips"):
                 from refface.evaluation.perceptual_metrics import FaceLPIPSDistance, LPIPSDistance
 

@@ -58,10 +58,12 @@ def test_each_method_s_defaults_and_option_checks():
     )
     assert refldm.sampling(solver="dpm++").steps == 20  # the fast mode's steps unless told
     assert composite.sampling(steps=30) == SamplingOptions(
-        "Composite-Context", steps=30, guidance=1.2, lq_guidance=1.2, color_fix=True
+        "Composite-Context", steps=30, guidance=1.2, lq_guidance=1.2, color_fix=True, context="both"
     )
-    assert composite.sampling(steps=5, guidance=1.4, lq_guidance=1.1, color_fix=False, strength=0.5) == (
-        SamplingOptions("Composite-Context", steps=5, guidance=1.4, lq_guidance=1.1, color_fix=False, strength=0.5)
+    changed = composite.sampling(steps=5, guidance=1.4, lq_guidance=1.1, color_fix=False, strength=0.5,
+                                 context="identity")  # fmt: skip
+    assert changed == SamplingOptions(
+        "Composite-Context", steps=5, guidance=1.4, lq_guidance=1.1, color_fix=False, strength=0.5, context="identity"
     )
     assert (refldm.fast_steps, composite.fast_steps) == (20, None)
     for method in (refldm, composite):
@@ -96,9 +98,13 @@ def test_the_benchmark_restorer_sets_and_records_each_method_s_options():
         benchmark_sampling(methods.get("composite"), 4, 1.3, "uniform_trailing", 9, color_fix=False),
     )
     assert composite.options == SamplingOptions(
-        "Composite-Context", 4, 1.3, lq_guidance=1.2, color_fix=False, seed=9
+        "Composite-Context", 4, 1.3, lq_guidance=1.2, color_fix=False, context="both", seed=9
     )  # the timestep spacing is not the composite model's
     assert composite.recorded() == {"steps": 4, "guidance": 1.3, "lq_guidance": 1.2, "color_fix": False, "seed": 9}
+    masked = PipelineRestorer(
+        methods.get("composite"), None, benchmark_sampling(methods.get("composite"), 4, context="identity")
+    )
+    assert masked.recorded()["context"] == "identity"  # a Table 5 run never mixes with a full-context one
 
 
 def test_each_entry_names_its_pipeline_and_saved_folder_kind(tmp_path):
@@ -170,6 +176,7 @@ def _fake_method() -> methods.Method:
         summary="made up",
         with_references="copies the references",
         without_references="copies the LQ",
+        benchmark=methods.BenchmarkDefaults(steps=3, references=2, sweep=(1, 2)),
     )
 
 

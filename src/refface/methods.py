@@ -97,7 +97,7 @@ class Method:
     with_references: str  # the benchmark's description of `name` ...
     without_references: str  # ... and of `name`-no-refs
     benchmark: BenchmarkDefaults
-    benchmark_options: tuple[str, ...] = ()  # of spacing, lq_guidance, color_fix: what a benchmark sets and records
+    benchmark_options: tuple[str, ...] = ()  # of spacing, lq_guidance, color_fix, context: what a benchmark records
     check_sources: Callable[[ModelSources], None] = _any_official_files
 
     @property
@@ -156,6 +156,7 @@ class Method:
         solver: str | None = None,
         strength: float | None = None,
         seed: int | None = None,
+        context: str | None = None,
     ) -> SamplingOptions:
         """This method's options with the user's changes (None: the default); an option the method does not have
         is one sentence. DPM-Solver++ without a step count takes the fast mode's steps."""
@@ -163,7 +164,7 @@ class Method:
             steps = self.fast_steps
         return self.defaults.with_changes(
             steps=steps, guidance=guidance, lq_guidance=lq_guidance, color_fix=color_fix, spacing=spacing,
-            solver=solver, strength=strength, seed=seed,
+            solver=solver, strength=strength, seed=seed, context=context,
         )  # fmt: skip
 
 
@@ -205,7 +206,7 @@ METHODS: tuple[Method, ...] = (
         # its paper's 50 DDIM steps, one reference in the main tables, and its 1-5 reference study
         benchmark=BenchmarkDefaults(steps=50, references=1, sweep=(1, 2, 3, 4, 5)),
         check_sources=_trained_folder_only,
-        benchmark_options=("lq_guidance", "color_fix"),  # the timestep spacing is its own scheduler's
+        benchmark_options=("lq_guidance", "color_fix", "context"),  # the timestep spacing is its own scheduler's
     ),
 )
 DEFAULT = "refldm"  # what `refface restore` and `refface serve` run when not told

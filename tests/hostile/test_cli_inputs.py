@@ -161,6 +161,7 @@ def test_the_offline_message_names_both_released_files_and_the_options(tmp_path,
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setenv("REFFACE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("REFFACE_OFFLINE")  # downloads on, but the network fails (urlopen never reaches out)
     monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
     album = tmp_path / "album"
     album.mkdir()

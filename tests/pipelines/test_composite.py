@@ -74,6 +74,27 @@ def test_guidance_is_equation_5_and_6_evaluated_directly(pipe, s_i, s_c, refs):
     assert counting.calls == [2 * branches]
 
 
+@pytest.mark.parametrize(("context", "identity", "facial"), [("identity", True, False), ("appearance", False, True)])
+def test_one_part_of_the_context_guides_as_the_paper_s_table_5(pipe, context, identity, facial):
+    denoiser = pipe.denoiser
+    latents, lq = _inputs(pipe, 2, seed=21)
+    features = pipe.encode_references(_images(2, seed=22))
+    t, s_i, s_c = torch.tensor(300), 1.4, 1.1
+    with torch.no_grad():
+        got = guided_prediction(denoiser, latents, lq, features, t, DualGuidance(s_i, s_c, context))
+        both = guided_prediction(denoiser, latents, lq, features, t, DualGuidance(s_i, s_c))
+        times = t.expand(2)
+        off, on = torch.zeros(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
+        blank = ReferenceFeatures(torch.zeros(2, 512), torch.zeros(2, 17, 64))
+        e_null = denoiser(latents, lq, blank, times, keep_lq=off, keep_identity=off, keep_facial=off)
+        e_lq = denoiser(latents, lq, blank, times, keep_lq=on, keep_identity=off, keep_facial=off)
+        kept = {"keep_lq": on, "keep_identity": on if identity else off, "keep_facial": on if facial else off}
+        e_refs = [denoiser(latents, lq, features.take([i, i]), times, **kept) for i in range(2)]
+        expected = (1 - s_i) * e_null + (s_i - s_c) * e_lq + s_c / 2 * sum(e_refs)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert (got - both).abs().max() > 1e-4  # the masked part mattered
+
+
 def test_n_identical_references_equal_one(pipe):
     latents, lq = _inputs(pipe, 3, seed=5)
     features = pipe.encode_references(_images(1, seed=11))

@@ -51,6 +51,16 @@ def test_composite_lq_guidance_is_checked_too():
         COMPOSITE_OPTIONS.with_changes(lq_guidance=float("inf"))
 
 
+def test_the_reference_context_is_composite_s_and_recorded_only_when_one_part_is_chosen():
+    with pytest.raises(RefFaceError, match="Unknown reference context 'arcface'; choose one of both, identity"):
+        COMPOSITE_OPTIONS.with_changes(context="arcface")
+    with pytest.raises(RefFaceError, match=r"^The reference context is not an option of ReF-LDM\.$"):
+        REFLDM_OPTIONS.with_changes(context="identity")
+    assert COMPOSITE_OPTIONS.context == "both" and "context" not in COMPOSITE_OPTIONS.recorded()
+    assert "context" not in REFLDM_OPTIONS.recorded()  # manifests made before the option still match
+    assert COMPOSITE_OPTIONS.with_changes(context="appearance").recorded()["context"] == "appearance"
+
+
 def test_whole_numbers_of_any_kind_are_taken_as_ints():
     options = REFLDM_OPTIONS.with_changes(steps=np.int64(7), seed=np.uint64(SEED_MAX))
     assert (options.steps, options.seed) == (7, SEED_MAX)

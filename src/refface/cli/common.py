@@ -60,8 +60,10 @@ def method_help() -> str:
 
 
 def add_guidance_options(parser: argparse.ArgumentParser) -> None:
-    """--guidance (alias --cfg), --lq-guidance and --no-color-fix: each method's, checked by refface.methods."""
+    """--guidance (alias --cfg), --lq-guidance, --no-color-fix and --context: each method's, checked by
+    refface.methods."""
     from refface import methods
+    from refface.pipelines.base import CONTEXTS
 
     defaults = ", ".join(f"{m.defaults.guidance} for {m.name}" for m in methods.METHODS)
     with_lq = [m for m in methods.METHODS if m.defaults.lq_guidance is not None]
@@ -74,3 +76,9 @@ def add_guidance_options(parser: argparse.ArgumentParser) -> None:
         "--lq-guidance", type=float, help=f"{lq_names}: guidance toward the LQ image s_i (default {lq_defaults})"
     )
     parser.add_argument("--no-color-fix", action="store_true", help=f"{lq_names}: skip the AdaIN colour fix")
+    with_context = ", ".join(m.name for m in methods.METHODS if m.defaults.context is not None)
+    parser.add_argument(
+        "--context", choices=CONTEXTS,
+        help=f"{with_context}: the reference context that guides: both (default), identity (the ArcFace token "
+        "only) or appearance (the FaRL tokens only), as the paper's Table 5",
+    )  # fmt: skip

@@ -69,7 +69,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     method, _ = methods.benchmark_method(args.method)
     fix = False if args.no_color_fix else None
-    options = benchmark_sampling(method, args.steps, args.guidance, args.spacing, args.seed, args.lq_guidance, fix)
+    options = benchmark_sampling(
+        method, args.steps, args.guidance, args.spacing, args.seed, args.lq_guidance, fix, args.context
+    )
     sources = method.sources(args.model, args.checkpoint, args.vqgan, args.config)
     data = locate_set(args.set, args.data, args.images, args.lq, args.csv, args.refs_dir)
     state = PartialState()

@@ -55,7 +55,8 @@ def restore_settings(args: argparse.Namespace):
     references = ReferenceSource.choose(args.ref, args.refs_dir, args.people, args.no_refs, args.person, args.num_refs)
     return RestoreSettings.build(
         method=args.method, steps=args.steps, guidance=args.guidance, lq_guidance=args.lq_guidance,
-        color_fix=False if args.no_color_fix else None, spacing=args.spacing, solver=args.solver, fast=args.fast,
+        color_fix=False if args.no_color_fix else None, context=args.context, spacing=args.spacing,
+        solver=args.solver, fast=args.fast,
         strength=args.strength, seed=args.seed, model=args.model, checkpoint=args.checkpoint, vqgan=args.vqgan,
         config=args.config, loads_model=True, references=references, faces=args.face, unknown=args.unknown,
         batch_size=args.batch_size, strict=args.strict, identity=args.identity, arcface_weights=args.arcface_weights,

@@ -40,7 +40,11 @@ _OPTION_WORDS = {
     "color_fix": "the colour fix",
     "spacing": "the timestep spacing",
     "solver": "the solver",
+    "context": "the reference context",
 }
+# Composite-Context's reference context: both parts, or one alone (its paper's Table 5: the ArcFace token only,
+# the FaRL tokens only); training drops each part independently, so the model knows each alone.
+CONTEXTS = ("both", "identity", "appearance")
 
 
 def _whole(value: object) -> int | None:
@@ -75,7 +79,8 @@ class SamplingOptions:
     (ReF-LDM has no LQ guidance or colour fix; Composite-Context samples with its own scheduler, so it has no
     spacing or solver), and `with_changes` refuses to set it. `guidance` is the guidance toward the references.
     `strength` below 1 starts from the input noised part way (SDEdit). `seed` is the noise seed of every image
-    that is not given its own.
+    that is not given its own. `context` is which part of Composite-Context's reference context guides
+    (`CONTEXTS`).
     """
 
     method: str
@@ -83,6 +88,7 @@ class SamplingOptions:
     guidance: float
     lq_guidance: float | None = None
     color_fix: bool | None = None
+    context: str | None = None
     spacing: str | None = None
     solver: str | None = None
     strength: float = 1.0
@@ -100,6 +106,8 @@ class SamplingOptions:
             _finite(self.lq_guidance, "LQ guidance")
         if self.spacing is not None and self.spacing not in SPACINGS:
             raise RefFaceError(f"Unknown timestep spacing '{self.spacing}'; choose one of {', '.join(SPACINGS)}.")
+        if self.context is not None and self.context not in CONTEXTS:
+            raise RefFaceError(f"Unknown reference context '{self.context}'; choose one of {', '.join(CONTEXTS)}.")
         if self.solver is not None and self.solver not in SOLVERS:
             raise RefFaceError(f"Unknown solver '{self.solver}'; choose one of {', '.join(SOLVERS)}.")
         strength = self.strength
@@ -119,14 +127,20 @@ class SamplingOptions:
         return dataclasses.replace(self, **given)
 
     def recorded(self) -> dict:
-        """The options as a run's manifest records them (a resumed run must match)."""
-        return dataclasses.asdict(self)
+        """The options as a run's manifest records them (a resumed run must match). The reference context is
+        recorded only when one part of it is chosen, so manifests written before it was an option still match."""
+        recorded = dataclasses.asdict(self)
+        if self.context in (None, "both"):
+            del recorded["context"]
+        return recorded
 
 
 # Each method's defaults, the one place they are written: its pipeline samples with them when told nothing,
 # and the method registry offers them to every front end.
 REFLDM_OPTIONS = SamplingOptions("ReF-LDM", steps=50, guidance=1.5, spacing="uniform_trailing", solver="ddim")
-COMPOSITE_OPTIONS = SamplingOptions("Composite-Context", steps=50, guidance=1.2, lq_guidance=1.2, color_fix=True)
+COMPOSITE_OPTIONS = SamplingOptions(
+    "Composite-Context", steps=50, guidance=1.2, lq_guidance=1.2, color_fix=True, context="both"
+)
 
 
 @dataclass

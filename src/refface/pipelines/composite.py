@@ -44,14 +44,15 @@ from refface.pipelines.speedup_setting import SpeedupSetting, within_speedup_set
 @dataclass(frozen=True)
 class DualGuidance:
     """The two guidance scales: s_i toward the LQ image, s_c toward the references (the paper's defaults are
-    `COMPOSITE_OPTIONS`', 1.2 / 1.2)."""
+    `COMPOSITE_OPTIONS`', 1.2 / 1.2), and which part of the reference context guides (`CONTEXTS`)."""
 
     lq: float
     reference: float
+    context: str = "both"
 
     @classmethod
     def of(cls, options: SamplingOptions) -> DualGuidance:
-        return cls(options.lq_guidance, options.guidance)
+        return cls(options.lq_guidance, options.guidance, options.context or "both")
 
     def weights(self, num_references: int) -> tuple[float, float, float]:
         """Weights of e(z, 0, 0), e(z, lq, 0) and of each e(z, lq, c_i); they always sum to 1.
@@ -83,7 +84,8 @@ class GuidanceBranches:
     lq_latents: torch.Tensor
     features: ReferenceFeatures
     keep_lq: torch.Tensor
-    keep_context: torch.Tensor
+    keep_identity: torch.Tensor
+    keep_facial: torch.Tensor
 
     @classmethod
     def plan(
@@ -109,7 +111,8 @@ class GuidanceBranches:
             lq_latents=lq_latents.repeat(len(branches), 1, 1, 1),
             features=ReferenceFeatures.cat(parts),
             keep_lq=keep_lq,
-            keep_context=keep_context,
+            keep_identity=keep_context & (guidance.context in ("both", "identity")),
+            keep_facial=keep_context & (guidance.context in ("both", "appearance")),
         )
 
     def predict(self, denoiser: CompositeDenoiser, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -121,8 +124,8 @@ class GuidanceBranches:
             self.features,
             timestep.expand(size * latents.shape[0]).to(latents.device),
             keep_lq=self.keep_lq,
-            keep_identity=self.keep_context,
-            keep_facial=self.keep_context,
+            keep_identity=self.keep_identity,
+            keep_facial=self.keep_facial,
         ).float()
         return sum(weight * term for weight, term in zip(self.weights, output.chunk(size), strict=True))
 
@@ -288,17 +291,19 @@ class CompositeContextPipeline(SpeedupSetting, DiffusionPipeline):
         strength: float | None = None,
         *,
         options: SamplingOptions | None = None,
+        context: str | None = None,
     ) -> RestorationOutput:
         """Restore a batch of LQ face crops of one person with any number of references (None / empty: none).
 
         `options`: Composite-Context's `SamplingOptions` (default `default_options`: 50 DDIM steps, both
-        guidances 1.2, the colour fix), changed by any keyword given. `strength` below 1 starts from the LQ
-        latent noised to the timestep nearest strength x T (SDEdit). `seed`: the noise seed of every image
-        (default the options'), or one per image.
+        guidances 1.2, the colour fix, the whole reference context), changed by any keyword given; `context`
+        "identity" or "appearance" guides with one part of the reference context (the paper's Table 5).
+        `strength` below 1 starts from the LQ latent noised to the timestep nearest strength x T (SDEdit).
+        `seed`: the noise seed of every image (default the options'), or one per image.
         """
         options = options_for(
             self.default_options, options, steps=num_inference_steps, guidance=reference_guidance,
-            lq_guidance=lq_guidance, color_fix=color_fix, strength=strength,
+            lq_guidance=lq_guidance, color_fix=color_fix, strength=strength, context=context,
         )  # fmt: skip
         lq_batch = self._prepare(lq)
         batch_size = lq_batch.shape[0]

@@ -25,7 +25,9 @@ DETECTORS = DETECTOR_NAMES
 DEFAULT_BATCH_SIZE = 4
 DEFAULT_REFERENCES = 5  # references per person taken from an album or a person's folder
 # The choices `RestoreSettings.build` hands to the method as its `SamplingOptions` (`Method.sampling`).
-SAMPLING_CHOICES = ("steps", "guidance", "lq_guidance", "color_fix", "spacing", "solver", "strength", "seed")
+SAMPLING_CHOICES = (
+    "steps", "guidance", "lq_guidance", "color_fix", "context", "spacing", "solver", "strength", "seed"
+)
 
 
 @dataclass(frozen=True)
@@ -176,10 +178,10 @@ class RestoreSettings:
         **choices,
     ) -> RestoreSettings:
         """The settings from a front end's choices: the method by name; its sampling options by their
-        `SamplingOptions` names (steps, guidance, lq_guidance, color_fix, spacing, solver, strength, seed; None: the
-        method's default; `fast`: ReF-LDM's fast mode, DPM-Solver++ in 20 steps); its weight files (checked when
-        given, or when the run `loads_model` from them: none given is the release); and the remaining fields of
-        `RestoreSettings` as they are."""
+        `SamplingOptions` names (steps, guidance, lq_guidance, color_fix, context, spacing, solver, strength, seed;
+        None: the method's default; `fast`: ReF-LDM's fast mode, DPM-Solver++ in 20 steps); its weight files
+        (checked when given, or when the run `loads_model` from them: none given is the release); and the
+        remaining fields of `RestoreSettings` as they are."""
         entry = methods.get(method)
         sampling = {name: choices.pop(name) for name in SAMPLING_CHOICES if name in choices}
         if fast:

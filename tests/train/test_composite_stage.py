@@ -173,3 +173,43 @@ def test_a_text_to_image_folder_is_the_starting_point(tmp_path):
     sd_scheduler(prediction_type="sample").save_pretrained(base / "scheduler")
     with pytest.raises(RefFaceError, match="predicts 'sample'; the Composite-Context method trains epsilon or v_pred"):
         build_run(load_config("tiny-composite", {**FAST, "model.architecture": str(base)}))
+
+
+class _RecordingDenoiser(torch.nn.Module):
+    """Wraps the denoiser and keeps the condition masks of its last call."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.masks = inner, {}
+
+    def forward(self, *args, **kwargs):
+        self.masks = {key: kwargs[key].clone() for key in ("keep_lq", "keep_identity", "keep_facial")}
+        return self.inner(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("context", "identity", "facial", "sampled"),
+    [("composite", True, True, "both"), ("identity", True, False, "identity"),
+     ("appearance", False, True, "appearance"), ("none", False, False, "both")],
+)  # fmt: skip
+def test_the_table_4_contexts_train_and_validate_with_their_parts_only(context, identity, facial, sampled):
+    overrides = {**FAST, "loss.condition_dropout": 0.0, "model.context": context}
+    parts = build_run(load_config("tiny-composite", overrides))
+    stage = parts.stage
+    items = [parts.train_set[i] for i in range(3)]
+    batch = {key: torch.stack([item[key] for item in items]) for key in ("gt", "lq", "refs")}
+    modules = {**stage.trainable(), "denoiser": _RecordingDenoiser(stage.denoiser)}
+    (term,) = stage.losses(modules, batch, torch.Generator().manual_seed(2), 0)
+    masks = modules["denoiser"].masks
+    assert masks["keep_lq"].all() and torch.isfinite(term.loss)
+    assert masks["keep_identity"].tolist() == [identity] * 3 and masks["keep_facial"].tolist() == [facial] * 3
+    assert stage.guidance.context == sampled and stage.uses_references == (context != "none")
+    rows = stage.sample(stage.trainable(), batch, 2, 0)  # validation: with the trained parts (none: no references)
+    assert rows.output.shape == batch["gt"].shape and torch.isfinite(rows.output).all()
+
+
+def test_the_training_context_is_checked():
+    with pytest.raises(RefFaceError, match="'model.context' .* must be one of composite, identity, appearance, none"):
+        load_config("tiny-composite", {"model.context": "arcface"})
+    with pytest.raises(RefFaceError, match="only set for stage composite, got 'none'"):
+        load_config("tiny-refldm", {"model.context": "none"})

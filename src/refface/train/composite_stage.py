@@ -57,6 +57,7 @@ class CompositeStage(SingleDenoiserStage):
         identity_loss: IdentityLoss | None = None,
         guidance: DualGuidance | None = None,
         diffusion_loss: str = "l1",
+        context: str = "composite",
     ) -> None:
         self.denoiser = denoiser.train().requires_grad_(True)
         self.vae = vae.eval().requires_grad_(False)
@@ -68,6 +69,10 @@ class CompositeStage(SingleDenoiserStage):
         self.identity_loss = identity_loss
         self.guidance = guidance or DualGuidance.of(COMPOSITE_OPTIONS)
         self.diffusion_loss = diffusion_loss
+        # the parts of the reference context trained with (config TRAINING_CONTEXTS): the others always dropped
+        self.uses_identity = context in ("composite", "identity")
+        self.uses_facial = context in ("composite", "appearance")
+        self.uses_references = context != "none"
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         for module in (self.vae, self.identity_encoder, self.facial_encoder):
@@ -86,6 +91,7 @@ class CompositeStage(SingleDenoiserStage):
         gt_latents, lq_latents = encode_latents(self.vae, gt), encode_latents(self.vae, lq)
         features = encode_reference_features(self.identity_encoder, self.facial_encoder, reference)
         keep_lq, keep_identity, keep_facial = (self._keep(size, generator, device) for _ in range(3))
+        keep_identity, keep_facial = keep_identity & self.uses_identity, keep_facial & self.uses_facial
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (size,), generator=generator)
         noise = torch.randn(gt_latents.shape, generator=generator).to(gt_latents)
         timesteps = timesteps.to(device)
@@ -115,12 +121,15 @@ class CompositeStage(SingleDenoiserStage):
 
     @torch.no_grad()
     def sample(self, modules: dict[str, nn.Module], batch: dict, steps: int, seed: int) -> SampleRows:
-        """Each item restored with all of its references (the training-free ensemble) and the colour fix."""
+        """Each item restored with all of its references (the training-free ensemble; none for a model trained
+        without the reference context) and the colour fix."""
         denoiser = modules["denoiser"]
         lq_latents = encode_latents(self.vae, batch["lq"])
         outputs = []
         for index in range(lq_latents.shape[0]):
-            features = encode_reference_features(self.identity_encoder, self.facial_encoder, batch["refs"][index])
+            features = None
+            if self.uses_references:
+                features = encode_reference_features(self.identity_encoder, self.facial_encoder, batch["refs"][index])
             noise = item_noise(tuple(lq_latents.shape[1:]), [seed + index])
             # eager steps: a CUDA graph's private memory pool would sit on top of the training run's memory
             latents = sample_composite(

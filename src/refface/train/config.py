@@ -34,7 +34,8 @@ class ModelConfig:
 
     Stage `composite` (the Composite-Context method) reads `architecture` as `tiny` or a diffusers
     text-to-image folder (e.g. Stable Diffusion 2) whose U-Net it widens for the LQ latent, and
-    `init_checkpoint` as a Composite-Context model or run folder to continue from.
+    `init_checkpoint` as a Composite-Context model or run folder to continue from; `context` is which parts of
+    the reference context it trains with (`TRAINING_CONTEXTS`, the paper's Table 4 ablations).
     """
 
     architecture: str = "released"
@@ -43,6 +44,7 @@ class ModelConfig:
     reference_integration: str = "cachekv"
     reference_encoders: str = "pretrained"  # composite: ArcFace R50 + FaRL (pretrained) or random tiny stand-ins
     farl_weights: str | None = None  # composite: FaRL .pth; None downloads the released ViT-B/16 ep64
+    context: str = "composite"  # composite: composite (ArcFace + FaRL) | identity | appearance | none
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,9 @@ class OptimConfig:
 
 
 STAGES_WITHOUT_REFERENCES = ("vqgan", "ldm")  # the stages that can train on a plain image pool
+# Composite-Context trained with its whole reference context, one part of it, or none (an LQ-only model): the
+# paper's Table 4. The parts left out are dropped at every step; validation samples with the same parts.
+TRAINING_CONTEXTS = {"composite": "both", "identity": "identity", "appearance": "appearance", "none": "both"}
 DIFFUSION_LOSS_NAMES = ("l1", "l2")  # train.diffusion_step.DIFFUSION_LOSSES has one function per name
 
 
@@ -254,6 +259,12 @@ def check_config(config: TrainConfig, source: str) -> TrainConfig:
         )
     if config.data.kind == "csv" and not (config.data.references_csv and config.data.images_dir):
         raise RefFaceError(f"Config {source}: data.kind csv needs data.references_csv and data.images_dir.")
+    context = config.model.context
+    if context not in TRAINING_CONTEXTS or (context != "composite" and config.stage != "composite"):
+        raise RefFaceError(
+            f"Config key 'model.context' in {source} must be one of {', '.join(TRAINING_CONTEXTS)} and only set "
+            f"for stage composite, got {config.model.context!r}."
+        )
     if config.data.kind == "folder" and not config.data.images_dir:
         raise RefFaceError(f"Config {source}: data.kind folder needs data.images_dir.")
     if config.data.kind == "folder" and config.stage not in STAGES_WITHOUT_REFERENCES:
@@ -302,5 +313,8 @@ def validation_sampling(config: TrainConfig) -> SamplingOptions:
     `guidance_scale` where given (for Composite-Context the scale sets both of its guidances)."""
     scale = config.run.guidance_scale
     if config.stage == "composite":
-        return COMPOSITE_OPTIONS.with_changes(steps=config.run.sample_steps, guidance=scale, lq_guidance=scale)
+        return COMPOSITE_OPTIONS.with_changes(
+            steps=config.run.sample_steps, guidance=scale, lq_guidance=scale,
+            context=TRAINING_CONTEXTS[config.model.context],
+        )  # fmt: skip
     return REFLDM_OPTIONS.with_changes(steps=config.run.sample_steps, guidance=scale)

@@ -49,6 +49,14 @@ def _inputs(pipe, batch: int, seed: int):
     return latents, lq
 
 
+def _without_references(denoiser, latents, lq, times):
+    """e(z, 0, 0) and e(z, lq, 0), evaluated directly: every condition dropped, then all but the LQ."""
+    off, on = torch.zeros(len(times), dtype=torch.bool), torch.ones(len(times), dtype=torch.bool)
+    blank = ReferenceFeatures(torch.zeros(len(times), 512), torch.zeros(len(times), 17, 64))
+    e_null = denoiser(latents, lq, blank, times, keep_lq=off, keep_identity=off, keep_facial=off)
+    return e_null, denoiser(latents, lq, blank, times, keep_lq=on, keep_identity=off, keep_facial=off)
+
+
 @pytest.mark.parametrize(("s_i", "s_c", "refs"), [(1.5, 2.0, 3), (1.2, 1.2, 2), (1.3, 0.7, 1), (1.8, 1.0, 0)])
 def test_guidance_is_equation_5_and_6_evaluated_directly(pipe, s_i, s_c, refs):
     denoiser = pipe.denoiser
@@ -59,10 +67,7 @@ def test_guidance_is_equation_5_and_6_evaluated_directly(pipe, s_i, s_c, refs):
     with torch.no_grad():
         got = guided_prediction(counting, latents, lq, features, t, DualGuidance(s_i, s_c))
         times = t.expand(2)
-        off, on = torch.zeros(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
-        blank = ReferenceFeatures(torch.zeros(2, 512), torch.zeros(2, 17, 64))
-        e_null = denoiser(latents, lq, blank, times, keep_lq=off, keep_identity=off, keep_facial=off)
-        e_lq = denoiser(latents, lq, blank, times, keep_lq=on, keep_identity=off, keep_facial=off)
+        e_null, e_lq = _without_references(denoiser, latents, lq, times)
         if refs:
             e_refs = [denoiser(latents, lq, features.take([i, i]), times) for i in range(refs)]
             expected = (1 - s_i) * e_null + (s_i - s_c) * e_lq + s_c / refs * sum(e_refs)
@@ -84,10 +89,8 @@ def test_one_part_of_the_context_guides_as_the_paper_s_table_5(pipe, context, id
         got = guided_prediction(denoiser, latents, lq, features, t, DualGuidance(s_i, s_c, context))
         both = guided_prediction(denoiser, latents, lq, features, t, DualGuidance(s_i, s_c))
         times = t.expand(2)
+        e_null, e_lq = _without_references(denoiser, latents, lq, times)
         off, on = torch.zeros(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
-        blank = ReferenceFeatures(torch.zeros(2, 512), torch.zeros(2, 17, 64))
-        e_null = denoiser(latents, lq, blank, times, keep_lq=off, keep_identity=off, keep_facial=off)
-        e_lq = denoiser(latents, lq, blank, times, keep_lq=on, keep_identity=off, keep_facial=off)
         kept = {"keep_lq": on, "keep_identity": on if identity else off, "keep_facial": on if facial else off}
         e_refs = [denoiser(latents, lq, features.take([i, i]), times, **kept) for i in range(2)]
         expected = (1 - s_i) * e_null + (s_i - s_c) * e_lq + s_c / 2 * sum(e_refs)

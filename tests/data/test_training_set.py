@@ -137,8 +137,10 @@ def test_bad_inputs_get_one_sentence(tmp_path):
     folder = _face_folder(tmp_path / "hq")
     with pytest.raises(RefFaceError, match=r"not in .*: 9\.png"):
         ReferenceFaceDataset([ReferenceEntry("0.png", ("9.png",))], folder)
-    with pytest.raises(RefFaceError, match="at least 1"):
-        ReferenceFaceDataset(ENTRIES, folder, num_refs=0)
+    with pytest.raises(RefFaceError, match="at least 0, got -1"):
+        ReferenceFaceDataset(ENTRIES, folder, num_refs=-1)
+    with pytest.raises(RefFaceError, match="gives 0.png no references"):  # num_refs 0 is the pool without them
+        ReferenceFaceDataset([ReferenceEntry("0.png", ())], folder)
     with pytest.raises(RefFaceError, match="Unknown degradation preset"):
         ReferenceFaceDataset(ENTRIES, folder, degradation="blurry")
     csv = write_reference_csv(tmp_path / "refs.csv", ENTRIES)

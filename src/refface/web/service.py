@@ -199,7 +199,7 @@ class RestorationService:
             if name not in self._detectors:
                 from refface.face.detectors import choose_detector
 
-                found, _ = choose_detector(name, shape_predictor=self.detector.shape_predictor)
+                found, _ = choose_detector(name, shape_predictor=getattr(self.detector, "shape_predictor", None))
                 self._detectors[name] = OneAtATime(found, self._lock)
         return self._detectors[name]
 

@@ -44,7 +44,9 @@ _OPTION_WORDS = {
 }
 # Composite-Context's reference context: both parts, or one alone (its paper's Table 5: the ArcFace token only,
 # the FaRL tokens only); training drops each part independently, so the model knows each alone.
-CONTEXTS = ("both", "identity", "appearance")
+# Each context name: whether the identity (ArcFace) token and the facial (FaRL) tokens guide.
+CONTEXT_PARTS = {"both": (True, True), "identity": (True, False), "appearance": (False, True)}
+CONTEXTS = tuple(CONTEXT_PARTS)
 
 
 def _whole(value: object) -> int | None:

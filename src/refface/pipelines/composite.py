@@ -32,7 +32,14 @@ from refface.models.composite_context import (
 )
 from refface.models.composite_parts import tiny_reference_encoders, tiny_text_to_image
 from refface.models.kl import decode_latents, encode_latents
-from refface.pipelines.base import COMPOSITE_OPTIONS, RestorationOutput, SamplingOptions, options_for, seeds_for
+from refface.pipelines.base import (
+    COMPOSITE_OPTIONS,
+    CONTEXT_PARTS,
+    RestorationOutput,
+    SamplingOptions,
+    options_for,
+    seeds_for,
+)
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.inputs import ImageInput, prepare_images
 from refface.pipelines.noise import item_noise
@@ -106,13 +113,14 @@ class GuidanceBranches:
         parts = [blank if index is None else features.take([index] * batch) for _, _, _, index in branches]
         keep_lq = torch.tensor([kept for _, kept, _, _ in branches], device=device).repeat_interleave(batch)
         keep_context = torch.tensor([kept for _, _, kept, _ in branches], device=device).repeat_interleave(batch)
+        identity, facial = CONTEXT_PARTS[guidance.context]
         return cls(
             weights=tuple(weight for weight, *_ in branches),
             lq_latents=lq_latents.repeat(len(branches), 1, 1, 1),
             features=ReferenceFeatures.cat(parts),
             keep_lq=keep_lq,
-            keep_identity=keep_context & (guidance.context in ("both", "identity")),
-            keep_facial=keep_context & (guidance.context in ("both", "appearance")),
+            keep_identity=keep_context & identity,
+            keep_facial=keep_context & facial,
         )
 
     def predict(self, denoiser: CompositeDenoiser, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:

@@ -78,5 +78,5 @@ def build_composite_stage(config: TrainConfig) -> CompositeStage:
         identity_loss,
         DualGuidance.of(validation_sampling(config)),
         config.loss.diffusion,
-        config.model.context,
+        uses_references=config.model.context != "none",
     )

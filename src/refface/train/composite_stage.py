@@ -20,7 +20,7 @@ from transformers import CLIPVisionModel
 
 from refface.models.composite_context import CompositeDenoiser, IdentityEncoder, encode_reference_features
 from refface.models.kl import decode_latents, encode_latents
-from refface.pipelines.base import COMPOSITE_OPTIONS
+from refface.pipelines.base import COMPOSITE_OPTIONS, CONTEXT_PARTS
 from refface.pipelines.color_fix import adain_color_fix
 from refface.pipelines.composite import CompositeContextPipeline, DualGuidance, sample_composite
 from refface.pipelines.noise import item_noise
@@ -57,7 +57,7 @@ class CompositeStage(SingleDenoiserStage):
         identity_loss: IdentityLoss | None = None,
         guidance: DualGuidance | None = None,
         diffusion_loss: str = "l1",
-        context: str = "composite",
+        uses_references: bool = True,
     ) -> None:
         self.denoiser = denoiser.train().requires_grad_(True)
         self.vae = vae.eval().requires_grad_(False)
@@ -69,10 +69,11 @@ class CompositeStage(SingleDenoiserStage):
         self.identity_loss = identity_loss
         self.guidance = guidance or DualGuidance.of(COMPOSITE_OPTIONS)
         self.diffusion_loss = diffusion_loss
-        # the parts of the reference context trained with (config TRAINING_CONTEXTS): the others always dropped
-        self.uses_identity = context in ("composite", "identity")
-        self.uses_facial = context in ("composite", "appearance")
-        self.uses_references = context != "none"
+        # the parts of the reference context trained with, those validation samples with (none without
+        # references: an LQ-only model); the others are dropped at every step
+        self.uses_references = uses_references
+        parts = CONTEXT_PARTS[self.guidance.context] if uses_references else (False, False)
+        self.uses_identity, self.uses_facial = parts
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         for module in (self.vae, self.identity_encoder, self.facial_encoder):

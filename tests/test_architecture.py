@@ -21,6 +21,8 @@ LAYERS = (
     ("refface.speedups", (*UPPER, "pipelines", "models")),  # stand-ins for diffusers modules, beside the models
     ("refface.pipelines", ("cli", "web", "comfyui", "evaluation", "train", "methods")),
     ("refface.face", ("data", "cli", "web", "comfyui", "restoration", "video")),
+    # the photo given back (scale, background, tone, file): below the faces, beside nothing of the models
+    ("refface.photo", (*UPPER, "pipelines", "models", "speedups", "video", "export")),
     # ONNX export: the models and the ReF-LDM pipeline, nothing of the workflow or the front ends
     ("refface.export", ("face", "data", "cli", "web", "comfyui", "evaluation", "train", "methods", "restoration")),
     # reading, tracking and writing clips: faces yes; no models, no workflow

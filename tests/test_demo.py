@@ -23,7 +23,7 @@ def test_the_demo_restores_both_people_offline(tmp_path, monkeypatch, capsys):
     told = capsys.readouterr().err
     assert "--offline was given" in told and "the restored faces will be noise" in told
     photo = np.asarray(load_image(out / "inputs" / "old_group_photo.jpg"))
-    restored = np.asarray(load_image(out / "restored" / "restored_imgs" / "old_group_photo.png"))
+    restored = np.asarray(load_image(out / "restored" / "restored_imgs" / "old_group_photo.jpg"))
     assert restored.shape == photo.shape
     changed = np.abs(restored.astype(int) - photo.astype(int)).max(axis=2) > 8
     assert changed[:, :520].any() and changed[:, 520:].any()  # a face restored on each side

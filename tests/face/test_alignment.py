@@ -16,7 +16,7 @@ from refface.face.alignment import (
 )
 from refface.face.detection import DlibDetector
 from refface.face.locate import find_faces
-from refface.face.paste import feather_mask, paste_face
+from refface.face.paste import face_outline, feather_mask, paste_face
 from tests.face.photos import astronaut, place
 
 
@@ -93,19 +93,28 @@ def test_padding_fills_the_outside_of_the_photo_smoothly(detector):
 
 
 @pytest.mark.parametrize("restored_size", [512, 64, 1024])
-def test_paste_back_changes_only_the_face_square(detector, restored_size):
+@pytest.mark.parametrize("mask", ["square", "face"])
+def test_paste_back_changes_only_the_face_square(detector, restored_size, mask):
     scene, _ = place(astronaut(), 15, 1.2, (340, 300))
     before = scene.copy()
     face = find_faces(scene, detector, "largest").faces[0]
     rng = np.random.default_rng(restored_size)
     restored = rng.integers(0, 256, (restored_size, restored_size, 3), dtype=np.uint8)
-    result = paste_face(scene, restored, face)
+    result = paste_face(scene, restored, face, mask=mask)
     assert np.array_equal(scene, before)  # the input photo is not modified
     changed = np.any(result != scene, axis=-1)
     inside = _inside_quad(face.quad.corners, scene.shape[:2])
     assert changed.any()
     assert not (changed & ~inside).any()  # outside the face square: bit for bit identical
-    assert changed[inside].mean() > 0.5
+    if mask == "square":
+        assert changed[inside].mean() > 0.5
+        return
+    # The face's outline: the jaw line and a forehead above the brows; the square's corners stay the photo's.
+    crop_pixel = int(np.ceil(face.quad.size / restored_size))  # the mask is drawn at the crop's resolution
+    outline = _inside_polygon(face_outline(face.face.landmarks), scene.shape[:2], 2 + crop_pixel)
+    assert not (changed & ~outline).any()
+    assert changed[outline].mean() > 0.6
+    assert 0.2 < changed[inside].mean() < 0.6
 
 
 def test_pasting_the_unchanged_crop_gives_back_the_photo(detector):
@@ -130,3 +139,11 @@ def _inside_quad(corners: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     mask = np.zeros(shape, dtype=np.uint8)
     cv2.fillConvexPoly(mask, np.round(corners).astype(np.int32), 1)
     return cv2.dilate(mask, np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def _inside_polygon(points: np.ndarray, shape: tuple[int, int], margin: int) -> np.ndarray:
+    import cv2
+
+    mask = np.zeros(shape, dtype=np.uint8)
+    cv2.fillConvexPoly(mask, np.rint(points).astype(np.int32), 1)
+    return cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8)).astype(bool)

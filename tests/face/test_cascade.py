@@ -127,7 +127,7 @@ def test_the_degraded_photos_restore_every_face_with_the_default_settings(tmp_pa
     model = ["--model", str(tiny_models["refldm"]), "--steps", "2", "-q"]
     assert main(["restore", str(tmp_path / "astronaut_lq.jpg"), "--ref", str(reference), "-o", str(tmp_path / "one"),
                  *model]) == 0  # fmt: skip
-    assert (tmp_path / "one" / "restored_imgs" / "astronaut_lq.png").is_file()
+    assert (tmp_path / "one" / "restored_imgs" / "astronaut_lq.jpg").is_file()
 
     Image.fromarray(degraded_group()).save(tmp_path / "group.jpg", quality=95)
     album = write_album(tmp_path / "album")

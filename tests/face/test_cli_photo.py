@@ -54,7 +54,8 @@ def test_whole_photo_restore_writes_gfpgan_style_outputs_and_keeps_the_rest_of_t
     photo_path = workspace / "old photo.jpg"
     before = photo_path.read_bytes()
     out = tmp_path / "out"
-    assert main(_restore(workspace, out, "--ref", str(workspace / "ref1.jpg"), str(workspace / "ref2.png"))) == 0
+    refs = ["--ref", str(workspace / "ref1.jpg"), str(workspace / "ref2.png")]
+    assert main(_restore(workspace, out, *refs, "--format", "png")) == 0  # PNG: every other pixel as it was
     assert photo_path.read_bytes() == before
     for part in ("cropped_faces", "restored_faces", "cmp"):
         assert (out / part / "old photo_00.png").is_file()
@@ -80,7 +81,7 @@ def test_album_references_are_chosen_and_explained(workspace, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "people: person-01 (6), person-02 (3)" in printed and "chose" in printed
     assert "skipped damaged.jpg" in printed
-    assert (out / "restored_imgs" / "old photo.png").is_file()
+    assert (out / "restored_imgs" / "old photo.jpg").is_file()
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert rows[0]["face"] == "0" and rows[0]["person"] == "person-01" and rows[0]["status"] == "restored"
     assert rows[0]["references"] and all(name.startswith("astro_") for name in rows[0]["references"].split(";"))
@@ -120,16 +121,16 @@ def test_photo_mistakes_are_one_line_errors(workspace, tmp_path, capsys):
 def test_existing_results_are_kept_without_overwrite(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     (out / "restored_imgs").mkdir(parents=True)
-    (out / "restored_imgs" / "old photo.png").write_bytes(b"precious")
+    (out / "restored_imgs" / "old photo.jpg").write_bytes(b"precious")
     assert "--overwrite" in _error(_restore(workspace, out, "--no-refs"), capsys)
-    assert (out / "restored_imgs" / "old photo.png").read_bytes() == b"precious"
+    assert (out / "restored_imgs" / "old photo.jpg").read_bytes() == b"precious"
     other = tmp_path / "other"
     (other / "cmp").mkdir(parents=True)
     (other / "cmp" / "old photo_00.png").write_bytes(b"kept")
     assert "--overwrite" in _error(_restore(workspace, other, "--no-refs"), capsys)
     assert not (other / "restored_imgs").exists()  # refused before any result was written
     assert main(_restore(workspace, out, "--no-refs", "--overwrite")) == 0
-    assert (out / "restored_imgs" / "old photo.png").read_bytes() != b"precious"
+    assert (out / "restored_imgs" / "old photo.jpg").read_bytes() != b"precious"
 
 
 @pytest.mark.slow

@@ -98,7 +98,7 @@ def test_a_killed_run_s_temporary_files_are_removed_and_a_second_run_is_refused_
     assert main(_restore(photo, out, tiny_models=tiny_models)) == 0
     assert not any(path.exists() for path in stale)
     assert not list(out.rglob("*.part"))
-    assert (out / "restored_imgs" / "photo.png").is_file()
+    assert (out / "restored_imgs" / "photo.jpg").is_file()
     assert main(_restore(photo, out, tiny_models=tiny_models)) == 0  # the lock was released: the rerun resumes
 
 
@@ -113,7 +113,7 @@ def test_an_animated_or_multi_page_photo_is_restored_from_its_first_frame_with_a
                  str(tiny_models["refldm"]), "--steps", "2"])  # fmt: skip
     assert code == 0
     assert "pages.tif holds 2 frames or pages; the first is restored" in capsys.readouterr().out
-    restored = np.asarray(Image.open(tmp_path / "out" / "restored_imgs" / "pages.png"))
+    restored = np.asarray(Image.open(tmp_path / "out" / "restored_imgs" / "pages.tif"))
     assert restored.shape == np.asarray(face).shape
 
 

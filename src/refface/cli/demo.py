@@ -103,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from refface.imaging import load_image, save_image
     from refface.restoration.report import before_after
 
-    result = restored / "restored_imgs" / f"{inputs.photo.stem}.png"
+    result = restored / "restored_imgs" / inputs.photo.name
     save_image(before_after(load_image(inputs.photo), load_image(result)), output / "before_after.png")
     say(args, f"wrote {output / 'before_after.png'} (the photo before and after), {result} and {restored}/report.csv")
     return 0

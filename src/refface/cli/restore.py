@@ -25,7 +25,7 @@ COMMANDS = {
     "restore": "restore the face(s) in photos (or aligned crops) with reference photos of the same person",
     "align": "write FFHQ-aligned face crops of photos",
     "convert": "convert official checkpoints to a diffusers folder (safetensors)",
-    "download": "download the released ReF-LDM weights and the face detector into the cache",
+    "download": "download the released ReF-LDM weights, the face detector and Real-ESRGAN into the cache",
 }
 
 
@@ -43,6 +43,7 @@ def _aligned_output_paths(args: argparse.Namespace) -> list[Path]:
 
 def restore_settings(args: argparse.Namespace):
     """The run's settings from the command line: every option checked and defaulted there, before slow work."""
+    from refface.photo.options import PhotoOutput
     from refface.restoration.settings import ReferenceSource, RestoreSettings
     from refface.video.encoding import Encoding
     from refface.video.options import VideoOptions
@@ -52,6 +53,11 @@ def restore_settings(args: argparse.Namespace):
         detect_every=args.detect_every,
         temporal_smoothing=args.temporal_smoothing,
     )
+    photo = PhotoOutput.build(
+        scale=args.upscale, max_megapixels=args.max_megapixels, background=args.background,
+        background_model=args.background_model, tile=args.tile, colour=args.colour, mask=args.paste_mask,
+        format=args.format,
+    )  # fmt: skip
     references = ReferenceSource.choose(args.ref, args.refs_dir, args.people, args.no_refs, args.person, args.num_refs)
     return RestoreSettings.build(
         method=args.method, steps=args.steps, guidance=args.guidance, lq_guidance=args.lq_guidance,
@@ -61,7 +67,7 @@ def restore_settings(args: argparse.Namespace):
         config=args.config, loads_model=True, references=references, faces=args.face, unknown=args.unknown,
         batch_size=args.batch_size, strict=args.strict, identity=args.identity, arcface_weights=args.arcface_weights,
         detector=args.detector, aligned=args.aligned, device=args.device, dtype=args.dtype, output=args.output,
-        overwrite=args.overwrite, video=video,
+        overwrite=args.overwrite, video=video, photo=photo,
     )  # fmt: skip
 
 
@@ -154,7 +160,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     for note in notes:
         say(args, f"note: {note}")
     recorded = settings.recorded(with_video=any(photo.is_video for photo in photos))
-    with prepare_archive(settings.output, photos, recorded, settings.overwrite, state.is_main_process) as prepared:
+    main = state.is_main_process
+    with prepare_archive(settings.output, photos, recorded, settings.overwrite, main, settings.photo) as prepared:
         return _run_restore(args, settings, state, prepared)  # the folder's lock is released however this ends
 
 
@@ -162,7 +169,7 @@ def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
     """The rest of `refface restore` once its settings and output folder are checked: models, people, the run."""
     from refface.face.detectors import choose_detector
     from refface.face.identity import make_embedder
-    from refface.restoration.archive import result_path, run_archive
+    from refface.restoration.archive import run_archive
     from refface.restoration.photo_restorer import PhotoRestorer
     from refface.restoration.reference_store import ReferenceStore
     from refface.restoration.video_restorer import VideoRestorer
@@ -200,7 +207,7 @@ def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
                 print(f"refface: warning: {face.message}", file=sys.stderr)
         if result.photo is not None and result.faces and not args.quiet and len(prepared.photos) <= 20:
             restored = len(result.restored_faces)
-            say(args, f"wrote {result_path(prepared.output, photo)} ({restored} face(s) restored)")
+            say(args, f"wrote {prepared.result_path(photo)} ({restored} face(s) restored)")
 
     def tell_video(clip, result) -> None:
         for note in result.notes:
@@ -277,10 +284,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from refface.face.retinaface import RETINAFACE_WEIGHTS
+    from refface.photo.background import DEFAULT_MODEL, REALESRGAN_MODELS
     from refface.weights import REFLDM_WEIGHTS, VQGAN_WEIGHTS, cache_dir, ensure_weights
 
     directory = Path(args.dir) if args.dir else cache_dir()
-    weights = [REFLDM_WEIGHTS, VQGAN_WEIGHTS, RETINAFACE_WEIGHTS]
+    weights = [REFLDM_WEIGHTS, VQGAN_WEIGHTS, RETINAFACE_WEIGHTS, REALESRGAN_MODELS[DEFAULT_MODEL]]
+    if args.background:
+        weights += [weight for name, weight in REALESRGAN_MODELS.items() if name != DEFAULT_MODEL]
     if args.encoders:
         from refface.face.arcface import ARCFACE_R50_WEIGHTS
         from refface.models.farl import FARL_WEIGHTS
@@ -290,6 +300,45 @@ def cmd_download(args: argparse.Namespace) -> int:
         path = ensure_weights(weight, directory, progress=not args.quiet)
         print(f"{path}  ({weight.licence})")
     return 0
+
+
+def add_photo_output_options(parser: argparse.ArgumentParser) -> None:
+    """How the restored photo is given back: scale, background, tone, paste mask, file format."""
+    from refface.photo.options import BACKGROUNDS, COLOURS, DEFAULT_MAX_MEGAPIXELS, FORMATS, MASKS
+
+    group = parser.add_argument_group("the photo given back")
+    group.add_argument(
+        "--upscale",
+        help="output scale, 1 to 8, or auto: the smallest whole scale at which the largest face keeps its full "
+        "restored size (at most 4); default 1",
+    )  # fmt: skip
+    group.add_argument(
+        "--max-megapixels", type=float,
+        help=f"the largest output any scale may give (default {DEFAULT_MAX_MEGAPIXELS:g})",
+    )  # fmt: skip
+    group.add_argument(
+        "--background", choices=BACKGROUNDS,
+        help="how the rest of an enlarged photo is drawn: auto (Real-ESRGAN when enlarging and its weights are at "
+        "hand or downloadable, else Lanczos), realesrgan (also at scale 1), lanczos, none (scale 1 only)",
+    )  # fmt: skip
+    group.add_argument(
+        "--background-model",
+        help="a super-resolution checkpoint (any spandrel loads), or x2plus, x4plus, general-x4v3 (default)",
+    )
+    group.add_argument(
+        "--tile", type=int, help="background model tile side in input pixels (default: by memory at hand; 0: none)"
+    )
+    group.add_argument(
+        "--colour", choices=COLOURS,
+        help="auto: black-and-white and toned photos keep their tone; keep: always; restore: the model's colours",
+    )  # fmt: skip
+    group.add_argument(
+        "--paste-mask", choices=MASKS,
+        help="face: the face's outline from its landmarks (default); square: the whole aligned square",
+    )  # fmt: skip
+    group.add_argument(
+        "--format", choices=FORMATS, help="output file format (default keep: the input's own)"
+    )
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -380,6 +429,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace existing output files (and start an interrupted run again)"
     )
     restore.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add_photo_output_options(restore)
     video = restore.add_argument_group("video clips (.mp4, .mov, .mkv, .avi, .webm, .m4v)")
     video.add_argument("--crf", type=int, default=18, help="H.264 quality, 0-51 (default 18: visually lossless)")
     video.add_argument("--lossless", action="store_true", help="write the restored frames exactly (FFV1 in .mkv)")
@@ -416,6 +466,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     download.add_argument("--dir", help="folder to put them in (default: the refface cache)")
     download.add_argument(
         "--encoders", action="store_true", help="also ArcFace R50 and FaRL, the Composite-Context training encoders"
+    )
+    download.add_argument(
+        "--background", action="store_true", help="also Real-ESRGAN x2plus and x4plus (general-x4v3 always comes)"
     )
     download.add_argument("--quiet", "-q", action="store_true")
     download.set_defaults(handler=cmd_download)

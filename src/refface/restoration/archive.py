@@ -14,13 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
 from refface.files import FolderLock, remove_stale_parts
-from refface.imaging import check_output_path, load_image, save_image
+from refface.imaging import check_output_path, save_image
+from refface.photo.options import PhotoOutput
+from refface.photo.original import load_original
+from refface.photo.writer import write_photo as write_photo_file
 from refface.restoration.archive_inputs import ArchivePhoto
 from refface.restoration.photo_restorer import ERROR, FaceResult, PhotoRestorer, PhotoResult
 from refface.restoration.report import (
@@ -55,11 +57,12 @@ VIDEO_FOLDER = "restored_videos"
 VIDEO_WORK = ".video-work"
 
 
-def result_path(output: Path, photo: ArchivePhoto) -> Path:
-    """The restored photo; for a clip, its name without the suffix its container decides (.mp4, .mkv, ...)."""
+def result_path(output: Path, photo: ArchivePhoto, options: PhotoOutput) -> Path:
+    """The restored photo, in the format `options` gives it (the input's own by default); for a clip, its name
+    without the suffix its container decides (.mp4, .mkv, ...)."""
     if photo.is_video:
         return output / VIDEO_FOLDER / photo.name
-    return output / "restored_imgs" / f"{photo.name}.png"
+    return output / "restored_imgs" / f"{photo.name}{options.suffix_for(photo.path)}"
 
 
 def face_file(photo: ArchivePhoto, kind: str, index: int) -> str:
@@ -67,8 +70,8 @@ def face_file(photo: ArchivePhoto, kind: str, index: int) -> str:
     return f"{kind}/{photo.name}_{index:02d}.png"
 
 
-def _existing_output(output: Path, photo: ArchivePhoto) -> Path | None:
-    target = result_path(output, photo)
+def _existing_output(output: Path, photo: ArchivePhoto, options: PhotoOutput) -> Path | None:
+    target = result_path(output, photo, options)
     if photo.is_video:
         found = [path for path in clip_outputs(target, photo.path) if path.exists()]
         if found:
@@ -102,7 +105,8 @@ def _check_clip_output(target: Path, source: Path) -> None:
 class PreparedArchive:
     """An archive run checked against its output folder: what `run_archive` restores, where, and with which
     recorded settings; `resuming` when the folder holds an earlier run with the same settings. `lock`: the
-    folder's lock, held until the run ends (None for the other processes of a sharded run)."""
+    folder's lock, held until the run ends (None for the other processes of a sharded run). `photo_output`: how
+    the photos are given back (their file format among it)."""
 
     output: Path
     photos: tuple[ArchivePhoto, ...]
@@ -110,6 +114,10 @@ class PreparedArchive:
     overwrite: bool
     resuming: bool
     lock: FolderLock | None = None
+    photo_output: PhotoOutput = PhotoOutput()
+
+    def result_path(self, photo: ArchivePhoto) -> Path:
+        return result_path(self.output, photo, self.photo_output)
 
     def __enter__(self) -> PreparedArchive:
         return self
@@ -121,7 +129,12 @@ class PreparedArchive:
 
 
 def prepare_archive(
-    output: str | Path, photos: Sequence[ArchivePhoto], settings: dict, overwrite: bool, lock: bool = True
+    output: str | Path,
+    photos: Sequence[ArchivePhoto],
+    settings: dict,
+    overwrite: bool,
+    lock: bool = True,
+    photo_output: PhotoOutput | None = None,
 ) -> PreparedArchive:
     """Check, once and before any slow work, that the run may write into `output`, and take the folder's lock
     (`lock`: the main process of a sharded run takes it for all).
@@ -133,7 +146,7 @@ def prepare_archive(
     output = Path(output)
     held = FolderLock(output).acquire() if lock else None
     try:
-        return _prepare(output, photos, settings, overwrite, held)
+        return _prepare(output, photos, settings, overwrite, held, photo_output or PhotoOutput())
     except BaseException:
         if held is not None:
             held.release()
@@ -141,7 +154,12 @@ def prepare_archive(
 
 
 def _prepare(
-    output: Path, photos: Sequence[ArchivePhoto], settings: dict, overwrite: bool, held: FolderLock | None
+    output: Path,
+    photos: Sequence[ArchivePhoto],
+    settings: dict,
+    overwrite: bool,
+    held: FolderLock | None,
+    options: PhotoOutput,
 ) -> PreparedArchive:
     if held is not None:
         remove_stale_parts(output)
@@ -151,12 +169,12 @@ def _prepare(
         record.check()
     for photo in photos:
         if photo.is_video:
-            _check_clip_output(result_path(output, photo), photo.path)
+            _check_clip_output(result_path(output, photo, options), photo.path)
         else:
-            check_output_path(result_path(output, photo), [photo.path], overwrite=True)
-        if not (resuming or overwrite) and (existing := _existing_output(output, photo)) is not None:
+            check_output_path(result_path(output, photo, options), [photo.path], overwrite=True)
+        if not (resuming or overwrite) and (existing := _existing_output(output, photo, options)) is not None:
             raise RefFaceError(f"The output file {existing} already exists; pass --overwrite to replace it.")
-    return PreparedArchive(output, tuple(photos), settings, overwrite, resuming, held)
+    return PreparedArchive(output, tuple(photos), settings, overwrite, resuming, held, options)
 
 
 def write_face(output: Path, photo: ArchivePhoto, face: FaceResult) -> str:
@@ -172,29 +190,33 @@ def write_face(output: Path, photo: ArchivePhoto, face: FaceResult) -> str:
     return restored_file
 
 
-def write_photo(output: Path, photo: ArchivePhoto, result: PhotoResult) -> list[str]:
-    """The photo's files (restored photo, per-face crops and comparisons); returns each face's restored file."""
-    restored_files = [write_face(output, photo, face) for face in result.faces]
+def write_photo(prepared: PreparedArchive, photo: ArchivePhoto, result: PhotoResult) -> list[str]:
+    """The photo's files (restored photo, per-face crops and comparisons); returns each face's restored file.
+    What the output format could not keep of the input's metadata becomes a note of the result."""
+    restored_files = [write_face(prepared.output, photo, face) for face in result.faces]
     if result.photo is not None and result.faces:  # a photo without faces is left where it is, not copied
-        save_image(Image.fromarray(np.asarray(result.photo)), result_path(output, photo))
+        _, notes = write_photo_file(result.photo, result.metadata, prepared.result_path(photo))
+        result.notes.extend(f"{photo.path.name}: {note}." for note in notes)
     return restored_files
 
 
 def _restore_clip(
     videos: VideoRestorer,
     clip: ArchivePhoto,
-    output: Path,
+    prepared: PreparedArchive,
     problems: list[str],
     on_video: Callable[[ArchivePhoto, VideoResult], None] | None,
 ) -> list[dict]:
     """One clip into restored_videos/ (resuming its own unfinished segments); its report rows."""
+
+    output = prepared.output
 
     def keep_track(track: TrackResult) -> None:
         write_face(output, clip, track.face)
 
     try:
         result = videos.restore(
-            clip.path, result_path(output, clip), work=output / VIDEO_WORK / clip.name, on_track=keep_track
+            clip.path, prepared.result_path(clip), work=output / VIDEO_WORK / clip.name, on_track=keep_track
         )
     except RefFaceError as error:
         problems.append(str(error))
@@ -245,11 +267,11 @@ def _run(prepared, restorer, state, progress, on_photo, videos, on_video) -> Arc
     problems: list[str] = []
     bar = tqdm(total=len(mine), desc="restoring photos", unit="photo", disable=not progress)
     stills = [photo for photo in mine if not photo.is_video]
-    loaders = ((str(photo.path), lambda path=photo.path: load_image(path)) for photo in stills)
+    loaders = ((str(photo.path), lambda path=photo.path: load_original(path)) for photo in stills)
     for photo, result in zip(stills, restorer.restore_many(loaders), strict=True):
         if result.error is not None:
             problems.append(result.error)
-        rows = photo_rows(photo.name, result, write_photo(output, photo, result))
+        rows = photo_rows(photo.name, result, write_photo(prepared, photo, result))
         record.record(photo.name, rows)
         if on_photo is not None:
             on_photo(photo, result)
@@ -261,7 +283,7 @@ def _run(prepared, restorer, state, progress, on_photo, videos, on_video) -> Arc
         videos = videos or VideoRestorer(restorer)
     clips_written = 0
     for clip in clips:
-        rows = _restore_clip(videos, clip, output, problems, on_video)
+        rows = _restore_clip(videos, clip, prepared, problems, on_video)
         clips_written += rows[0]["status"] != ERROR
         record.record(clip.name, rows)
         bar.update(1)

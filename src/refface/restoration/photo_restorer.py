@@ -21,9 +21,11 @@ from refface.face.alignment import ALIGNED_SIZE, AlignedFace
 from refface.face.detection import FaceDetector
 from refface.face.guard import lq_is_usable
 from refface.face.locate import DroppedFace, FaceSearch, NoFaceFound, find_faces
-from refface.face.paste import paste_face
-from refface.imaging import as_rgb_array, frame_count
+from refface.imaging import as_rgb_array
+from refface.photo.background import Background
+from refface.photo.original import OriginalPhoto, PhotoMetadata, as_original
 from refface.pipelines.base import RestorationPipeline
+from refface.restoration.compose import compose
 from refface.restoration.people import Match, People, Person, no_people
 from refface.restoration.reference_store import ReferenceStore
 from refface.restoration.settings import RestoreSettings
@@ -33,7 +35,7 @@ WITHOUT_REFERENCES = "restored-without-references"
 SKIPPED = "skipped"
 ERROR = "error"
 
-PhotoSource = Callable[[], Image.Image | np.ndarray]
+PhotoSource = Callable[[], OriginalPhoto | Image.Image | np.ndarray]
 
 
 @dataclass
@@ -62,7 +64,11 @@ class FaceResult:
 
 @dataclass
 class PhotoResult:
-    """A photo with its restored faces pasted in (None on error), every face's result, and notes for the user."""
+    """A photo with its restored faces pasted in (None on error), every face's result, and notes for the user.
+
+    `photo`: RGB at the input's depth (uint8, or uint16 for a 16-bit file) and the output scale; `metadata`: the
+    input file's, to be written with it; `scale`: how much larger than the input it is.
+    """
 
     source: str
     photo: np.ndarray | None
@@ -70,6 +76,8 @@ class PhotoResult:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     dropped: list[DroppedFace] = field(default_factory=list)  # faces seen but not restored, and why
+    metadata: PhotoMetadata = field(default_factory=PhotoMetadata)
+    scale: float = 1.0
 
     @property
     def restored_faces(self) -> list[FaceResult]:
@@ -78,10 +86,10 @@ class PhotoResult:
 
 @dataclass
 class _Planned:
-    """A photo between planning and pasting: its pixels and its faces' plans (or the error that stopped it)."""
+    """A photo between planning and pasting: the photo and its faces' plans (or the error that stopped it)."""
 
     source: str
-    pixels: np.ndarray | None
+    original: OriginalPhoto | None
     faces: list[FaceResult]
     notes: list[str]
     error: str | None = None
@@ -96,8 +104,10 @@ class PhotoRestorer:
     of which the restorer reads the sampling options (None: the pipeline's defaults), which faces (`faces`;
     "auto" is the largest face when the user named one person, else all), what becomes of unknown faces, the
     batch size and `strict` (default: `RestoreSettings()`). `store`: where encoded references are kept (default:
-    memory). `step_callback` goes to every pipeline call; `batch_callback(number, total, faces)` is told before
-    each call which faces it restores (1-based number of `total` calls), for progress on a page.
+    memory). `background`: how enlarged photos get their background (default: as the settings' photo options
+    say, on the pipeline's device). `step_callback` goes to every pipeline call; `batch_callback(number, total,
+    faces)` is told before each call which faces it restores (1-based number of `total` calls), for progress on a
+    page.
     """
 
     def __init__(
@@ -108,6 +118,7 @@ class PhotoRestorer:
         settings: RestoreSettings | None = None,
         *,
         store: ReferenceStore | None = None,
+        background: Background | None = None,
         aligned_size: int = ALIGNED_SIZE,
         progress: bool = False,
         step_callback=None,
@@ -119,6 +130,8 @@ class PhotoRestorer:
         faces = self.settings.faces
         self.select = faces if faces != "auto" else ("largest" if self.people.named_one else "all")
         self.store = store if store is not None else ReferenceStore(pipe)
+        device = getattr(pipe, "device", "cpu") if pipe is not None else "cpu"
+        self.background = background or Background(self.settings.photo, device, progress=progress)
         self.aligned_size = aligned_size
         self.progress, self.step_callback, self.batch_callback = progress, step_callback, batch_callback
         self.faces_restored = 0
@@ -141,7 +154,8 @@ class PhotoRestorer:
     def _search(self, photo: Image.Image | np.ndarray, source: str) -> tuple[list[FaceResult], FaceSearch]:
         if self.detector is None:
             raise RefFaceError("Whole photos need a face detector; pass one, or restore aligned crops.")
-        search = find_faces(as_rgb_array(photo), self.detector, self.select, self.aligned_size, source)
+        pixels = photo.rgb8 if isinstance(photo, OriginalPhoto) else as_rgb_array(photo)
+        search = find_faces(pixels, self.detector, self.select, self.aligned_size, source)
         return self.match_faces(search.faces, source), search
 
     def match_faces(self, aligned: Sequence[AlignedFace], source: str = "the photo") -> list[FaceResult]:
@@ -251,19 +265,20 @@ class PhotoRestorer:
                 face.restored = np.asarray(image.convert("RGB"))
             self.faces_restored += len(batch)
 
-    @staticmethod
-    def _paste(planned: _Planned) -> PhotoResult:
+    def _paste(self, planned: _Planned) -> PhotoResult:
         if planned.error is not None:
             return PhotoResult(planned.source, None, planned.faces, planned.notes, planned.error)
-        result = planned.pixels
-        for face in planned.faces:
-            if face.restored is not None and face.aligned is not None:
-                result = paste_face(result, face.restored, face.aligned)
-        return PhotoResult(planned.source, result, planned.faces, planned.notes, dropped=planned.dropped)
+        restored = [(face.restored, face.aligned) for face in planned.faces
+                    if face.restored is not None and face.aligned is not None]  # fmt: skip
+        made = compose(planned.original, restored, self.settings.photo, self.background)
+        return PhotoResult(
+            planned.source, made.pixels, planned.faces, [*planned.notes, *made.notes], dropped=planned.dropped,
+            metadata=planned.original.metadata, scale=made.scale,
+        )  # fmt: skip
 
     def restore(
         self,
-        photo: Image.Image | np.ndarray,
+        photo: OriginalPhoto | Image.Image | np.ndarray,
         source: str = "the photo",
         people_of: dict[int, str | None] | None = None,
         faces: list[FaceResult] | None = None,
@@ -275,12 +290,13 @@ class PhotoRestorer:
         """
         notes: list[str] = []
         dropped: list[DroppedFace] = []
+        original = as_original(photo)
         if faces is None:
-            faces, search = self._search(photo, source)
+            faces, search = self._search(original.rgb8, source)
             notes, dropped = list(search.notes), search.dropped
         if people_of:
             self.assign(faces, people_of)
-        planned = _Planned(source, as_rgb_array(photo), faces, notes, dropped=dropped)
+        planned = _Planned(source, original, faces, notes, dropped=dropped)
         self.restore_faces(faces)
         return self._paste(planned)
 
@@ -305,21 +321,20 @@ class PhotoRestorer:
     def _plan_photo(self, source: str, load: PhotoSource) -> _Planned:
         frames: list[str] = []
         try:
-            photo = load()
-            if isinstance(photo, Image.Image) and (count := frame_count(photo)) > 1:
-                frames.append(f"{source} holds {count} frames or pages; the first is restored.")
-            pixels = as_rgb_array(photo)
+            original = as_original(load())
+            if original.frames > 1:
+                frames.append(f"{source} holds {original.frames} frames or pages; the first is restored.")
         except RefFaceError as error:
             return _Planned(source, None, [], [], str(error))
         except OSError as error:
             return _Planned(source, None, [], [], f"{source} could not be read ({short_reason(error)}).")
         try:
-            faces, search = self._search(pixels, source)
+            faces, search = self._search(original.rgb8, source)
         except NoFaceFound as nothing:  # passed over: the photo is kept as it is
-            return _Planned(source, pixels, [], [*frames, str(nothing)])
+            return _Planned(source, original, [], [*frames, str(nothing)])
         except RefFaceError as error:
             return _Planned(source, None, [], [], str(error))
-        return _Planned(source, pixels, faces, [*frames, *search.notes], dropped=search.dropped)
+        return _Planned(source, original, faces, [*frames, *search.notes], dropped=search.dropped)
 
     def _finish(self, pending: list[_Planned]) -> list[PhotoResult]:
         self.restore_faces([face for planned in pending for face in planned.faces])

@@ -15,6 +15,7 @@ from refface import methods
 from refface.devices import DEVICE_NAMES, DTYPE_NAMES
 from refface.errors import RefFaceError
 from refface.face.detectors import DETECTOR_NAMES
+from refface.photo.options import PhotoOutput
 from refface.pipelines.base import SamplingOptions
 from refface.video.options import VideoOptions
 
@@ -121,8 +122,9 @@ class RestoreSettings:
     refuse a face that looks like someone else than the person named, instead of warning. `batch_size`: faces of
     one person per pipeline call, across photos. `references`: where the people come from (None: the caller
     makes them, as the web page and ComfyUI do from uploaded photos). `sources`: the checked weight files of a run
-    that loads its model (None: the caller has it loaded). The rest is the command line's: the face tools, the
-    device, the output and how clips are written.
+    that loads its model (None: the caller has it loaded). `photo`: how the restored photo is given back (scale,
+    background, tone, paste mask, file format). The rest is the command line's: the face tools, the device, the
+    output and how clips are written.
     """
 
     sampling: SamplingOptions | None = None
@@ -140,6 +142,7 @@ class RestoreSettings:
     device: str = "auto"
     dtype: str = "fp32"
     video: VideoOptions = field(default_factory=VideoOptions)
+    photo: PhotoOutput = field(default_factory=PhotoOutput)
     output: Path | None = None
     overwrite: bool = False
 
@@ -217,6 +220,7 @@ class RestoreSettings:
             "identity": self.identity,
             "detector": self.detector,
             "strict": self.strict,
+            "photo": self.photo.recorded(),
         }
         if with_video:
             recorded["video"] = self.video.recorded()

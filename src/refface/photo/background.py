@@ -1,0 +1,210 @@
+"""The background of an enlarged photo: a super-resolution model loaded with spandrel, tiled, or a Lanczos resize.
+
+spandrel is the library ComfyUI, AUTOMATIC1111 and chaiNNer load upscalers with: it reads Real-ESRGAN's released
+files and most other super-resolution checkpoints users already have, and says which architecture it found. The
+model runs on tiles with an overlap (each tile's margin is cut away again, so no seam), at the tile size the
+memory at hand allows, in half precision on a GPU where the model supports it; its own scale (x2, x4) is then
+resized to the scale asked for.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from refface.errors import RefFaceError, short_reason
+from refface.photo.options import PhotoOutput
+from refface.weights import DownloadFailed, WeightFile, ensure_weights
+
+if TYPE_CHECKING:
+    import torch
+
+_RELEASE = "https://github.com/xinntao/Real-ESRGAN/releases/download"
+_LICENCE = "BSD 3-Clause licence (Real-ESRGAN)"
+REALESRGAN_MODELS = {
+    # The light model: 1.2 M parameters, about 15 times less work per pixel than x4plus; the default.
+    "general-x4v3": WeightFile(
+        "realesr-general-x4v3.pth", f"{_RELEASE}/v0.2.5.0/realesr-general-x4v3.pth",
+        "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292", _LICENCE,
+    ),
+    "x2plus": WeightFile(
+        "RealESRGAN_x2plus.pth", f"{_RELEASE}/v0.2.1/RealESRGAN_x2plus.pth",
+        "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb", _LICENCE,
+    ),
+    "x4plus": WeightFile(
+        "RealESRGAN_x4plus.pth", f"{_RELEASE}/v0.1.0/RealESRGAN_x4plus.pth",
+        "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", _LICENCE,
+    ),
+}  # fmt: skip
+DEFAULT_MODEL = "general-x4v3"
+TILE_PAD = 40  # input pixels of overlap on each side of a tile: the light model's whole receptive field (34)
+BYTES_PER_PIXEL_FEATURES = 64  # a Real-ESRGAN-sized network's feature channels, for the memory estimate
+
+
+def bytes_per_input_pixel(scale: int) -> int:
+    """Working memory per input pixel of a Real-ESRGAN-sized model (float32): features at the input's size and
+    at the output's, a few held at once."""
+    return 4 * (8 * BYTES_PER_PIXEL_FEATURES + 2 * BYTES_PER_PIXEL_FEATURES * scale * scale)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the model may use: half of the GPU's free memory, or a quarter of the machine's available memory."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] // 2)
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        available = 4 << 30
+    return int(available // 4)
+
+
+def automatic_tile(scale: int, device: torch.device) -> int:
+    """The largest tile side (a multiple of 32, at least 128) whose work fits the memory at hand."""
+    side = math.isqrt(max(free_memory(device) // bytes_per_input_pixel(scale), 1))
+    return max(128, side // 32 * 32)
+
+
+def upscale_tiled(model, image: torch.Tensor, scale: int, tile: int, pad: int = TILE_PAD) -> torch.Tensor:
+    """`model` ([1, C, h, w] -> [1, C, h*scale, w*scale]) over `image` ([1, C, H, W]) in tiles of `tile` input
+    pixels, each run with `pad` pixels of its neighbours around it and cut back; `tile` 0: all at once."""
+    import torch
+
+    _, channels, height, width = image.shape
+    if tile <= 0 or (height <= tile and width <= tile):
+        return model(image)
+    output = None
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            bottom, right = min(top + tile, height), min(left + tile, width)
+            y0, x0 = max(top - pad, 0), max(left - pad, 0)
+            y1, x1 = min(bottom + pad, height), min(right + pad, width)
+            result = model(image[:, :, y0:y1, x0:x1])
+            if output is None:
+                output = torch.empty((1, result.shape[1], height * scale, width * scale), dtype=result.dtype,
+                                     device=result.device)  # fmt: skip
+            inner = result[:, :, (top - y0) * scale : (bottom - y0) * scale, (left - x0) * scale : (right - x0) * scale]
+            output[:, :, top * scale : bottom * scale, left * scale : right * scale] = inner
+    return output
+
+
+def resize(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An image at `shape` (height, width): Lanczos to enlarge, area averaging to shrink, any depth."""
+    if pixels.shape[:2] == tuple(shape):
+        return pixels
+    shrinking = shape[0] < pixels.shape[0] and shape[1] < pixels.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4
+    return cv2.resize(pixels, (shape[1], shape[0]), interpolation=interpolation)
+
+
+def load_upscaler(path: str | Path):
+    """A super-resolution checkpoint through spandrel (its ImageModelDescriptor), or one sentence naming the file."""
+    import spandrel
+
+    source = Path(path)
+    if not source.is_file():
+        raise RefFaceError(f"The background model {source} does not exist.")
+    try:
+        descriptor = spandrel.ModelLoader().load_from_file(source)
+    except Exception as error:  # spandrel raises many kinds for files that are not models it knows
+        raise RefFaceError(
+            f"The file {source} is not a super-resolution model spandrel can load ({short_reason(error)})."
+        ) from None
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.input_channels != 3:
+        raise RefFaceError(f"The file {source} holds a {descriptor.architecture.name} model, not an RGB upscaler.")
+    if descriptor.output_channels != 3 or descriptor.scale < 1:
+        raise RefFaceError(f"The file {source} holds a {descriptor.architecture.name} model, not an RGB upscaler.")
+    return descriptor.eval()
+
+
+@dataclass
+class Background:
+    """Draws a photo's background at the output size: with a super-resolution model (loaded on first use) where
+    the options ask for one, else with a resize. `notes` gathers what the user should know (once each)."""
+
+    options: PhotoOutput
+    device: str | torch.device = "cpu"
+    progress: bool = True
+    notes: list[str] = field(default_factory=list)
+    _model: object = None
+    _tried: bool = False
+
+    def take_notes(self) -> list[str]:
+        """The notes not yet told (each is told once, with the first photo it concerns)."""
+        notes, self.notes = self.notes, []
+        return notes
+
+    def model_name(self) -> str:
+        return self.options.background_model or DEFAULT_MODEL
+
+    def uses_model(self, scale: float) -> bool:
+        """Whether a model draws the background at `scale` (auto: only to enlarge, or when a file was named)."""
+        if self.options.background in ("lanczos", "none"):
+            return False
+        if self.options.background == "auto" and scale == 1.0 and self.options.background_model is None:
+            return False
+        return True
+
+    def model(self):
+        """The super-resolution model (None where `auto` could not get Real-ESRGAN's weights: Lanczos, noted)."""
+        if self._tried:
+            return self._model
+        self._tried = True
+        name = self.model_name()
+        try:
+            if name in REALESRGAN_MODELS:
+                path = ensure_weights(REALESRGAN_MODELS[name], progress=self.progress)
+            else:
+                path = Path(name)
+        except DownloadFailed as failed:
+            if self.options.background != "auto":
+                raise
+            self.notes.append(
+                f"Real-ESRGAN's weights are not at hand ({failed.reason}); the background was enlarged with Lanczos "
+                "(`refface download --background` fetches them)."
+            )
+            return None
+        self._model = _on_device(load_upscaler(path), self.device)
+        return self._model
+
+    def draw(self, pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """The photo (uint8 or uint16 RGB) at `shape`, by the model or a resize, at the photo's depth."""
+        scale = shape[0] / pixels.shape[0]
+        descriptor = self.model() if self.uses_model(scale) else None
+        if descriptor is None:
+            return resize(pixels, shape)
+        return resize(self._run(descriptor, pixels), shape)
+
+    def _run(self, descriptor, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        top = 65535.0 if pixels.dtype == np.uint16 else 255.0
+        device, dtype = descriptor.device, descriptor.dtype
+        image = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(2, 0, 1)[None]
+        image = image.to(dtype) / top if pixels.dtype == np.uint8 else (image.float() / top).to(dtype)
+        tile = self.options.tile if self.options.tile is not None else automatic_tile(descriptor.scale, device)
+        with torch.inference_mode():
+            output = upscale_tiled(descriptor, image, descriptor.scale, tile)
+        array = output[0].permute(1, 2, 0).float().cpu().numpy()
+        return np.clip(np.rint(array * top), 0, top).astype(pixels.dtype)
+
+
+def _on_device(descriptor, device):
+    """The model on `device`, in half precision on a GPU where it supports it (bfloat16 where only that)."""
+    import torch
+
+    device = torch.device(device)
+    descriptor.to(device)
+    if device.type == "cuda":
+        if descriptor.supports_half:
+            descriptor.half()
+        elif descriptor.supports_bfloat16:
+            descriptor.bfloat16()
+    return descriptor

@@ -148,9 +148,8 @@ class Background:
         """Whether a model draws the background at `scale` (auto: only to enlarge, or when a file was named)."""
         if self.options.background in ("lanczos", "none"):
             return False
-        if self.options.background == "auto" and scale == 1.0 and self.options.background_model is None:
-            return False
-        return True
+        plain_size = scale == 1.0 and self.options.background_model is None
+        return not (self.options.background == "auto" and plain_size)
 
     def model(self):
         """The super-resolution model (None where `auto` could not get Real-ESRGAN's weights: Lanczos, noted)."""

@@ -71,7 +71,8 @@ class OriginalPhoto:
         """A photo known only by its pixels (uint8 RGB, or an image): nothing else to keep."""
         array = np.asarray(pixels.convert("RGB") if isinstance(pixels, Image.Image) else pixels)
         if array.dtype not in (np.uint8, np.uint16) or array.ndim != 3 or array.shape[2] != 3:
-            raise RefFaceError(f"A photo's pixels are uint8 or uint16 [H, W, 3], got {array.dtype} {list(array.shape)}.")
+            shape = list(array.shape)
+            raise RefFaceError(f"A photo's pixels are uint8 or uint16 [H, W, 3], got {array.dtype} {shape}.")
         frames = frame_count(pixels) if isinstance(pixels, Image.Image) else 1
         return cls(array, PhotoMetadata(), frames)
 

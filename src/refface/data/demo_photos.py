@@ -131,3 +131,42 @@ def write_demo_inputs(folder: str | Path) -> DemoInputs:
     group = folder / "old_group_photo.jpg"
     Image.fromarray(group_photo()).save(group, quality=85)
     return DemoInputs(group, people)
+
+
+@cache
+def _astronaut_landmarks() -> np.ndarray:
+    from refface.face.detection import DlibDetector
+    from refface.face.locate import find_faces
+
+    return find_faces(astronaut(), DlibDetector(), "largest").faces[0].face.landmarks.copy()
+
+
+ASTRONAUT_JAW = 93.0  # her jaw line in astronaut() is about this many pixels wide
+
+
+@dataclass(frozen=True)
+class FaceScene:
+    """A photo with one small face whose landmarks are known exactly, and a detailed 512 px crop standing in
+    for what a model restored: the checks of how much of a restoration reaches the photo given back."""
+
+    photo: np.ndarray
+    landmarks: np.ndarray
+    restored: np.ndarray
+
+
+def face_scene(face_width: float, seed: int = 0, margin: float = 2.5) -> FaceScene:
+    """The astronaut placed so her jaw line is `face_width` pixels wide, in a scene `margin` face squares
+    across; her restored face is her aligned face from the full photo with fine random texture added (detail a
+    face of `face_width` pixels cannot hold)."""
+    from refface.face.alignment import ffhq_quad, transform_points, warp_quad
+
+    scale = face_width / ASTRONAUT_JAW
+    landmarks = _astronaut_landmarks()
+    side = int(round(ffhq_quad(landmarks).size * scale * margin))
+    face_centre = ffhq_quad(landmarks).corners.mean(axis=0) - (256 - 0.5)  # from the photo's centre
+    centre = tuple(side / 2 - scale * face_centre)
+    photo, matrix = place(astronaut(), 0.0, scale, centre, canvas=(side, side))
+    crop = warp_quad(astronaut(), ffhq_quad(landmarks), 512).astype(np.float32)
+    texture = cv2.GaussianBlur(np.random.default_rng(seed).normal(0, 10, crop.shape).astype(np.float32), (0, 0), 0.8)
+    restored = np.clip(np.rint(crop + texture), 0, 255).astype(np.uint8)
+    return FaceScene(photo, transform_points(matrix, landmarks), restored)

@@ -112,6 +112,20 @@ def test_a_face_of_nobody_connected_can_be_left_untouched(model, people):
     assert float(only[0, :, 540:].max()) == 0.0 and float(only[0, :, :500].max()) > 0.9  # face 1: the astronaut
 
 
+def test_an_enlarged_batch_shares_its_size_with_an_image_without_a_face_and_the_mask_follows(model, people):
+    _, eileen = people
+    scene = group_photo()
+    empty = np.full_like(scene, 128)
+    image = _image(scene, empty)
+    restored, mask = RestoreFaces().restore(model, image, **SAMPLING, faces="all", face_number=0, unknown="skip",
+                                            person=eileen, upscale=2.0, background="lanczos")  # fmt: skip
+    height, width = scene.shape[:2]
+    assert restored.shape == (2, 2 * height, 2 * width, 3) and mask.shape == (2, 2 * height, 2 * width)
+    assert float(mask[0].max()) > 0.9 and float(mask[1].max()) == 0.0
+    assert float((restored[1] - 128 / 255).abs().max()) < 1e-6  # the face-less image resized (flat stays flat)
+    assert float(mask[0, :, 1080:].max()) == 0.0  # Grace Hopper's half: nobody connected, untouched
+
+
 def test_an_image_without_a_face_passes_through_with_an_empty_mask(model):
     image = torch.full((1, 120, 160, 3), 128 / 255)
     restored, mask = RestoreFaces().restore(model, image, **SAMPLING, faces="all", face_number=0, unknown="no-refs")

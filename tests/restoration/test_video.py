@@ -21,7 +21,7 @@ from refface.face.paste import face_mask
 from refface.restoration import PhotoRestorer
 from refface.restoration.people import people_from_references
 from refface.restoration.settings import RestoreSettings
-from refface.restoration.video_restorer import VideoRestorer, aligned_from_quad
+from refface.restoration.video_restorer import VideoRestorer, aligned_from_track
 from refface.video.encoding import Encoding
 from refface.video.media import decode_frames, probe_video
 from refface.video.options import VideoOptions
@@ -64,7 +64,7 @@ def face_masks(path, tracks, size: int = 512) -> list[np.ndarray]:
         mask = np.zeros(frame.pixels.shape[:2], np.float32)
         for track in tracks:
             if track.covers(frame.index):
-                aligned = aligned_from_quad(frame.pixels, track.quad(frame.index), size)
+                aligned = aligned_from_track(frame.pixels, track, frame.index, size)
                 mask = np.maximum(mask, face_mask(aligned, frame.pixels.shape[:2]))
         masks.append(mask)
     return masks
@@ -157,7 +157,7 @@ def test_temporal_smoothing_reduces_flicker_on_a_noisy_still_clip(pipe, detector
         result = videos.restore(clip, tmp_path / f"s{sigma}")
         (track,) = [t.track for t in result.tracks]
         for frame in decode_frames(probe_video(result.output)):
-            kept.append(aligned_from_quad(frame.pixels, track.quad(frame.index), 256).image)
+            kept.append(aligned_from_track(frame.pixels, track, frame.index, 256).image)
         crops[sigma] = flicker(kept, face_region(256))
     assert crops[2.0] < 0.7 * crops[0.0]
 
@@ -302,3 +302,23 @@ def test_an_earlier_result_blocks_only_its_own_clip(tmp_path):
         prepare_archive(tmp_path / "out", [ArchivePhoto(clip, "walk")], {}, overwrite=False)
     with pytest.raises(RefFaceError, match="is also an input"):
         prepare_archive(tmp_path, [ArchivePhoto(clip, "../walk")], {}, overwrite=True)
+
+
+@pytest.mark.slow
+def test_an_enlarged_clip_is_written_at_twice_its_size_with_the_resized_frames_around_the_face(
+    pipe, detector, clips, tmp_path
+):
+    from refface.photo.background import resize
+    from refface.photo.options import PhotoOutput
+
+    source = clips["moving"]
+    enlarged = restorer(pipe, detector, photo=PhotoOutput(scale=2, background="lanczos"))
+    result = VideoRestorer(enlarged, VideoOptions(segment_frames=10)).restore(source, tmp_path / "walk")
+    after = probe_video(result.output)
+    assert (after.frames, after.width, after.height) == (24, 512, 512)
+    (track,) = [t.track for t in result.tracks]
+    masks = face_masks(source, [track])
+    for original, restored, mask in zip(decoded_frames(source), decoded_frames(result.output), masks, strict=True):
+        away = resize(mask, (512, 512)) == 0
+        change = np.abs(resize(original, (512, 512)).astype(np.float32) - restored).mean(axis=-1)
+        assert change[away].mean() < 5  # the codec's error only

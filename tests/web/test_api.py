@@ -91,11 +91,12 @@ def test_a_photo_is_restored_with_references_and_pasted_back(client, face_photos
     assert status["summary"] == "1 face(s) restored: face 0 as Eileen (2 reference(s))."  # numbered as the CLI
     assert [(f["index"], f["person"], f["status"]) for f in status["faces"]] == [(0, "Eileen", "restored")]
 
-    result = client.get(f"/api/jobs/{job['job_id']}/result.png?download=1")
-    disposition = result.headers["content-disposition"]
-    assert (
-        result.status_code == 200 and disposition.startswith("attachment") and "old%20photo_restored.png" in disposition
-    )
+    kept = client.get(f"/api/jobs/{job['job_id']}/result.png?download=1")  # the upload's own format: a JPEG
+    disposition = kept.headers["content-disposition"]
+    assert kept.status_code == 200 and disposition.startswith("attachment") and "old%20photo_restored.jpg" in disposition
+    assert kept.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(kept.content)).quantization == Image.open(face_photos["old photo.jpg"]).quantization
+    result = client.get(f"/api/jobs/{job['job_id']}/result.png")  # shown on the page: every pixel exactly
     restored = np.asarray(Image.open(io.BytesIO(result.content)))
     before = np.asarray(Image.open(io.BytesIO(client.get(f"/api/jobs/{job['job_id']}/before.png").content)))
     original = np.asarray(Image.open(face_photos["old photo.jpg"]).convert("RGB"))
@@ -107,6 +108,24 @@ def test_a_photo_is_restored_with_references_and_pasted_back(client, face_photos
     changed = np.abs(restored.astype(int) - original).sum(axis=2) > 0
     assert 0.02 < changed.mean() < 0.6  # the face region changed, the rest of the photo did not
     assert not changed[170:].any() and not changed[:, 260:].any() and not changed[:, :80].any()  # the face is above
+
+
+@pytest.mark.slow
+def test_the_page_enlarges_keeps_a_grey_photo_grey_and_says_so(client, face_photos, tmp_path):
+    grey = tmp_path / "grey scan.png"
+    Image.open(face_photos["old photo.jpg"]).convert("L").save(grey)
+    found = _upload(client, grey).json()
+    assert client.get("/api/info").json()["backgrounds"] == ["lanczos"]  # no Real-ESRGAN on this server
+    form = {"photo_id": found["photo_id"], "method": "refldm", "steps": "2", "upscale": "2", "background": "lanczos"}
+    status = _wait(client, client.post("/api/jobs", data=form).json()["job_id"])
+    assert status["state"] == "done", status
+    assert any("black-and-white" in note for note in status["notes"])
+    kept = Image.open(io.BytesIO(client.get(f"/api/jobs/{status['id']}/result.png?download=1").content))
+    assert kept.mode == "L" and kept.size == (768, 768)  # twice the size, still one grey channel
+    refused = client.post("/api/jobs", data={**form, "background": "realesrgan"}).json()
+    assert refused["error"] == "Unknown background 'realesrgan'; this server offers lanczos."
+    too_big = client.post("/api/jobs", data={**form, "upscale": "9"}).json()
+    assert "--upscale takes a number from 1 to 8" in too_big["error"]
 
 
 def test_bad_requests_are_one_sentence(client, face_photos):

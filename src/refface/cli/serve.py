@@ -66,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from refface.face.detectors import choose_detector
     from refface.face.identity import DlibEmbedder
+    from refface.photo.background import cached_upscaler
     from refface.web.app import create_app
     from refface.web.guard import allowed_names
     from refface.web.limits import ServeLimits
@@ -83,8 +84,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for note in notes:
             say(args, f"note: {note}")
         embedder = DlibEmbedder(shape_predictor=detector.shape_predictor)
+        upscaler = cached_upscaler(device)
+        if upscaler is None:
+            say(args, "note: Real-ESRGAN's weights are not in the cache: enlarged photos get a Lanczos background "
+                      "(`refface download` fetches them).")  # fmt: skip
         root = Path(tempfile.mkdtemp(prefix="refface-serve-"))  # private (0700), outside anything served
-        service = RestorationService(models, detector, embedder, limits, root)
+        service = RestorationService(models, detector, embedder, limits, root, upscaler)
         app = create_app(service, allowed_names(args.host, args.allow_host or ()))
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -172,6 +172,20 @@ def _optional_people() -> dict:
     return {"person": (PERSON,), "person_2": (PERSON,), "person_3": (PERSON,)}
 
 
+def _photo_inputs() -> dict:
+    """How the restored image is given back: its scale, background and tone (optional: older workflows load)."""
+    from refface.photo.options import BACKGROUNDS, COLOURS, MAX_SCALE
+
+    return {
+        "upscale": ("FLOAT", {"default": 1.0, "min": 1.0, "max": MAX_SCALE, "step": 0.5,
+                              "tooltip": "the output's size; faces are pasted at it, never through the input's"}),
+        "background": ([b for b in BACKGROUNDS if b != "none"],
+                       {"tooltip": "the rest of an enlarged image: Real-ESRGAN (auto, downloaded on first use) or "
+                                   "a Lanczos resize"}),
+        "colour": (list(COLOURS), {"tooltip": "auto: black-and-white and toned images keep their tone"}),
+    }  # fmt: skip
+
+
 class RestoreFaces:
     """Every chosen face of each image restored as the person it matches, pasted back, with the faces' mask."""
 
@@ -193,7 +207,7 @@ class RestoreFaces:
                 "unknown": (list(UNKNOWN_FACES), {"tooltip": "a face matching no person: restore it without "
                                                              "references, or leave it untouched"}),
             },
-            "optional": _optional_people(),
+            "optional": {**_optional_people(), **_photo_inputs()},
         }  # fmt: skip
 
     def restore(
@@ -211,9 +225,17 @@ class RestoreFaces:
         person: People | None = None,
         person_2: People | None = None,
         person_3: People | None = None,
+        upscale: float = 1.0,
+        background: str = "auto",
+        colour: str = "auto",
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        from refface.photo.options import PhotoOutput
+        from refface.photo.original import OriginalPhoto
+        from refface.restoration.compose import compose
+
         select = face_number if faces == "by number" else faces
-        settings = _settings(model, steps, guidance, seed, solver, strength, faces=select, unknown=unknown)
+        photo = PhotoOutput(scale=upscale, background=background, colour=colour)
+        settings = _settings(model, steps, guidance, seed, solver, strength, faces=select, unknown=unknown, photo=photo)
         restorer = PhotoRestorer(
             model.pipe, _people([person, person_2, person_3], model.embedder), model.detector, settings,
             store=model.store,
@@ -232,11 +254,17 @@ class RestoreFaces:
         outputs, masks = [], []
         try:
             for number, (pixels, found) in enumerate(zip(photos, planned, strict=True)):
-                result = restorer.restore(pixels, f"image {number + 1}", faces=found) if found else None
-                outputs.append(result.photo if result is not None else pixels)
-                mask = np.zeros(pixels.shape[:2], np.float32)
-                for face in result.restored_faces if result is not None else []:
-                    mask = np.maximum(mask, face_mask(face.aligned, pixels.shape[:2], face.restored.shape[0]))
+                if found:
+                    result = restorer.restore(pixels, f"image {number + 1}", faces=found)
+                    restored, given_back = result.restored_faces, result.photo
+                else:  # no face: the image enlarged as the others are (a batch shares one size)
+                    restored = []
+                    given_back = compose(OriginalPhoto(pixels), [], photo, restorer.background).pixels
+                outputs.append(given_back)
+                mask = np.zeros(given_back.shape[:2], np.float32)
+                for face in restored:
+                    weights = face_mask(face.aligned, given_back.shape[:2], face.restored.shape[0], mask=photo.mask)
+                    mask = np.maximum(mask, weights)
                 masks.append(mask)
             progress.finish()
         finally:

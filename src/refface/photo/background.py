@@ -20,7 +20,7 @@ import numpy as np
 
 from refface.errors import RefFaceError, short_reason
 from refface.photo.options import PhotoOutput
-from refface.weights import DownloadFailed, WeightFile, ensure_weights
+from refface.weights import DownloadFailed, WeightFile, cache_dir, ensure_weights
 
 if TYPE_CHECKING:
     import torch
@@ -124,14 +124,25 @@ def load_upscaler(path: str | Path):
     return descriptor.eval()
 
 
+def cached_upscaler(device: str | torch.device = "cpu", name: str = DEFAULT_MODEL):
+    """The released Real-ESRGAN model `name` loaded on `device` when its weights are already in the cache (a
+    server offers it then), else None: nothing is downloaded."""
+    weight = REALESRGAN_MODELS[name]
+    if not (cache_dir() / weight.name).is_file():
+        return None
+    return _on_device(load_upscaler(ensure_weights(weight, progress=False)), device)
+
+
 @dataclass
 class Background:
-    """Draws a photo's background at the output size: with a super-resolution model (loaded on first use) where
-    the options ask for one, else with a resize. `notes` gathers what the user should know (once each)."""
+    """Draws a photo's background at the output size: with a super-resolution model (loaded on first use, or
+    `loaded` already) where the options ask for one, else with a resize. `notes` gathers what the user should know
+    (once each)."""
 
     options: PhotoOutput
     device: str | torch.device = "cpu"
     progress: bool = True
+    loaded: object = None
     notes: list[str] = field(default_factory=list)
     _model: object = None
     _tried: bool = False
@@ -156,6 +167,9 @@ class Background:
         if self._tried:
             return self._model
         self._tried = True
+        if self.loaded is not None:
+            self._model = self.loaded
+            return self._model
         name = self.model_name()
         try:
             if name in REALESRGAN_MODELS:

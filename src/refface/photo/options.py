@@ -102,6 +102,13 @@ class PhotoOutput:
             return ".jpg" if suffix == ".jpeg" else ".tif" if suffix == ".tiff" else suffix
         return SUFFIX_OF_FORMAT[self.format]
 
+    def suffix_for_format(self, image_format: str | None) -> str:
+        """The output file's suffix for an input of Pillow's `image_format` (an upload has no trustworthy name):
+        that format's own where refface writes it, else PNG, unless --format says."""
+        if self.format != "keep":
+            return SUFFIX_OF_FORMAT[self.format]
+        return {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}.get(image_format, ".png")
+
     def recorded(self) -> dict:
         """What decides the output photo, as a run's manifest records it."""
         recorded = asdict(self)

@@ -19,17 +19,20 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from refface.errors import RefFaceError
-from refface.face.alignment import AlignedFace, FaceQuad, big_enough, ffhq_quad, quad_matrix, warp_quad
+from refface.face.alignment import AlignedFace, big_enough, ffhq_quad, quad_matrix, warp_quad
+from refface.face.detection import DetectedFace
 from refface.face.locate import detect_faces_many
-from refface.face.paste import paste_face
 from refface.files import atomic_output
+from refface.photo.original import OriginalPhoto
+from refface.photo.tone import PhotoTone, photo_tone
+from refface.restoration.compose import choose_scale, compose
 from refface.restoration.people import Match
 from refface.restoration.photo_restorer import SKIPPED, FaceResult, PhotoRestorer
 from refface.video.encoding import SEGMENT_SUFFIX, SegmentWriter, assemble
@@ -39,6 +42,7 @@ from refface.video.tracks import FaceTrack, TrackBuilder
 
 DETECT_BATCH = 8  # video frames searched together (RetinaFace runs them as one batch)
 EMBED_SIZE = 256  # aligned crop size for identity vectors while tracking (the embedders work below it)
+MAX_VIDEO_SIDE = 8192  # the largest frame side refface encodes (H.264's levels stop near it)
 TRACKS_FILE = "tracks.npz"
 SETTINGS_FILE = "settings.json"
 
@@ -68,8 +72,26 @@ class VideoResult:
     seconds: float = 0.0
 
 
-def aligned_from_quad(pixels: np.ndarray, quad: FaceQuad, size: int) -> AlignedFace:
-    return AlignedFace(warp_quad(pixels, quad, size), quad_matrix(quad, size), quad, None, pixels.shape[:2])
+def aligned_from_track(pixels: np.ndarray, track: FaceTrack, frame: int, size: int) -> AlignedFace:
+    """A tracked face aligned from its smoothed landmarks, which it keeps (the paste's face mask follows them)."""
+    landmarks = track.landmarks(frame)
+    left, top = landmarks.min(axis=0)
+    right, bottom = landmarks.max(axis=0)
+    face = DetectedFace((float(left), float(top), float(right), float(bottom)), 1.0, landmarks)
+    quad = ffhq_quad(landmarks)
+    return AlignedFace(warp_quad(pixels, quad, size), quad_matrix(quad, size), quad, face, pixels.shape[:2])
+
+
+def scaled_info(info: VideoInfo, scale: float) -> VideoInfo:
+    """The output stream of a clip enlarged `scale` times: even sides where the clip's are even (yuv420p)."""
+    if scale == 1.0:
+        return info
+
+    def side(value: int) -> int:
+        size = round(value * scale)
+        return size + size % 2 if value % 2 == 0 else size
+
+    return replace(info, width=side(info.width), height=side(info.height))
 
 
 class VideoRestorer:
@@ -144,8 +166,8 @@ class VideoRestorer:
         if chosen:
             for frame in decode_frames(info, start=min(_middle(t) for t in chosen)):
                 for track in [t for t in chosen if _middle(t) == frame.index]:
-                    crops[track.number] = aligned_from_quad(
-                        frame.pixels, track.quad(frame.index), self.restorer.aligned_size
+                    crops[track.number] = aligned_from_track(
+                        frame.pixels, track, frame.index, self.restorer.aligned_size
                     )
                 if len(crops) == len(chosen):
                     break
@@ -195,12 +217,34 @@ class VideoRestorer:
             shutil.rmtree(work, ignore_errors=True)
             return VideoResult(source, target, results, info.frames, notes, 0, time.perf_counter() - started)
         target.parent.mkdir(parents=True, exist_ok=True)
-        resumed = _FramePass(self, info, results, self._segments(work, info), on_track).run()
-        assemble(self._segments(work, info), info, self.options.encoding, target)
+        look = self.output_look(info, restored)
+        notes.extend(look.notes)
+        frame_pass = _FramePass(self, info, results, self._segments(work, info), on_track, look)
+        resumed = frame_pass.run()
+        notes.extend(frame_pass.notes)
+        assemble(self._segments(work, info), look.info, self.options.encoding, target)
         shutil.rmtree(work, ignore_errors=True)
         if resumed:
             notes.append(f"{source}: resumed after {resumed} frame(s) restored by an earlier run.")
         return VideoResult(source, target, results, info.frames, notes, resumed, time.perf_counter() - started)
+
+    def output_look(self, info: VideoInfo, restored: list[TrackResult]) -> _Look:
+        """The clip's output scale and tone, decided once for all its frames: the scale from its largest face
+        (each track's middle frame) and the encoder's largest side, the tone from its middle frame."""
+        options = self.restorer.settings.photo
+        width, height = info.upright_size
+        sides = [result.track.quad(_middle(result.track)).size for result in restored]
+        scale, notes = choose_scale(options, (height, width), sides, self.restorer.aligned_size)
+        if max(width, height) * scale > MAX_VIDEO_SIDE:
+            fitted = math.floor(MAX_VIDEO_SIDE / max(width, height) * 100) / 100
+            notes.append(f"{info.path.name} was enlarged {fitted:g} times instead of {scale:g}: frames are at most "
+                         f"{MAX_VIDEO_SIDE} pixels wide")  # fmt: skip
+            scale = max(1.0, fitted)
+        middle = next(decode_frames(info, start=info.frames // 2), None)
+        tone = photo_tone(middle.pixels, options.colour) if middle is not None else PhotoTone("colour")
+        if tone.kept:
+            notes.append(tone.describe())
+        return _Look(scaled_info(info, scale), scale, tone, [f"{info.path.name}: {note}." for note in notes])
 
     def describe(self, info: VideoInfo) -> list[str]:
         """Notes on the clip itself (before any work)."""
@@ -224,6 +268,7 @@ class VideoRestorer:
             "people": [[p.name, p.reference_names] for p in self.restorer.people],
             "select": self.restorer.select,
             "unknown": settings.unknown,
+            "photo": settings.photo.recorded(),
         }
 
     def _tracks(self, info: VideoInfo, work: Path) -> list[FaceTrack]:
@@ -248,6 +293,16 @@ class VideoRestorer:
         return [work / f"segment-{number:05d}{SEGMENT_SUFFIX}" for number in range(count)]
 
 
+@dataclass(frozen=True)
+class _Look:
+    """How a clip's frames are given back: the output stream (`info`), its scale and tone, and notes."""
+
+    info: VideoInfo
+    scale: float
+    tone: PhotoTone
+    notes: list[str]
+
+
 class _FramePass:
     """The second pass over a clip: every frame's tracked faces aligned, restored in fixed groups of frames, blended
     in time, pasted back and the frames encoded, in order, into the segments an earlier run did not finish.
@@ -265,8 +320,10 @@ class _FramePass:
         results: list[TrackResult],
         segments: list[Path],
         on_track: Callable[[TrackResult], None] | None,
+        look: _Look,
     ) -> None:
-        self.restorer, self.options, self.info = videos.restorer, videos.options, info
+        self.restorer, self.options, self.info, self.look = videos.restorer, videos.options, info, look
+        self.notes: list[str] = []
         self.segments, self.on_track = segments, on_track
         first_missing = next((n for n, path in enumerate(segments) if not path.is_file()), len(segments))
         self.begin = first_missing * self.options.segment_frames  # the first frame to write
@@ -304,7 +361,7 @@ class _FramePass:
             track = result.track
             if not track.covers(frame.index):
                 continue
-            face = aligned_from_quad(frame.pixels, track.quad(frame.index), self.restorer.aligned_size)
+            face = aligned_from_track(frame.pixels, track, frame.index, self.restorer.aligned_size)
             self.aligned[(track.number, frame.index)] = face
             group = frame.index // self.batch
             planned = FaceResult(track.number, face.image, face, None, None, "")
@@ -345,15 +402,19 @@ class _FramePass:
 
     def _finish(self, frame: Frame) -> None:
         """Paste the frame's restored faces, encode it, and forget the crops no later frame blends with."""
-        pixels = frame.pixels
+        faces = []
         for result in self.live:
             track = result.track
             if track.covers(frame.index):
                 where = self.aligned.pop((track.number, frame.index))
                 if frame.index >= self.begin:
-                    pixels = paste_face(pixels, self._blended(track, frame.index), where)
+                    faces.append((self._blended(track, frame.index), where))
         if frame.index >= self.begin:
-            self._write(frame, pixels)
+            look, background = self.look, self.restorer.background
+            original = OriginalPhoto(frame.pixels)
+            made = compose(original, faces, self.restorer.settings.photo, background, look.scale, look.tone)
+            self.notes.extend(made.notes)
+            self._write(frame, made.pixels)
         for result in self.live:
             self.restored.pop((result.track.number, frame.index - self.reach), None)
 
@@ -362,7 +423,7 @@ class _FramePass:
         per_segment = self.options.segment_frames
         segment = frame.index // per_segment
         if self.writer is None:
-            self.writer = SegmentWriter(self.segments[segment], self.info, self.options.encoding)
+            self.writer = SegmentWriter(self.segments[segment], self.look.info, self.options.encoding)
         self.writer.write(pixels, frame.pts)
         if frame.index == min(self.info.frames, (segment + 1) * per_segment) - 1:
             self.writer.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mimetypes
 from importlib import resources
 from typing import Annotated
 
@@ -23,8 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from refface.errors import RefFaceError
 from refface.web.guard import HostGuard, allowed_names
 from refface.web.jobs import ServerBusy
-from refface.web.service import RestorationService, RestoreRequest, data_url, people_reply
-from refface.web.uploads import decode_upload, label, within_budget
+from refface.web.service import DOWNLOAD, RestorationService, RestoreRequest, data_url, people_reply
+from refface.web.uploads import decode_original, decode_upload, label, within_budget
 
 MAX_FIELD_CHARS = 4096  # a form field the page fills by hand (face numbers, people chosen by hand)
 SHOWN_CHARS = 40  # at most this much of a client's value is repeated back in a message
@@ -168,12 +169,14 @@ def create_app(service: RestorationService, names: frozenset[str] | None = None)
         people_id: Annotated[str | None, Form()] = None,
         detector: Annotated[str, Form()] = "auto",
     ) -> dict:
-        ((name, image),) = _decoded([photo], "the photo")
-        identifier, stored = service.add_photo(image, name, detector)
+        name = label(photo.filename, "the photo 0")
+        original = decode_original(photo.file.read(limits.max_file_bytes + 1), name, limits)
+        identifier, stored = service.add_photo(original, name, detector)
+        height, width = original.pixels.shape[:2]
         return {
             "photo_id": identifier,
-            "width": image.width,
-            "height": image.height,
+            "width": width,
+            "height": height,
             "notes": stored.notes,
             "faces": [
                 {**match, "size": round(face.quad.size), "thumbnail": data_url(face.image)}
@@ -223,6 +226,9 @@ def create_app(service: RestorationService, names: frozenset[str] | None = None)
         people_id: Annotated[str | None, Form()] = None,
         people_of: Annotated[str | None, Form()] = None,
         face: Annotated[int | None, Form()] = None,
+        upscale: Annotated[str, Form()] = "1",
+        colour: Annotated[str, Form()] = "auto",
+        background: Annotated[str | None, Form()] = None,
         references: Annotated[list[UploadFile] | None, File()] = None,
         album: Annotated[UploadFile | None, File()] = None,
     ) -> dict:
@@ -231,9 +237,10 @@ def create_app(service: RestorationService, names: frozenset[str] | None = None)
         if references or album is not None:
             raise RefFaceError("Reference photos and albums go to /api/people; pass the people_id it returns.")
         chosen = [face] if face is not None else _face_numbers(faces)
+        photo = service.photo_output(_bounded(upscale, "upscale"), _bounded(colour, "colour"), background or None)
         settings = service.settings_for(
             method, steps=steps, guidance=guidance, lq_guidance=lq_guidance, seed=seed, solver=solver or None,
-            strength=strength,
+            strength=strength, photo=photo,
         )  # fmt: skip
         request = RestoreRequest(photo_id, chosen, settings, people_id or None, _people_of(people_of))
         service.check_request(request)
@@ -248,16 +255,23 @@ def create_app(service: RestorationService, names: frozenset[str] | None = None)
             return _error(404, "No such restoration; it may have expired. Please start again.")
         return JSONResponse(service.jobs.status(job), headers={"Cache-Control": "no-store"})
 
-    def _file(job_id: str, name: str, download: bool = False) -> FileResponse | JSONResponse:
+    def _file(job_id: str, name: str) -> FileResponse | JSONResponse:
         job = service.jobs.get(job_id)
         if job is None or job.state != "done":
             return _error(404, "This restoration has no result (yet, or any more).")
-        filename = f"{job.request.photo_label.rsplit('.', 1)[0]}_restored.png" if download else None
-        return FileResponse(job.folder / name, media_type="image/png", filename=filename)
+        return FileResponse(job.folder / name, media_type="image/png")
 
     @app.get("/api/jobs/{job_id}/result.png")
     def result(job_id: str, download: int = 0):
-        return _file(job_id, "result.png", download=bool(download))
+        if not download:
+            return _file(job_id, "result.png")
+        job = service.jobs.get(job_id)
+        kept = sorted(job.folder.glob(f"{DOWNLOAD}.*")) if job is not None and job.state == "done" else []
+        if not kept:
+            return _error(404, "This restoration has no result (yet, or any more).")
+        filename = f"{job.request.photo_label.rsplit('.', 1)[0]}_restored{kept[0].suffix}"
+        media = mimetypes.guess_type(kept[0].name)[0] or "application/octet-stream"
+        return FileResponse(kept[0], media_type=media, filename=filename)
 
     @app.get("/api/jobs/{job_id}/before.png")
     def before(job_id: str):

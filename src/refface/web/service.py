@@ -25,7 +25,11 @@ from refface import methods
 from refface.errors import RefFaceError
 from refface.face.alignment import AlignedFace
 from refface.face.locate import NoFaceFound, find_faces
-from refface.imaging import frame_count, save_image
+from refface.imaging import save_image
+from refface.photo.background import Background
+from refface.photo.options import PhotoOutput, parse_scale
+from refface.photo.original import OriginalPhoto
+from refface.photo.writer import write_photo
 from refface.restoration.people import People, people_from_album, people_from_images
 from refface.restoration.photo_restorer import RESTORED, WITHOUT_REFERENCES, FaceResult, PhotoRestorer
 from refface.restoration.reference_store import ReferenceStore
@@ -36,6 +40,7 @@ from refface.web.limits import ServeLimits
 from refface.web.uploads import unpack_album
 
 THUMBNAIL = 96
+DOWNLOAD = "download"  # the restored photo as the user keeps it: the upload's format, depth and metadata
 
 
 @dataclass
@@ -43,14 +48,20 @@ class StoredPhoto:
     """An uploaded photo whose faces were found, waiting for the user to say who they are and press Restore."""
 
     label: str
-    pixels: np.ndarray
+    original: OriginalPhoto
     faces: list[AlignedFace]
     notes: list[str] = field(default_factory=list)
 
     @property
+    def pixels(self) -> np.ndarray:
+        """The 8-bit RGB copy the faces were found on."""
+        return self.original.rgb8
+
+    @property
     def size(self) -> int:
         """The bytes its arrays hold (what the server's memory bound counts)."""
-        return self.pixels.nbytes + sum(face.image.nbytes for face in self.faces)
+        eight_bit = self.pixels.nbytes if self.original.pixels.dtype != np.uint8 else 0
+        return self.original.pixels.nbytes + eight_bit + sum(face.image.nbytes for face in self.faces)
 
 
 class OneAtATime:
@@ -164,11 +175,12 @@ class RestorationService:
     uploaded between its steps and turns the workflow's results into replies and files.
     """
 
-    def __init__(self, models: dict, detector, embedder, limits: ServeLimits, root: Path) -> None:
+    def __init__(self, models: dict, detector, embedder, limits: ServeLimits, root: Path, upscaler=None) -> None:
         if not models:
             raise RefFaceError("refface serve needs at least one model.")
         lock = threading.RLock()  # dlib's detector and embedder are shared by requests and the worker
         self.models, self.limits, self.root = models, limits, root
+        self.upscaler = upscaler  # Real-ESRGAN, loaded at start where its weights were at hand; else None
         self.detector = OneAtATime(detector, lock) if detector is not None else None
         self._lock = lock
         self._detectors = {"auto": self.detector}  # the page's other choices, made when first asked for
@@ -203,8 +215,27 @@ class RestorationService:
                 self._detectors[name] = OneAtATime(found, self._lock)
         return self._detectors[name]
 
+    def background_choices(self) -> list[str]:
+        """The backgrounds of an enlarged photo the page offers: Real-ESRGAN only where the server loaded it."""
+        return ["realesrgan", "lanczos"] if self.upscaler is not None else ["lanczos"]
+
+    def photo_output(self, upscale: str = "1", colour: str = "auto", background: str | None = None) -> PhotoOutput:
+        """How a job's photo is given back, as the page chose it: within the server's pixel limit, with the
+        server's own backgrounds only (a request never starts a download)."""
+        choices = self.background_choices()
+        background = background or choices[0]
+        if background not in choices:
+            raise RefFaceError(f"Unknown background {background!r}; this server offers {', '.join(choices)}.")
+        scale = parse_scale(upscale)
+        # auto: the server's loaded Real-ESRGAN when enlarging, the photo's own pixels at scale 1
+        drawn = "auto" if background == "realesrgan" or scale == 1.0 else "lanczos"
+        return PhotoOutput.build(
+            scale=scale, colour=colour, max_megapixels=self.limits.max_pixels / 1e6, background=drawn
+        )
+
     def info(self) -> dict:
         return {
+            "backgrounds": self.background_choices(),
             "detectors": [
                 f"auto ({getattr(self.detector, 'name', 'auto')})" if name == "auto" else name
                 for name in self.detector_choices()
@@ -228,17 +259,16 @@ class RestorationService:
             },
         }
 
-    def add_photo(self, photo: Image.Image, label: str, detector: str = "auto") -> tuple[str, StoredPhoto]:
-        """Find the faces of an uploaded photo (with the detector the page chose) and keep it for the restoration
-        the user will ask for."""
+    def add_photo(self, photo: OriginalPhoto, label: str, detector: str = "auto") -> tuple[str, StoredPhoto]:
+        """Find the faces of an uploaded photo (with the detector the page chose) and keep it, at its own depth
+        and with its metadata, for the restoration the user will ask for."""
         finder = self.detector_named(detector)
-        pixels = np.asarray(photo.convert("RGB"))
         with page_wording():
-            search = find_faces(pixels, finder, "all", source=label)
+            search = find_faces(photo.rgb8, finder, "all", source=label)
         notes = list(search.notes)
-        if (frames := frame_count(photo)) > 1:
-            notes.append(f"{label} holds {frames} frames or pages; the first is restored.")
-        stored = StoredPhoto(label, pixels, search.faces, notes)
+        if photo.frames > 1:
+            notes.append(f"{label} holds {photo.frames} frames or pages; the first is restored.")
+        stored = StoredPhoto(label, photo, search.faces, notes)
         return self.photos.add(stored), stored
 
     def add_people(
@@ -343,8 +373,10 @@ class RestorationService:
             done = (batch["number"] - 1) * steps + index + 1
             update(job, step=done, steps=batch["total"] * steps)
 
+        pipe = self.models[settings.method]
+        background = Background(settings.photo, pipe.device, progress=False, loaded=self.upscaler)
         restorer = PhotoRestorer(
-            self.models[settings.method], people, None, settings, store=self.stores[settings.method],
+            pipe, people, None, settings, store=self.stores[settings.method], background=background,
             step_callback=on_step, batch_callback=on_batch,
         )  # fmt: skip
         faces = restorer.match_faces(stored.faces, stored.label)  # among all the photo's faces, as the page showed
@@ -362,13 +394,17 @@ class RestorationService:
             steps=steps,
             step=0,
         )
-        result = restorer.restore(stored.pixels, stored.label, faces=faces)
+        result = restorer.restore(stored.original, stored.label, faces=faces)
         update(job, stage="saving the result", summary=_summary(faces))
-        save_image(Image.fromarray(np.asarray(result.photo)), job.folder / "result.png")
+        shown = result.photo if result.photo.dtype == np.uint8 else OriginalPhoto(result.photo).rgb8
+        save_image(Image.fromarray(shown), job.folder / "result.png")
+        suffix = settings.photo.suffix_for_format(result.metadata.format)
+        _, kept_notes = write_photo(result.photo, result.metadata, job.folder / f"{DOWNLOAD}{suffix}")
         save_image(Image.fromarray(stored.pixels), job.folder / "before.png")
         for face in result.restored_faces:
             save_image(Image.fromarray(face.restored), job.folder / f"face-{face.index:02d}.png")
-        update(job, faces=[_face_reply(face) for face in faces])
+        told = [*(people.notes if people is not None else []), *result.notes, *kept_notes]
+        update(job, faces=[_face_reply(face) for face in faces], notes=told)
 
     def close(self) -> None:
         self.jobs.close()

@@ -15,6 +15,7 @@ from PIL import Image
 
 from refface.errors import RefFaceError
 from refface.imaging import image_from_bytes, pixels_in_header
+from refface.photo.original import OriginalPhoto, original_from_bytes
 from refface.web.limits import ServeLimits
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -55,6 +56,12 @@ def decode_upload(data: bytes, name: str, limits: ServeLimits) -> Image.Image:
     """One uploaded photo as RGB, or one sentence naming it (empty, too large, not an image, too many pixels)."""
     check_upload(data, name, limits)
     return image_from_bytes(data, name, limits.max_pixels)
+
+
+def decode_original(data: bytes, name: str, limits: ServeLimits) -> OriginalPhoto:
+    """The photo to restore at its own depth with its metadata (given back in its own format), or one sentence."""
+    check_upload(data, name, limits)
+    return original_from_bytes(data, name, limits.max_pixels)
 
 
 def unpack_album(data: bytes, name: str, folder: Path, limits: ServeLimits) -> tuple[int, list[str]]:

@@ -12,7 +12,7 @@ from refface.photo.background import Background, load_upscaler, upscale_tiled
 from refface.photo.options import PhotoOutput
 from refface.photo.original import OriginalPhoto
 from refface.restoration.compose import compose
-from tests.photo.scenes import scene_and_face
+from tests.photo.scenes import aligned_in, scene_and_face
 from tests.photo.upscalers import compact_checkpoint, rrdb_checkpoint
 
 
@@ -43,8 +43,9 @@ def test_tiles_give_the_untiled_result_within_rounding(compact, height, width, t
 
 
 def test_a_model_background_keeps_16_bits_and_the_grey_of_a_grey_photo(compact):
-    scene, aligned = scene_and_face(60)
+    scene, _ = scene_and_face(60)
     grey = np.repeat(scene.photo[..., :1].astype(np.uint16) * 257 + 100, 3, axis=2)
+    aligned = aligned_in(scene, OriginalPhoto(grey).rgb8)
     options = PhotoOutput(scale=2, background="realesrgan", background_model=str(compact), tile=64)
     background = Background(options, progress=False)
     made = compose(OriginalPhoto(grey), [(scene.restored, aligned)], options, background)

@@ -4,6 +4,7 @@ and every pixel outside the faces."""
 from __future__ import annotations
 
 import io
+from functools import cache
 
 import numpy as np
 import pytest
@@ -21,7 +22,9 @@ from tests.photo.scenes import aligned_in, scene_and_face
 XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description dc:title="Beach, 1962"/></rdf:RDF></x:xmpmeta>'
 
 
+@cache
 def _icc() -> bytes:
+    """One sRGB profile for the whole module (a new one carries the time it was made)."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 

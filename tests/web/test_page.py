@@ -74,14 +74,15 @@ def test_restore_a_photo_in_the_browser_and_download_it(server, browser, face_ph
     with page.expect_download() as waiting:
         page.click("#download")
     download = waiting.value
-    assert download.suggested_filename == "old photo_restored.png"
+    assert download.suggested_filename == "old photo_restored.jpg"  # the upload's own format
     saved = tmp_path / download.suggested_filename
     download.save_as(saved)
     restored = np.asarray(Image.open(saved).convert("RGB"), dtype=int)
     original = np.asarray(Image.open(face_photos["old photo.jpg"]).convert("RGB"), dtype=int)
     assert restored.shape == original.shape
-    changed = np.abs(restored - original).sum(axis=2) > 0
-    assert changed[:170, 80:260].mean() > 0.2 and not changed[170:].any()  # the face changed, the rest is kept
+    change = np.abs(restored - original).sum(axis=2)
+    assert (change[:170, 80:260] > 20).mean() > 0.2  # the face changed
+    assert change[170:].mean() < 3  # the rest is kept: only the JPEG written again with its own tables moves it
     page.close()
 
 
@@ -153,12 +154,14 @@ def test_restore_all_faces_of_a_group_photo_each_as_its_own_person(server, brows
     assert page.locator("#done-faces figcaption").all_text_contents() == ["face 1 without references"]
     with page.expect_download() as waiting:
         page.click("#download")
-    saved = tmp_path / "restored.png"
+    assert waiting.value.suggested_filename.endswith("_restored.jpg")
+    saved = tmp_path / "restored.jpg"
     waiting.value.save_as(saved)
     restored = np.asarray(Image.open(saved).convert("RGB"), dtype=int)
     original = np.asarray(Image.open(group_photos["group.jpg"]).convert("RGB"), dtype=int)
-    changed = np.abs(restored - original).sum(axis=2) > 0
-    assert not changed[:, 540:].any() and changed[:, :500].mean() > 0.01  # Grace Hopper's half untouched
+    change = np.abs(restored - original).sum(axis=2)
+    assert (change[:, :500] > 20).mean() > 0.01
+    assert change[:, 540:].mean() < 3  # Grace Hopper's half untouched but for the JPEG written again
     page.close()
 
 

@@ -167,6 +167,6 @@ def face_scene(face_width: float, seed: int = 0, margin: float = 2.5) -> FaceSce
     centre = tuple(side / 2 - scale * face_centre)
     photo, matrix = place(astronaut(), 0.0, scale, centre, canvas=(side, side))
     crop = warp_quad(astronaut(), ffhq_quad(landmarks), 512).astype(np.float32)
-    texture = cv2.GaussianBlur(np.random.default_rng(seed).normal(0, 10, crop.shape).astype(np.float32), (0, 0), 0.8)
+    texture = cv2.GaussianBlur(np.random.default_rng(seed).normal(0, 25, crop.shape).astype(np.float32), (0, 0), 0.8)
     restored = np.clip(np.rint(crop + texture), 0, 255).astype(np.uint8)
     return FaceScene(photo, transform_points(matrix, landmarks), restored)

@@ -85,3 +85,24 @@ def test_a_file_that_is_not_an_upscaler_is_one_sentence_naming_it(tmp_path):
         load_upscaler(other)
     with pytest.raises(RefFaceError, match="does not exist"):
         load_upscaler(tmp_path / "missing.pth")
+
+
+def test_the_released_names_are_the_downloadable_models():
+    from refface.photo.background import REALESRGAN_MODELS
+    from refface.photo.options import RELEASED_MODELS
+
+    assert tuple(REALESRGAN_MODELS) == RELEASED_MODELS
+    assert all(len(weight.sha256) == 64 for weight in REALESRGAN_MODELS.values())
+
+
+def test_a_model_the_options_insist_on_is_loaded_before_any_work(tmp_path, compact):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(RefFaceError, match="is not a super-resolution model"):
+        Background(PhotoOutput(background_model=str(junk)), progress=False).prepare()
+    with pytest.raises(RefFaceError, match="realesr-general-x4v3.pth"):  # offline: the download is refused now
+        Background(PhotoOutput(background="realesrgan"), progress=False).prepare()
+    ready = Background(PhotoOutput(background_model=str(compact)), progress=False)
+    ready.prepare()
+    assert ready.model() is not None
+    Background(PhotoOutput(scale=2), progress=False).prepare()  # auto: nothing insisted on, nothing loaded

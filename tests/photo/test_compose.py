@@ -114,7 +114,8 @@ def test_auto_scale_keeps_the_largest_face_whole_up_to_four_and_the_megapixel_ca
     [({"scale": 9}, "--upscale"), ({"scale": "big"}, "--upscale"), ({"scale": 0.5}, "--upscale"),
      ({"background": "magic"}, "--background"), ({"scale": 2, "background": "none"}, "--background none"),
      ({"tile": 8}, "--tile"), ({"max_megapixels": 0}, "--max-megapixels"), ({"colour": "sepia"}, "--colour"),
-     ({"format": "gif"}, "--format"), ({"background": "lanczos", "background_model": "x.pth"}, "--background-model")],
+     ({"format": "gif"}, "--format"), ({"background": "lanczos", "background_model": "x.pth"}, "--background-model"),
+     ({"background_model": "no-such-model.pth"}, "is not a file, nor one of Real-ESRGAN's released models")],
 )  # fmt: skip
 def test_each_bad_photo_option_is_one_sentence_naming_its_flag(options, flag):
     with pytest.raises(RefFaceError, match=flag):

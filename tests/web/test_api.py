@@ -93,7 +93,8 @@ def test_a_photo_is_restored_with_references_and_pasted_back(client, face_photos
 
     kept = client.get(f"/api/jobs/{job['job_id']}/result.png?download=1")  # the upload's own format: a JPEG
     disposition = kept.headers["content-disposition"]
-    assert kept.status_code == 200 and disposition.startswith("attachment") and "old%20photo_restored.jpg" in disposition
+    assert kept.status_code == 200 and disposition.startswith("attachment")
+    assert "old%20photo_restored.jpg" in disposition
     assert kept.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(kept.content)).quantization == Image.open(face_photos["old photo.jpg"]).quantization
     result = client.get(f"/api/jobs/{job['job_id']}/result.png")  # shown on the page: every pixel exactly
@@ -126,6 +127,26 @@ def test_the_page_enlarges_keeps_a_grey_photo_grey_and_says_so(client, face_phot
     assert refused["error"] == "Unknown background 'realesrgan'; this server offers lanczos."
     too_big = client.post("/api/jobs", data={**form, "upscale": "9"}).json()
     assert "--upscale takes a number from 1 to 8" in too_big["error"]
+
+
+@pytest.mark.slow
+def test_a_server_with_real_esrgan_offers_it_and_draws_the_background_with_it(client, service, face_photos, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
+    from refface.photo.background import load_upscaler
+    from tests.photo.upscalers import compact_checkpoint
+
+    monkeypatch.setattr(service, "upscaler", load_upscaler(compact_checkpoint(tmp_path / "x4v3.pth")))
+    assert client.get("/api/info").json()["backgrounds"] == ["realesrgan", "lanczos"]
+    found = _upload(client, face_photos["old photo.jpg"]).json()
+    form = {"photo_id": found["photo_id"], "method": "refldm", "steps": "2", "upscale": "2"}
+    results = {}
+    for background in ("realesrgan", "lanczos"):
+        status = _wait(client, client.post("/api/jobs", data={**form, "background": background}).json()["job_id"])
+        assert status["state"] == "done", status
+        shown = client.get(f"/api/jobs/{status['id']}/result.png").content
+        results[background] = np.asarray(Image.open(io.BytesIO(shown)).convert("RGB"), dtype=int)
+    assert results["realesrgan"].shape == results["lanczos"].shape == (768, 768, 3)
+    assert np.abs(results["realesrgan"] - results["lanczos"]).mean() > 5  # the model drew it, not a resize
 
 
 def test_bad_requests_are_one_sentence(client, face_photos):

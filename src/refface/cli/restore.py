@@ -169,6 +169,7 @@ def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
     """The rest of `refface restore` once its settings and output folder are checked: models, people, the run."""
     from refface.face.detectors import choose_detector
     from refface.face.identity import make_embedder
+    from refface.photo.background import Background
     from refface.restoration.archive import run_archive
     from refface.restoration.photo_restorer import PhotoRestorer
     from refface.restoration.reference_store import ReferenceStore
@@ -179,6 +180,8 @@ def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
     device = state.device if state.num_processes > 1 else resolve_device(settings.device)
     dtype = checked_dtype(device, settings.dtype)
     pipe = settings.load_pipeline().to(device=device, dtype=dtype)  # the weights first: a failed download is quick
+    background = Background(settings.photo, device, progress=not args.quiet)
+    background.prepare()  # a background model the options insist on, too
     needs_detector = not settings.aligned or settings.references.kind == "album"
     detector = None
     if needs_detector:
@@ -194,7 +197,9 @@ def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
     people = _people(args, settings, detector, embedder)
     store = ReferenceStore(pipe, cache_dir() / "people")
     one_photo = prepared is None or (len(prepared.photos) == 1 and not has_clips)
-    restorer = PhotoRestorer(pipe, people, detector, settings, store=store, progress=not args.quiet and one_photo)
+    restorer = PhotoRestorer(
+        pipe, people, detector, settings, store=store, background=background, progress=not args.quiet and one_photo
+    )
     if settings.aligned:
         return _restore_aligned(args, restorer)
     videos = VideoRestorer(restorer, progress=not args.quiet) if has_clips else None

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from refface.errors import RefFaceError, short_reason
-from refface.photo.options import PhotoOutput
+from refface.photo.options import RELEASED_MODELS, PhotoOutput
 from refface.weights import DownloadFailed, WeightFile, cache_dir, ensure_weights
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ REALESRGAN_MODELS = {
         "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", _LICENCE,
     ),
 }  # fmt: skip
-DEFAULT_MODEL = "general-x4v3"
+DEFAULT_MODEL = RELEASED_MODELS[0]
 TILE_PAD = 40  # input pixels of overlap on each side of a tile: the light model's whole receptive field (34)
 BYTES_PER_PIXEL_FEATURES = 64  # a Real-ESRGAN-sized network's feature channels, for the memory estimate
 
@@ -154,6 +154,12 @@ class Background:
 
     def model_name(self) -> str:
         return self.options.background_model or DEFAULT_MODEL
+
+    def prepare(self) -> None:
+        """Load a model the options insist on (a named file, or --background realesrgan) now, before any slow work:
+        a bad file or a failed download is quick to hear of."""
+        if self.options.background == "realesrgan" or self.options.background_model is not None:
+            self.model()
 
     def uses_model(self, scale: float) -> bool:
         """Whether a model draws the background at `scale` (auto: only to enlarge, or when a file was named)."""

@@ -23,6 +23,7 @@ BACKGROUNDS = ("auto", "realesrgan", "lanczos", "none")
 COLOURS = ("auto", "keep", "restore")  # auto: grey and toned photos stay so; keep: always; restore: never
 MASKS = ("face", "square")  # the face's outline from its landmarks, or the whole aligned square (feathered)
 FORMATS = ("keep", "png", "jpeg", "tiff", "webp")
+RELEASED_MODELS = ("general-x4v3", "x2plus", "x4plus")  # Real-ESRGAN's releases, by the names --background-model takes
 SUFFIX_OF_FORMAT = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "webp": ".webp"}
 
 
@@ -87,8 +88,14 @@ class PhotoOutput:
                 "--background none keeps the photo's own pixels, so it needs --upscale 1; choose lanczos or "
                 "realesrgan to enlarge."
             )
-        if self.background_model is not None and self.background in ("lanczos", "none"):
+        model = self.background_model
+        if model is not None and self.background in ("lanczos", "none"):
             raise RefFaceError(f"--background-model needs a model background, but --background is {self.background}.")
+        if model is not None and model not in RELEASED_MODELS and not Path(model).is_file():
+            raise RefFaceError(
+                f"The background model {model} is not a file, nor one of Real-ESRGAN's released models "
+                f"({', '.join(RELEASED_MODELS)})."
+            )
 
     @classmethod
     def build(cls, **choices) -> PhotoOutput:

@@ -127,7 +127,7 @@ def _background_child(spec: str) -> None:
     import torch
     from tests.photo.upscalers import compact_checkpoint, rrdb_checkpoint
 
-    from refface.photo.background import load_upscaler, resize, upscale_tiled
+    from refface.photo.background import load_upscaler, resize, upscale_pixels
 
     folder = Path(tempfile.mkdtemp())
     if model_name == "general-x4v3":
@@ -136,15 +136,12 @@ def _background_child(spec: str) -> None:
         path = rrdb_checkpoint(folder / f"{model_name}.pth", scale=2 if model_name == "x2plus" else 4, blocks=23)
     model = load_upscaler(path).to(torch.device(device))
     pixels = _photo(float(megapixels))
-    image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div(255).to(device)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    with torch.inference_mode():
-        output = upscale_tiled(model, image, model.scale, int(tile))
+    array = upscale_pixels(model, pixels, int(tile))  # the photo's own path: tiles straight into the array
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    array = (output[0].permute(1, 2, 0).float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     resized = {}
     for scale in (2, 4):
         shape = (pixels.shape[0] * scale, pixels.shape[1] * scale)

@@ -72,27 +72,60 @@ def automatic_tile(scale: int, device: torch.device) -> int:
     return max(128, side // 32 * 32)
 
 
+def _tiles(height: int, width: int, tile: int, pad: int):
+    """(inner box, padded box) of each tile, as (top, left, bottom, right) in input pixels; one tile when `tile`
+    is 0 or the image fits."""
+    if tile <= 0 or (height <= tile and width <= tile):
+        yield (0, 0, height, width), (0, 0, height, width)
+        return
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            bottom, right = min(top + tile, height), min(left + tile, width)
+            padded = (max(top - pad, 0), max(left - pad, 0), min(bottom + pad, height), min(right + pad, width))
+            yield (top, left, bottom, right), padded
+
+
+def _tile_outputs(model, image: torch.Tensor, scale: int, tile: int, pad: int):
+    """Each tile's output, cut back to its inner box, with where it goes in the enlarged image."""
+    _, _, height, width = image.shape
+    for (top, left, bottom, right), (y0, x0, y1, x1) in _tiles(height, width, tile, pad):
+        result = model(image[:, :, y0:y1, x0:x1])
+        inner = result[:, :, (top - y0) * scale : (bottom - y0) * scale, (left - x0) * scale : (right - x0) * scale]
+        yield (top * scale, left * scale, bottom * scale, right * scale), inner
+
+
 def upscale_tiled(model, image: torch.Tensor, scale: int, tile: int, pad: int = TILE_PAD) -> torch.Tensor:
     """`model` ([1, C, h, w] -> [1, C, h*scale, w*scale]) over `image` ([1, C, H, W]) in tiles of `tile` input
     pixels, each run with `pad` pixels of its neighbours around it and cut back; `tile` 0: all at once."""
     import torch
 
-    _, channels, height, width = image.shape
-    if tile <= 0 or (height <= tile and width <= tile):
-        return model(image)
+    _, _, height, width = image.shape
     output = None
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            bottom, right = min(top + tile, height), min(left + tile, width)
-            y0, x0 = max(top - pad, 0), max(left - pad, 0)
-            y1, x1 = min(bottom + pad, height), min(right + pad, width)
-            result = model(image[:, :, y0:y1, x0:x1])
-            if output is None:
-                output = torch.empty((1, result.shape[1], height * scale, width * scale), dtype=result.dtype,
-                                     device=result.device)  # fmt: skip
-            inner = result[:, :, (top - y0) * scale : (bottom - y0) * scale, (left - x0) * scale : (right - x0) * scale]
-            output[:, :, top * scale : bottom * scale, left * scale : right * scale] = inner
+    for (top, left, bottom, right), inner in _tile_outputs(model, image, scale, tile, pad):
+        if output is None:
+            output = torch.empty((1, inner.shape[1], height * scale, width * scale), dtype=inner.dtype,
+                                 device=inner.device)  # fmt: skip
+        output[:, :, top:bottom, left:right] = inner
     return output
+
+
+def upscale_pixels(model, pixels: np.ndarray, tile: int, pad: int = TILE_PAD) -> np.ndarray:
+    """An RGB photo (uint8 or uint16) through `model` (a spandrel descriptor) in tiles, at the photo's depth: each
+    tile's output goes straight into the enlarged array, so memory holds one tile's floats, not the whole
+    enlarged photo's."""
+    import torch
+
+    top_value = 65535.0 if pixels.dtype == np.uint16 else 255.0
+    height, width = pixels.shape[:2]
+    scale = model.scale
+    image = torch.from_numpy(np.ascontiguousarray(pixels)).to(model.device).permute(2, 0, 1)[None]
+    image = (image.float() / top_value).to(model.dtype)
+    enlarged = np.empty((height * scale, width * scale, 3), pixels.dtype)
+    with torch.inference_mode():
+        for (y0, x0, y1, x1), inner in _tile_outputs(model, image, scale, tile, pad):
+            values = inner[0].permute(1, 2, 0).float().mul_(top_value).round_().clamp_(0, top_value)
+            enlarged[y0:y1, x0:x1] = values.cpu().numpy().astype(pixels.dtype)
+    return enlarged
 
 
 def resize(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -202,17 +235,10 @@ class Background:
         return resize(self._run(descriptor, pixels), shape)
 
     def _run(self, descriptor, pixels: np.ndarray) -> np.ndarray:
-        import torch
-
-        top = 65535.0 if pixels.dtype == np.uint16 else 255.0
-        device, dtype = descriptor.device, descriptor.dtype
-        image = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(2, 0, 1)[None]
-        image = image.to(dtype) / top if pixels.dtype == np.uint8 else (image.float() / top).to(dtype)
-        tile = self.options.tile if self.options.tile is not None else automatic_tile(descriptor.scale, device)
-        with torch.inference_mode():
-            output = upscale_tiled(descriptor, image, descriptor.scale, tile)
-        array = output[0].permute(1, 2, 0).float().cpu().numpy()
-        return np.clip(np.rint(array * top), 0, top).astype(pixels.dtype)
+        tile = self.options.tile
+        if tile is None:
+            tile = automatic_tile(descriptor.scale, descriptor.device)
+        return upscale_pixels(descriptor, pixels, tile)
 
 
 def _on_device(descriptor, device):

@@ -1,8 +1,7 @@
 """NIQE, MUSIQ and FID through pyiqa, so the numbers are computed exactly as the papers computed them.
 
-pyiqa is optional: it depends on torchvision, which the CPU build of PyTorch this project pins does
-not load beside. Without it (or when pyiqa cannot fetch a metric's weights) these metrics are
-reported as unavailable with the reason. pyiqa keeps its own weight cache (`~/.cache/torch/hub/pyiqa`).
+pyiqa is optional (a large dependency tree for three metrics). Without it (or when pyiqa cannot fetch
+a metric's weights) these metrics are reported as unavailable with the reason. pyiqa keeps its own weight cache (`~/.cache/torch/hub/pyiqa`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """NIQE, MUSIQ and FID through pyiqa, so the numbers are computed exactly as the papers computed them.
 
 pyiqa is optional (a large dependency tree for three metrics). Without it (or when pyiqa cannot fetch
-a metric's weights) these metrics are reported as unavailable with the reason. pyiqa keeps its own weight cache (`~/.cache/torch/hub/pyiqa`).
+a metric's weights) these metrics are reported as unavailable with the reason. pyiqa keeps its own
+weight cache (`~/.cache/torch/hub/pyiqa`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -204,7 +204,3 @@ def as_original(photo: OriginalPhoto | Image.Image | np.ndarray) -> OriginalPhot
     """A photo as an `OriginalPhoto` (one known only by its pixels keeps nothing else)."""
     return photo if isinstance(photo, OriginalPhoto) else OriginalPhoto.from_pixels(photo)
 
-
-def with_pixels(photo: OriginalPhoto, pixels: np.ndarray) -> OriginalPhoto:
-    """The same photo's metadata with other pixels (a restored or enlarged version of it)."""
-    return replace(photo, pixels=pixels)

@@ -142,17 +142,15 @@ def _warp(image: np.ndarray, shifted: np.ndarray, region: tuple[int, int], flags
     return cv2.warpAffine(image, shifted, region, flags=flags | cv2.WARP_INVERSE_MAP, borderMode=border)
 
 
-def _shrunk(crop: np.ndarray, mask: PasteMask, shifted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crop, mask and matrix at most twice the size the crop lands at: a crop pasted much smaller than it is is
-    area-averaged first, so its detail does not alias."""
+def _landing_size(shifted: np.ndarray, size: int) -> int:
+    """The side a `size` crop is resampled to before it is warped: at most twice the size it lands at, so a crop
+    pasted much smaller than it is gets area-averaged first and its detail does not alias."""
     shrink = float(np.sqrt(abs(np.linalg.det(shifted[:, :2]))))  # crop pixels per image pixel
-    size = crop.shape[0]
-    target = int(np.ceil(2.0 * size / shrink))
-    if shrink <= 2.0 or target >= size:
-        return crop, mask.alpha, shifted
-    small = cv2.resize(crop, (target, target), interpolation=cv2.INTER_AREA)
-    alpha = cv2.resize(mask.alpha, (target, target), interpolation=cv2.INTER_AREA)
-    return small, alpha, scale_matrix(shifted, target / size)
+    return min(size, int(np.ceil(2.0 * size / shrink))) if shrink > 2.0 else size
+
+
+def _area_resized(image: np.ndarray, side: int) -> np.ndarray:
+    return image if image.shape[0] == side else cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
 
 
 def paste_face(
@@ -181,7 +179,10 @@ def paste_face(
     if match_tone:
         crop = match_edge_tone(crop, aligned.image, shape)
     top = 65535.0 if photo.dtype == np.uint16 else 255.0
-    crop, alpha, shifted = _shrunk(crop * np.float32(top / 255.0), shape, shifted)
+    side = _landing_size(shifted, crop_size)
+    crop = _area_resized(crop * np.float32(top / 255.0), side)
+    alpha = _area_resized(shape.alpha, side)
+    shifted = scale_matrix(shifted, side / crop_size)
     face = _warp(crop, shifted, region, cv2.INTER_CUBIC, cv2.BORDER_REPLICATE)
     weight = _warp(alpha, shifted, region, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT)[..., None]
     original = result[y0:y1, x0:x1].astype(np.float32)
@@ -205,8 +206,8 @@ def face_mask(
     placed = _placement(aligned, crop_size, photo_shape)
     if placed is not None:
         (x0, y0, x1, y1), shifted, region = placed
-        shape = paste_mask(aligned, crop_size, mask, feather)
-        dummy = np.zeros((crop_size, crop_size, 1), np.float32)
-        _, alpha, shifted = _shrunk(dummy, shape, shifted)
+        side = _landing_size(shifted, crop_size)
+        alpha = _area_resized(paste_mask(aligned, crop_size, mask, feather).alpha, side)
+        shifted = scale_matrix(shifted, side / crop_size)
         weights[y0:y1, x0:x1] = _warp(alpha, shifted, region, cv2.INTER_LINEAR, cv2.BORDER_CONSTANT)
     return weights

@@ -132,7 +132,8 @@ def test_the_page_enlarges_keeps_a_grey_photo_grey_and_says_so(client, face_phot
 @pytest.mark.slow
 def test_a_server_with_real_esrgan_offers_it_and_draws_the_background_with_it(client, service, face_photos, tmp_path,
                                                                                monkeypatch):  # fmt: skip
-    from refface.photo.background import load_upscaler
+    from refface.imaging import load_image
+    from refface.photo.background import load_upscaler, resize, upscale_pixels
     from tests.photo.upscalers import compact_checkpoint
 
     monkeypatch.setattr(service, "upscaler", load_upscaler(compact_checkpoint(tmp_path / "x4v3.pth")))
@@ -146,7 +147,11 @@ def test_a_server_with_real_esrgan_offers_it_and_draws_the_background_with_it(cl
         shown = client.get(f"/api/jobs/{status['id']}/result.png").content
         results[background] = np.asarray(Image.open(io.BytesIO(shown)).convert("RGB"), dtype=int)
     assert results["realesrgan"].shape == results["lanczos"].shape == (768, 768, 3)
-    assert np.abs(results["realesrgan"] - results["lanczos"]).mean() > 5  # the model drew it, not a resize
+    pixels = np.asarray(load_image(face_photos["old photo.jpg"]))
+    drawn = resize(upscale_pixels(service.upscaler, pixels, 0), (768, 768)).astype(int)  # the model's x4, halved
+    below_face = slice(400, None)  # the face is in the upper half; below it, the background alone
+    assert np.abs(results["realesrgan"][below_face] - drawn[below_face]).max() <= 1  # the model drew it
+    assert np.abs(results["lanczos"][below_face] - drawn[below_face]).mean() > 1  # a resize is another picture
 
 
 def test_bad_requests_are_one_sentence(client, face_photos):

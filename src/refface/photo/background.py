@@ -44,13 +44,13 @@ REALESRGAN_MODELS = {
 }  # fmt: skip
 DEFAULT_MODEL = RELEASED_MODELS[0]
 TILE_PAD = 40  # input pixels of overlap on each side of a tile: the light model's whole receptive field (34)
-BYTES_PER_PIXEL_FEATURES = 64  # a Real-ESRGAN-sized network's feature channels, for the memory estimate
+FEATURE_CHANNELS = 64  # a Real-ESRGAN-sized network's feature channels, for the memory estimate
 
 
 def bytes_per_input_pixel(scale: int) -> int:
     """Working memory per input pixel of a Real-ESRGAN-sized model (float32): features at the input's size and
     at the output's, a few held at once."""
-    return 4 * (8 * BYTES_PER_PIXEL_FEATURES + 2 * BYTES_PER_PIXEL_FEATURES * scale * scale)
+    return 4 * (8 * FEATURE_CHANNELS + 2 * FEATURE_CHANNELS * scale * scale)
 
 
 def free_memory(device: torch.device) -> int:
@@ -150,9 +150,8 @@ def load_upscaler(path: str | Path):
         raise RefFaceError(
             f"The file {source} is not a super-resolution model spandrel can load ({short_reason(error)})."
         ) from None
-    if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.input_channels != 3:
-        raise RefFaceError(f"The file {source} holds a {descriptor.architecture.name} model, not an RGB upscaler.")
-    if descriptor.output_channels != 3 or descriptor.scale < 1:
+    rgb_in_and_out = descriptor.input_channels == 3 and descriptor.output_channels == 3
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor) or not rgb_in_and_out or descriptor.scale < 1:
         raise RefFaceError(f"The file {source} holds a {descriptor.architecture.name} model, not an RGB upscaler.")
     return descriptor.eval()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -54,9 +55,10 @@ class OriginalPhoto:
     metadata: PhotoMetadata = field(default_factory=PhotoMetadata)
     frames: int = 1
 
-    @property
+    @cached_property
     def rgb8(self) -> np.ndarray:
-        """The 8-bit RGB copy faces are found and restored on."""
+        """The 8-bit RGB copy faces are found and restored on (made once: the search, the tone and the page read
+        it)."""
         if self.pixels.dtype == np.uint8:
             return self.pixels
         return np.rint(self.pixels.astype(np.float32) / 257.0).astype(np.uint8)

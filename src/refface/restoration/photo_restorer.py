@@ -154,8 +154,7 @@ class PhotoRestorer:
     def _search(self, photo: Image.Image | np.ndarray, source: str) -> tuple[list[FaceResult], FaceSearch]:
         if self.detector is None:
             raise RefFaceError("Whole photos need a face detector; pass one, or restore aligned crops.")
-        pixels = photo.rgb8 if isinstance(photo, OriginalPhoto) else as_rgb_array(photo)
-        search = find_faces(pixels, self.detector, self.select, self.aligned_size, source)
+        search = find_faces(as_original(photo).rgb8, self.detector, self.select, self.aligned_size, source)
         return self.match_faces(search.faces, source), search
 
     def match_faces(self, aligned: Sequence[AlignedFace], source: str = "the photo") -> list[FaceResult]:

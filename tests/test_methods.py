@@ -30,18 +30,28 @@ def _option(command: str, dest: str) -> argparse.Action:
 
 
 def test_the_cli_offers_the_registry_s_methods():
-    assert methods.names() == ("refldm", "composite")
+    assert methods.names() == ("refldm", "composite", "codeformer", "gfpgan", "restoreformer++")
+    assert methods.blind_names() == ("codeformer", "gfpgan", "restoreformer++")
     assert list(_option("restore", "method").choices) == list(methods.names())
     assert _option("restore", "method").default == methods.DEFAULT == "refldm"
+    assert list(_option("restore", "blind_method").choices) == list(methods.blind_names())
     assert list(_option("benchmark", "method").choices) == list(methods.benchmark_methods())
-    assert list(methods.benchmark_methods()) == ["refldm", "refldm-no-refs", "composite", "composite-no-refs"]
+    assert list(methods.benchmark_methods()) == [
+        "refldm", "refldm-no-refs", "composite", "composite-no-refs", "codeformer", "gfpgan", "restoreformer++"
+    ]  # fmt: skip
 
 
 def test_an_unknown_method_is_one_sentence_listing_the_names():
-    with pytest.raises(RefFaceError, match=r"^Unknown method 'gfpgan'; choose one of refldm, composite\.$"):
-        methods.get("gfpgan")
-    with pytest.raises(RefFaceError, match="choose one of refldm, refldm-no-refs, composite, composite-no-refs"):
+    everything = "refldm, composite, codeformer, gfpgan, restoreformer\\+\\+"
+    with pytest.raises(RefFaceError, match=rf"^Unknown method 'gfpgan2'; choose one of {everything}\.$"):
+        methods.get("gfpgan2")
+    with pytest.raises(RefFaceError, match="choose one of refldm, refldm-no-refs, composite, composite-no-refs, cod"):
         methods.benchmark_method("refldm-fast")
+    with pytest.raises(RefFaceError, match="choose one of refldm, refldm-no-refs"):
+        methods.benchmark_method("gfpgan-no-refs")  # a blind restorer has no variant without references
+    with pytest.raises(RefFaceError, match=r"^'refldm' is not a blind restorer; choose one of codeformer, gfpgan"):
+        methods.get_blind("refldm")
+    assert methods.benchmark_method("gfpgan") == (methods.get("gfpgan"), False)
     with pytest.raises(RefFaceError, match="No restoration method runs a OtherPipeline"):
         methods.for_pipeline("OtherPipeline")
     assert methods.benchmark_method("composite-no-refs") == (methods.get("composite"), False)
@@ -108,10 +118,16 @@ def test_the_benchmark_restorer_sets_and_records_each_method_s_options():
 
 
 def test_each_entry_names_its_pipeline_and_saved_folder_kind(tmp_path):
+    from refface.pipelines.blind import KINDS
     from refface.pipelines.loading import saved_pipeline_class
 
     for method in methods.METHODS:
         assert method.pipeline_class().__name__ == method.pipeline_class_name
+        if not method.uses_references:  # a blind restorer: its kind's options, no saved folder
+            assert KINDS[method.name].options is method.defaults
+            with pytest.raises(RefFaceError, match="loads one weights file: pass it with --checkpoint"):
+                method.sources(model=tmp_path)
+            continue
         assert method.pipeline_class().default_options is method.defaults  # one place for the defaults
         assert methods.for_pipeline(method.pipeline_class_name) is method
         folder = tmp_path / method.name
@@ -184,16 +200,16 @@ def test_a_third_method_is_one_entry(monkeypatch, tmp_path):
     fake = _fake_method()
     monkeypatch.setattr(methods, "METHODS", (*methods.METHODS, fake))
 
-    assert methods.names() == ("refldm", "composite", "fake")
+    assert methods.names()[-1] == "fake" and methods.names()[:2] == ("refldm", "composite")
     assert methods.get("fake") is fake and methods.for_pipeline("_FakePipe") is fake
     assert fake.sampling() == SamplingOptions("Fake", steps=7, guidance=2.0) and fake.label == "Fake"
     with pytest.raises(RefFaceError, match="The solver is not an option of Fake"):
         fake.sampling(solver="dpm++")
-    with pytest.raises(RefFaceError, match="choose one of refldm, composite, fake"):
+    with pytest.raises(RefFaceError, match="choose one of refldm, composite, .*, fake"):
         methods.get("nope")
 
     method = _option("restore", "method")
-    assert list(method.choices) == ["refldm", "composite", "fake"] and "fake (made up)" in method.help
+    assert list(method.choices) == list(methods.names()) and "fake (made up)" in method.help
     assert "2.0 for fake" in _option("restore", "guidance").help
     bench = _option("benchmark", "method")
     assert list(bench.choices)[-2:] == ["fake", "fake-no-refs"]

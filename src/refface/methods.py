@@ -6,6 +6,10 @@ official files, the release) and the check of that choice, its default `Sampling
 `refface.pipelines.base`) and the options its benchmark runs set and record. A new method is one entry in
 `METHODS` plus its pipeline (a class in `refface.pipelines` that keeps `RestorationPipeline`'s contract).
 
+The blind restorers the papers compare against (CodeFormer, GFPGAN v1.4, RestoreFormer++) are methods too, whose
+`uses_references` is False: they restore a face from itself, in `refface restore`, in a benchmark's table and for
+the faces that match nobody (`--unknown blind`).
+
 Layering: this module imports the pipelines' light `base` module, and the rest of the pipelines inside
 functions; `refface.models` and `refface.pipelines` never import it; the workflow, evaluation and the front
 ends do.
@@ -20,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from refface.errors import RefFaceError
-from refface.pipelines.base import COMPOSITE_OPTIONS, FAST_STEPS, REFLDM_OPTIONS, SamplingOptions
+from refface.pipelines.base import (
+    CODEFORMER_OPTIONS,
+    COMPOSITE_OPTIONS,
+    FAST_STEPS,
+    GFPGAN_OPTIONS,
+    REFLDM_OPTIONS,
+    RESTOREFORMER_PP_OPTIONS,
+    SamplingOptions,
+)
 
 NO_REFERENCES = "-no-refs"  # benchmark method `<name>-no-refs`: the same model given no references
 
@@ -71,14 +83,29 @@ def _trained_folder_only(sources: ModelSources) -> None:
         )
 
 
+def _weight_file_only(sources: ModelSources) -> None:
+    """A blind restorer loads one weights file, given with --checkpoint (or its release, downloaded)."""
+    if sources.model is not None or sources.vqgan is not None or sources.config is not None:
+        raise RefFaceError(
+            "A blind restorer loads one weights file: pass it with --checkpoint (--model, --vqgan and --config are "
+            "the diffusion methods')."
+        )
+    if sources.checkpoint is not None and not sources.checkpoint.is_file():
+        raise RefFaceError(f"The weights file {sources.checkpoint} does not exist.")
+
+
 @dataclass(frozen=True)
 class BenchmarkDefaults:
     """How a method's paper evaluates it, which `refface benchmark` follows unless told otherwise: sampling steps,
-    the references of the main table, and the reference counts of the multi-reference study."""
+    the references of the main table, and the reference counts of the multi-reference study (None, 0 and () for
+    a blind restorer: one pass, no references)."""
 
-    steps: int
+    steps: int | None
     references: int
     sweep: tuple[int, ...]
+
+
+BLIND_BENCHMARK = BenchmarkDefaults(steps=None, references=0, sweep=())
 
 
 @dataclass(frozen=True)
@@ -97,8 +124,9 @@ class Method:
     with_references: str  # the benchmark's description of `name` ...
     without_references: str  # ... and of `name`-no-refs
     benchmark: BenchmarkDefaults
-    benchmark_options: tuple[str, ...] = ()  # of spacing, lq_guidance, color_fix, context: what a benchmark records
+    benchmark_options: tuple[str, ...] = ()  # of spacing, lq_guidance, color_fix, context, fidelity: recorded
     check_sources: Callable[[ModelSources], None] = _any_official_files
+    uses_references: bool = True  # False: a blind restorer (references are not used)
 
     @property
     def label(self) -> str:
@@ -157,6 +185,7 @@ class Method:
         strength: float | None = None,
         seed: int | None = None,
         context: str | None = None,
+        fidelity: float | None = None,
     ) -> SamplingOptions:
         """This method's options with the user's changes (None: the default); an option the method does not have
         is one sentence. DPM-Solver++ without a step count takes the fast mode's steps."""
@@ -164,7 +193,7 @@ class Method:
             steps = self.fast_steps
         return self.defaults.with_changes(
             steps=steps, guidance=guidance, lq_guidance=lq_guidance, color_fix=color_fix, spacing=spacing,
-            solver=solver, strength=strength, seed=seed, context=context,
+            solver=solver, strength=strength, seed=seed, context=context, fidelity=fidelity,
         )  # fmt: skip
 
 
@@ -179,6 +208,32 @@ def _composite_load(sources: ModelSources):
     from refface.pipelines.loading import load_composite
 
     return load_composite(sources.model)
+
+
+def _blind_loader(name: str) -> Callable[[ModelSources], Any]:
+    def load(sources: ModelSources):
+        from refface.pipelines.blind import load_blind
+
+        return load_blind(name, sources.checkpoint)
+
+    return load
+
+
+def _blind(name: str, defaults: SamplingOptions, summary: str, options: tuple[str, ...] = ()) -> Method:
+    """A blind restorer's entry: one pass over the crop, no references, its release or a --checkpoint file."""
+    return Method(
+        name=name,
+        pipeline="refface.pipelines.blind:BlindRestorationPipeline",
+        loader=_blind_loader(name),
+        defaults=defaults,
+        summary=summary,
+        with_references="blind: restores from the face alone",
+        without_references="blind: restores from the face alone",
+        benchmark=BLIND_BENCHMARK,
+        benchmark_options=options,
+        check_sources=_weight_file_only,
+        uses_references=False,
+    )
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -208,12 +263,28 @@ METHODS: tuple[Method, ...] = (
         check_sources=_trained_folder_only,
         benchmark_options=("lq_guidance", "color_fix", "context"),  # the timestep spacing is its own scheduler's
     ),
+    _blind("codeformer", CODEFORMER_OPTIONS, "blind baseline, no references; non-commercial licence", ("fidelity",)),
+    _blind("gfpgan", GFPGAN_OPTIONS, "blind baseline, no references"),
+    _blind("restoreformer++", RESTOREFORMER_PP_OPTIONS, "blind baseline, no references"),
 )
 DEFAULT = "refldm"  # what `refface restore` and `refface serve` run when not told
+DEFAULT_BLIND = "gfpgan"  # what `--unknown blind` restores with when not told (Apache-licensed)
 
 
 def names() -> tuple[str, ...]:
     return tuple(method.name for method in METHODS)
+
+
+def blind_names() -> tuple[str, ...]:
+    """The blind restorers, for `--unknown blind`."""
+    return tuple(method.name for method in METHODS if not method.uses_references)
+
+
+def get_blind(name: str) -> Method:
+    """The blind restorer called `name`; another name is one sentence listing them."""
+    if name not in blind_names():
+        raise RefFaceError(f"{name!r} is not a blind restorer; choose one of {', '.join(blind_names())}.")
+    return get(name)
 
 
 def get(name: str) -> Method:
@@ -234,9 +305,10 @@ def of_folder(folder: str | Path) -> tuple[Method, Path]:
 
 
 def for_pipeline(class_name: str) -> Method:
-    """The method whose pipeline class is called `class_name` (a saved folder's model_index.json)."""
+    """The method whose pipeline class is called `class_name` (a saved folder's model_index.json); blind restorers
+    have no saved folders."""
     for method in METHODS:
-        if method.pipeline_class_name == class_name:
+        if method.uses_references and method.pipeline_class_name == class_name:
             return method
     raise RefFaceError(f"No restoration method runs a {class_name}; the methods are {', '.join(names())}.")
 
@@ -245,6 +317,9 @@ def benchmark_methods() -> dict[str, str]:
     """`refface benchmark`'s method names (each method with and without references) and their descriptions."""
     described = {}
     for method in METHODS:
+        if not method.uses_references:
+            described[method.name] = f"{method.label}, {method.with_references}"
+            continue
         described[method.name] = f"{method.label} with the references ({method.with_references})"
         described[method.name + NO_REFERENCES] = f"{method.label} given no references ({method.without_references})"
     return described
@@ -253,6 +328,6 @@ def benchmark_methods() -> dict[str, str]:
 def benchmark_method(name: str) -> tuple[Method, bool]:
     """The method a benchmark name runs, and whether it is given the references."""
     for method in METHODS:
-        if name in (method.name, method.name + NO_REFERENCES):
-            return method, name == method.name
+        if name == method.name or (method.uses_references and name == method.name + NO_REFERENCES):
+            return method, method.uses_references and name == method.name
     raise RefFaceError(f"Unknown method {name!r}; choose one of {', '.join(benchmark_methods())}.")

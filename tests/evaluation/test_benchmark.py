@@ -325,3 +325,41 @@ def test_tables_give_each_metric_as_mean_and_standard_deviation(dataset, tmp_pat
     cell = f"{np.mean(psnr):.4f} ± {np.std(psnr, ddof=1):.4f}"
     assert f"| counting | 2 | 5 | {cell} |" in (tmp_path / "ffhq-ref-severe" / "table.md").read_text()
     assert "| counting | 1 | 5 |" in (tmp_path / "ffhq-ref-severe" / "sweep.md").read_text()
+
+
+def test_a_blind_baseline_is_a_row_beside_the_reference_methods(dataset, tmp_path, capsys):
+    """A baseline restores each case once (no references) and joins the table with mean ± std; ReF-LDM's row stays
+    at its paper's five references."""
+    from refface.pipelines.blind import load_blind
+    from tests.pipelines.blind_checkpoints import save_restoreformer
+
+    out = tmp_path / "results"
+    data = locate_set("ffhq-ref-severe", dataset["data"], dataset["images"])
+    run_benchmark(data, Counting(), "refldm", out, metrics=["psnr", "ssim"], sweep=[1], progress=False)
+    weights = save_restoreformer(tmp_path / "RestoreFormer++.ckpt", seed=1, tiny=True)
+    base = ["benchmark", "--set", "ffhq-ref-severe", "--data", str(dataset["data"]), "--images", str(dataset["images"]),
+            "--out", str(out), "--device", "cpu", "-q", "--metrics", "psnr,ssim"]  # fmt: skip
+    assert main([*base, "--method", "restoreformer++", "--checkpoint", str(weights)]) == 0
+    folder = out / "ffhq-ref-severe" / "restoreformer++"
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["refs-0"]
+    lq = load_image(dataset["data"] / "test_images" / "severe_degrad" / "t2.png")
+    expected = load_blind("restoreformer++", weights)([lq]).images[0]
+    assert np.array_equal(np.asarray(load_image(folder / "refs-0" / "images" / "t2.png")), np.asarray(expected))
+    assert json.loads((folder / "settings.json").read_text()) == {
+        "method": "restoreformer++", "model": str(weights.resolve()), "references": False, "dtype": "float32",
+        "seed": 2024,
+    }  # fmt: skip
+    psnr = [float(r["psnr"]) for r in csv.DictReader((folder / "refs-0" / "eval" / "per_image.csv").open())]
+    table = (out / "ffhq-ref-severe" / "table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| restoreformer++ | 0 | 5 | "))
+    mean, spread = (float(value) for value in row.split(" | ")[3].split(" ± "))
+    assert (mean, spread) == pytest.approx((np.mean(psnr), np.std(psnr, ddof=1)), abs=2e-4)  # per-image: 4 places
+    assert "| refldm | 5 | 5 |" in table  # its paper's main count, not the baseline's 0
+    rows = {r["method"]: r for r in csv.DictReader((out / "ffhq-ref-severe" / "table.csv").open())}
+    assert float(rows["restoreformer++"]["psnr_std"]) == pytest.approx(np.std(psnr, ddof=1), abs=1e-4)
+    for extra, message in (
+        (["--steps", "10"], "The number of steps is not an option of RestoreFormer++."),
+        (["--model", str(dataset["model"])], "A blind restorer loads one weights file"),
+    ):
+        assert main([*base, "--method", "restoreformer++", "--checkpoint", str(weights), *extra]) != 0
+        assert message in capsys.readouterr().err

@@ -212,3 +212,33 @@ def test_two_processes_share_an_archive_and_the_main_one_writes_the_report(peopl
         lines = (out / ".progress" / f"rank-{rank}.jsonl").read_text().splitlines()
         shares[rank] = [json.loads(line)["photo"] for line in lines]
     assert shares == {0: ["photo0", "photo2"], 1: ["photo1", "photo3"]}
+
+
+@pytest.mark.slow
+def test_a_face_that_matches_nobody_can_be_restored_by_a_blind_restorer(people_workspace, tmp_path, capsys):
+    from refface.pipelines.blind import load_blind
+    from tests.pipelines.blind_checkpoints import save_restoreformer
+
+    weights = save_restoreformer(tmp_path / "RestoreFormer++.ckpt", seed=5, tiny=True)
+    shutil.copytree(people_workspace / "people" / "Grace", tmp_path / "people" / "Grace")  # Eileen is nobody here
+    out = tmp_path / "out"
+    blind = ["--unknown", "blind", "--blind-method", "restoreformer++", "--blind-weights", str(weights)]
+    args = _restore(people_workspace, out, "--people", str(tmp_path / "people"), "--face", "all", *blind, "--format",
+                    "png")  # fmt: skip
+    assert main(args) == 0
+    hopper, astronaut = _report(out)
+    assert (hopper["person"], hopper["status"]) == ("Grace", "restored")
+    assert (astronaut["person"], astronaut["status"], astronaut["references"]) == ("", "restored-blind", "")
+    # The unknown face is exactly the blind restorer's work on its crop; Grace's is the diffusion model's (32 px).
+    crop = Image.open(out / "cropped_faces" / "group_01.png")
+    expected = load_blind("restoreformer++", weights)([crop]).images[0].resize((512, 512))
+    restored = Image.open(out / "restored_faces" / "group_01.png")
+    assert restored.size == (512, 512) and np.array_equal(np.asarray(restored), np.asarray(expected))
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["unknown"] == "blind" and settings["blind"] == "restoreformer++"
+    assert settings["blind_model"][1] == str(weights.resolve())
+    # A resumed run with another blind restorer is refused, as any change of settings is.
+    other = _restore(people_workspace, out, "--people", str(tmp_path / "people"), "--face", "all", "--unknown", "blind",
+                     "--blind-weights", str(weights), "--format", "png")  # fmt: skip
+    message = _error(other, capsys)
+    assert "other settings" in message and "blind 'restoreformer++' now 'gfpgan'" in message

@@ -60,12 +60,12 @@ def method_help() -> str:
 
 
 def add_guidance_options(parser: argparse.ArgumentParser) -> None:
-    """--guidance (alias --cfg), --lq-guidance, --no-color-fix and --context: each method's, checked by
+    """--guidance (alias --cfg), --lq-guidance, --no-color-fix, --fidelity and --context: each method's, checked by
     refface.methods."""
     from refface import methods
     from refface.pipelines.base import CONTEXTS
 
-    defaults = ", ".join(f"{m.defaults.guidance} for {m.name}" for m in methods.METHODS)
+    defaults = ", ".join(f"{m.defaults.guidance} for {m.name}" for m in methods.METHODS if m.defaults.guidance)
     with_lq = [m for m in methods.METHODS if m.defaults.lq_guidance is not None]
     lq_names = ", ".join(m.name for m in with_lq)
     lq_defaults = ", ".join(str(m.defaults.lq_guidance) for m in with_lq)
@@ -76,6 +76,12 @@ def add_guidance_options(parser: argparse.ArgumentParser) -> None:
         "--lq-guidance", type=float, help=f"{lq_names}: guidance toward the LQ image s_i (default {lq_defaults})"
     )
     parser.add_argument("--no-color-fix", action="store_true", help=f"{lq_names}: skip the AdaIN colour fix")
+    with_fidelity = [m for m in methods.METHODS if m.defaults.fidelity is not None]
+    parser.add_argument(
+        "--fidelity", type=float,
+        help=f"{', '.join(m.name for m in with_fidelity)}: the fidelity weight w, 0 (the codebook's face) to 1 (closer "
+        f"to the input) (default {', '.join(str(m.defaults.fidelity) for m in with_fidelity)})",
+    )  # fmt: skip
     with_context = ", ".join(m.name for m in methods.METHODS if m.defaults.context is not None)
     parser.add_argument(
         "--context", choices=CONTEXTS,

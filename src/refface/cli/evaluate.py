@@ -70,7 +70,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     method, _ = methods.benchmark_method(args.method)
     fix = False if args.no_color_fix else None
     options = benchmark_sampling(
-        method, args.steps, args.guidance, args.spacing, args.seed, args.lq_guidance, fix, args.context
+        method, args.steps, args.guidance, args.spacing, args.seed, args.lq_guidance, fix, args.context, args.fidelity
     )
     sources = method.sources(args.model, args.checkpoint, args.vqgan, args.config)
     data = locate_set(args.set, args.data, args.images, args.lq, args.csv, args.refs_dir)
@@ -133,7 +133,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--method", required=True, choices=list(described), help="; ".join(f"{k}: {v}" for k, v in described.items())
     )
-    papers = {method.name: method.benchmark for method in methods.METHODS}  # each method's paper's evaluation
+    # each reference method's paper's evaluation (a blind restorer: one pass, no references)
+    papers = {method.name: method.benchmark for method in methods.METHODS if method.uses_references}
     bench.add_argument(
         "--max-refs", type=int,
         help="references for the main table (default: the method's paper's: "
@@ -152,7 +153,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--examples", type=int, default=6, help="rows of the contact sheet (default 6)")
     bench.add_argument(
         "--steps", type=int,
-        help="DDIM steps (default: the method's paper's: "
+        help="DDIM steps of a diffusion method (default: its paper's: "
         + ", ".join(f"{name} {b.steps}" for name, b in papers.items()) + ")",
     )  # fmt: skip
     add_guidance_options(bench)

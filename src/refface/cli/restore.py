@@ -58,11 +58,15 @@ def restore_settings(args: argparse.Namespace):
         background_model=args.background_model, tile=args.tile, colour=args.colour, mask=args.paste_mask,
         format=args.format,
     )  # fmt: skip
-    references = ReferenceSource.choose(args.ref, args.refs_dir, args.people, args.no_refs, args.person, args.num_refs)
+    references = ReferenceSource.choose(
+        args.ref, args.refs_dir, args.people, args.no_refs, args.person, args.num_refs,
+        needed=methods.get(args.method).uses_references,
+    )  # fmt: skip
     return RestoreSettings.build(
         method=args.method, steps=args.steps, guidance=args.guidance, lq_guidance=args.lq_guidance,
         color_fix=False if args.no_color_fix else None, context=args.context, spacing=args.spacing,
-        solver=args.solver, fast=args.fast,
+        solver=args.solver, fast=args.fast, fidelity=args.fidelity, blind_method=args.blind_method,
+        blind_weights=args.blind_weights,
         strength=args.strength, seed=args.seed, model=args.model, checkpoint=args.checkpoint, vqgan=args.vqgan,
         config=args.config, loads_model=True, references=references, faces=args.face, unknown=args.unknown,
         batch_size=args.batch_size, strict=args.strict, identity=args.identity, arcface_weights=args.arcface_weights,
@@ -179,7 +183,11 @@ def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
     has_clips = prepared is not None and any(photo.is_video for photo in prepared.photos)
     device = state.device if state.num_processes > 1 else resolve_device(settings.device)
     dtype = checked_dtype(device, settings.dtype)
+    for note in settings.notes():
+        say(args, f"note: {note}")
     pipe = settings.load_pipeline().to(device=device, dtype=dtype)  # the weights first: a failed download is quick
+    blind = settings.load_blind_pipeline()
+    blind = blind.to(device=device, dtype=dtype) if blind is not None else None
     background = Background(settings.photo, device, progress=not args.quiet)
     background.prepare()  # a background model the options insist on, too
     needs_detector = not settings.aligned or settings.references.kind == "album"
@@ -198,8 +206,9 @@ def _run_restore(args: argparse.Namespace, settings, state, prepared) -> int:
     store = ReferenceStore(pipe, cache_dir() / "people")
     one_photo = prepared is None or (len(prepared.photos) == 1 and not has_clips)
     restorer = PhotoRestorer(
-        pipe, people, detector, settings, store=store, background=background, progress=not args.quiet and one_photo
-    )
+        pipe, people, detector, settings, store=store, background=background, blind=blind,
+        progress=not args.quiet and one_photo,
+    )  # fmt: skip
     if settings.aligned:
         return _restore_aligned(args, restorer)
     videos = VideoRestorer(restorer, progress=not args.quiet) if has_clips else None
@@ -296,6 +305,10 @@ def cmd_download(args: argparse.Namespace) -> int:
     weights = [REFLDM_WEIGHTS, VQGAN_WEIGHTS, RETINAFACE_WEIGHTS, REALESRGAN_MODELS[DEFAULT_MODEL]]
     if args.background:
         weights += [weight for name, weight in REALESRGAN_MODELS.items() if name != DEFAULT_MODEL]
+    if args.baselines:
+        from refface.pipelines.blind import KINDS
+
+        weights += [kind.weights for kind in KINDS.values()]
     if args.encoders:
         from refface.face.arcface import ARCFACE_R50_WEIGHTS
         from refface.models.farl import FARL_WEIGHTS
@@ -368,8 +381,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--unknown",
         choices=UNKNOWN_FACES,
         default="no-refs",
-        help="a face matching none of the people: restore it without references (default) or leave it untouched",
+        help="a face matching none of the people: restore it without references (no-refs, default), leave it "
+        "untouched (skip) or restore it with a blind restorer (blind, see --blind-method)",
     )
+    restore.add_argument(
+        "--blind-method", choices=methods.blind_names(),
+        help=f"with --unknown blind: the blind restorer (default {methods.DEFAULT_BLIND}; codeformer's licence is "
+        "non-commercial)",
+    )  # fmt: skip
+    restore.add_argument("--blind-weights", help="with --unknown blind: its weights file (default: download)")
     restore.add_argument("--output", "-o", required=True, help="output folder (or image file for one --aligned crop)")
     restore.add_argument(
         "--face",
@@ -403,7 +423,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     restore.add_argument(
         "--strength",
         type=float,
-        default=1.0,
         help="below 1: start from the photo noised to strength x T (a lighter touch that keeps more of the input; "
         "fewer steps run); 1 (default): the full restoration",
     )
@@ -413,7 +432,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         choices=["uniform_trailing", "uniform"],
         help="refldm timestep spacing (default uniform_trailing)",
     )
-    restore.add_argument("--checkpoint", help="official refldm.ckpt (default: download the released weights)")
+    restore.add_argument(
+        "--checkpoint",
+        help="official refldm.ckpt, or a blind restorer's weights file (default: download the released weights)",
+    )
     restore.add_argument("--vqgan", help="official vqgan.ckpt")
     restore.add_argument("--config", help="official-format config YAML (default: the released architecture)")
     restore.add_argument(
@@ -475,5 +497,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     download.add_argument(
         "--background", action="store_true", help="also Real-ESRGAN x2plus and x4plus (general-x4v3 always comes)"
     )
+    download.add_argument(
+        "--baselines", action="store_true",
+        help="also the blind restorers CodeFormer (non-commercial), GFPGAN v1.4 and RestoreFormer++ (about 1 GB)",
+    )  # fmt: skip
     download.add_argument("--quiet", "-q", action="store_true")
     download.set_defaults(handler=cmd_download)

@@ -45,10 +45,10 @@ class BenchmarkReport:
 
 def reference_counts(restorer: Restorer, max_refs: int, sweep: Sequence[int]) -> list[int]:
     """The main count first (its table is ready soonest), then the rest of the sweep; 0 for a method without."""
-    if max_refs < 1 or any(k < 1 for k in sweep):
-        raise RefFaceError(f"Reference counts must be at least 1, got --max-refs {max_refs} and sweep {list(sweep)}.")
     if not restorer.uses_references:
         return [0]
+    if max_refs < 1 or any(k < 1 for k in sweep):
+        raise RefFaceError(f"Reference counts must be at least 1, got --max-refs {max_refs} and sweep {list(sweep)}.")
     return [max_refs, *sorted({k for k in sweep if k != max_refs})]
 
 
@@ -145,6 +145,6 @@ def run_benchmark(
         report.results[count] = evaluate_cases(
             eval_cases, method_folder / f"refs-{count}" / "eval", metrics, images, options
         )
-        report.files = write_set_tables(set_folder, data.layout.title, counts[0], len(data.cases))
+        report.files = write_set_tables(set_folder, data.layout.title, counts[0], len(data.cases), method)
         report.files.append(write_contact_sheet(set_folder, cases, counts[0], examples))
     return report

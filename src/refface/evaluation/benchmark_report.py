@@ -10,6 +10,8 @@ import csv
 import io
 from pathlib import Path
 
+from refface import methods
+from refface.errors import RefFaceError
 from refface.evaluation.evaluate import LOWER_IS_BETTER, METRICS, STD_SUFFIX, mean_and_spread
 from refface.files import write_text_atomically
 
@@ -33,6 +35,24 @@ def main_count(counts: dict[int, dict[str, str]], main_refs: int) -> int:
     if main_refs in counts:
         return main_refs
     return 0 if 0 in counts else max(counts)
+
+
+def _main_refs(method: str, run: str | None, main_refs: int) -> int:
+    """The main count of `method`'s row: the run's for the method just run (`run`), its paper's for the others
+    (so a blind restorer's run, at 0, does not move ReF-LDM's row off its 5 references)."""
+    if method == run:
+        return main_refs
+    try:
+        return methods.benchmark_method(method)[0].benchmark.references
+    except RefFaceError:  # a folder of outputs made elsewhere
+        return main_refs
+
+
+def _rows(summaries: dict[str, dict[int, dict[str, str]]], run: str | None, main_refs: int):
+    """(method, its main count, its summary there) of each method, in name order."""
+    for method, counts in sorted(summaries.items()):
+        count = main_count(counts, _main_refs(method, run, main_refs))
+        yield method, count, counts[count]
 
 
 def _metric_columns(summaries: dict[str, dict[int, dict[str, str]]]) -> list[str]:
@@ -60,15 +80,14 @@ def _csv_row(method: str, count: int, summary: dict[str, str], metrics: list[str
     return [method, str(count), summary.get("images", ""), *values]
 
 
-def write_set_tables(set_folder: Path, title: str, main_refs: int, total_cases: int) -> list[Path]:
-    """table.md / table.csv (each method at `main_refs` references) and sweep.md (each method per count)."""
+def write_set_tables(
+    set_folder: Path, title: str, main_refs: int, total_cases: int, run: str | None = None
+) -> list[Path]:
+    """table.md / table.csv (method `run` at `main_refs` references, the others at their papers') and sweep.md
+    (each method per count)."""
     summaries = read_summaries(set_folder)
     metrics = _metric_columns(summaries)
-    rows = [
-        _row(method, count, counts[count], metrics)
-        for method, counts in sorted(summaries.items())
-        for count in [main_count(counts, main_refs)]
-    ]
+    rows = [_row(method, count, summary, metrics) for method, count, summary in _rows(summaries, run, main_refs)]
     labelled = ["method", "refs", "images", *map(_label, metrics)]
     partial = [r[0] for r in rows if r[2] != str(total_cases)]
     note = f"{title}, {total_cases} test images; n/a = unavailable (see the method's eval/summary.md)."
@@ -80,11 +99,8 @@ def write_set_tables(set_folder: Path, title: str, main_refs: int, total_cases: 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["method", "refs", "images", *(f"{m}{suffix}" for m in metrics for suffix in ("", STD_SUFFIX))])
-    writer.writerows(
-        _csv_row(method, count, counts[count], metrics)
-        for method, counts in sorted(summaries.items())
-        for count in [main_count(counts, main_refs)]
-    )
+    writer.writerows(_csv_row(method, count, summary, metrics) for method, count, summary in _rows(summaries, run,
+                                                                                                   main_refs))
     table_csv = set_folder / "table.csv"
     write_text_atomically(table_csv, buffer.getvalue())
 

@@ -40,15 +40,16 @@ def benchmark_sampling(
     lq_guidance: float | None = None,
     color_fix: bool | None = None,
     context: str | None = None,
+    fidelity: float | None = None,
 ) -> SamplingOptions:
     """The options a benchmark of `method` samples with: its paper's steps unless given, the official evaluation's
     spacing (where the method has one), the method's guidance unless given, and `lq_guidance` / `color_fix` /
-    `context` for the methods that have them (given to another, one sentence)."""
+    `context` / `fidelity` for the methods that have them (given to another, one sentence)."""
     has_spacing = "spacing" in method.benchmark_options
     steps = method.benchmark.steps if steps is None else steps
     return method.sampling(
         steps=steps, guidance=guidance, spacing=spacing if has_spacing else None, seed=seed,
-        lq_guidance=lq_guidance, color_fix=color_fix, context=context,
+        lq_guidance=lq_guidance, color_fix=color_fix, context=context, fidelity=fidelity,
     )  # fmt: skip
 
 
@@ -74,7 +75,8 @@ class PipelineRestorer:
         """The settings a results folder records (and refuses to mix)."""
         options = self.options.recorded()  # what a manifest records (the whole reference context goes unsaid)
         chosen = {name: options[name] for name in self.method.benchmark_options if name in options}
-        return {"steps": options["steps"], "guidance": options["guidance"], **chosen, "seed": options["seed"]}
+        recorded = {"steps": options["steps"], "guidance": options["guidance"], **chosen, "seed": options["seed"]}
+        return {name: value for name, value in recorded.items() if value is not None}  # a blind restorer: no steps
 
     def restore(self, lq: Image.Image, references: list[Image.Image]) -> Image.Image:
         refs = references if self.uses_references and references else None

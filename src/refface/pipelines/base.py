@@ -36,6 +36,10 @@ SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2^64 - 1
 
 # What each option is called in a sentence that refuses it to a method without it.
 _OPTION_WORDS = {
+    "steps": "the number of steps",
+    "guidance": "the guidance toward the references",
+    "strength": "the strength",
+    "fidelity": "the fidelity weight",
     "lq_guidance": "the guidance toward the LQ image",
     "color_fix": "the colour fix",
     "spacing": "the timestep spacing",
@@ -79,31 +83,37 @@ class SamplingOptions:
 
     `method` is the label of the method the options belong to. An option the method does not have is None
     (ReF-LDM has no LQ guidance or colour fix; Composite-Context samples with its own scheduler, so it has no
-    spacing or solver), and `with_changes` refuses to set it. `guidance` is the guidance toward the references.
-    `strength` below 1 starts from the input noised part way (SDEdit). `seed` is the noise seed of every image
-    that is not given its own. `context` is which part of Composite-Context's reference context guides
-    (`CONTEXTS`).
+    spacing or solver; a blind restorer has no steps, guidance or strength), and `with_changes` refuses to set
+    it. `guidance` is the guidance toward the references. `strength` below 1 starts from the input noised part
+    way (SDEdit). `seed` is the noise seed of every image that is not given its own. `context` is which part of
+    Composite-Context's reference context guides (`CONTEXTS`). `fidelity` is CodeFormer's weight w (0: the
+    codebook's face, 1: closer to the input).
     """
 
     method: str
-    steps: int
-    guidance: float
+    steps: int | None
+    guidance: float | None
     lq_guidance: float | None = None
     color_fix: bool | None = None
     context: str | None = None
     spacing: str | None = None
     solver: str | None = None
-    strength: float = 1.0
+    strength: float | None = 1.0
     seed: int = 2024
+    fidelity: float | None = None
 
     def __post_init__(self) -> None:
-        steps = _whole(self.steps)
-        if steps is None or steps < 1:
-            raise RefFaceError(f"The number of steps must be a whole number of at least 1, got {self.steps!r}.")
-        if steps > MAX_STEPS:
-            raise RefFaceError(f"The number of steps must be between 1 and {MAX_STEPS}, got {steps}.")
-        object.__setattr__(self, "steps", steps)
-        _finite(self.guidance, "guidance")
+        if self.steps is not None:
+            steps = _whole(self.steps)
+            if steps is None or steps < 1:
+                raise RefFaceError(f"The number of steps must be a whole number of at least 1, got {self.steps!r}.")
+            if steps > MAX_STEPS:
+                raise RefFaceError(f"The number of steps must be between 1 and {MAX_STEPS}, got {steps}.")
+            object.__setattr__(self, "steps", steps)
+        if self.guidance is not None:
+            _finite(self.guidance, "guidance")
+        if self.fidelity is not None and not 0.0 <= _finite(self.fidelity, "fidelity weight") <= 1.0:
+            raise RefFaceError(f"The fidelity weight must be between 0 and 1, got {self.fidelity!r}.")
         if self.lq_guidance is not None:
             _finite(self.lq_guidance, "LQ guidance")
         if self.spacing is not None and self.spacing not in SPACINGS:
@@ -113,7 +123,9 @@ class SamplingOptions:
         if self.solver is not None and self.solver not in SOLVERS:
             raise RefFaceError(f"Unknown solver '{self.solver}'; choose one of {', '.join(SOLVERS)}.")
         strength = self.strength
-        if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0.0 < strength <= 1.0:
+        if strength is not None and (
+            isinstance(strength, bool) or not isinstance(strength, int | float) or not 0.0 < strength <= 1.0
+        ):
             raise RefFaceError(f"The strength must be greater than 0 and at most 1, got {strength!r}.")
         object.__setattr__(self, "seed", check_seed(self.seed))
 
@@ -130,10 +142,13 @@ class SamplingOptions:
 
     def recorded(self) -> dict:
         """The options as a run's manifest records them (a resumed run must match). The reference context is
-        recorded only when one part of it is chosen, so manifests written before it was an option still match."""
+        recorded only when one part of it is chosen, and the fidelity weight only for the method that has it, so
+        manifests written before they were options still match."""
         recorded = dataclasses.asdict(self)
         if self.context in (None, "both"):
             del recorded["context"]
+        if self.fidelity is None:
+            del recorded["fidelity"]
         return recorded
 
 
@@ -143,6 +158,11 @@ REFLDM_OPTIONS = SamplingOptions("ReF-LDM", steps=50, guidance=1.5, spacing="uni
 COMPOSITE_OPTIONS = SamplingOptions(
     "Composite-Context", steps=50, guidance=1.2, lq_guidance=1.2, color_fix=True, context="both"
 )
+# The blind restorers (the papers' baselines): one network pass, no references. CodeFormer's fidelity weight
+# is its inference script's default; GFPGAN's decoder draws noise, so its seed matters.
+CODEFORMER_OPTIONS = SamplingOptions("CodeFormer", steps=None, guidance=None, strength=None, fidelity=0.5)
+GFPGAN_OPTIONS = SamplingOptions("GFPGAN v1.4", steps=None, guidance=None, strength=None)
+RESTOREFORMER_PP_OPTIONS = SamplingOptions("RestoreFormer++", steps=None, guidance=None, strength=None)
 
 
 @dataclass

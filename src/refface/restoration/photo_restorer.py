@@ -32,6 +32,7 @@ from refface.restoration.settings import RestoreSettings
 
 RESTORED = "restored"
 WITHOUT_REFERENCES = "restored-without-references"
+BLIND = "restored-blind"  # a face that matches nobody, restored by the blind restorer (--unknown blind)
 SKIPPED = "skipped"
 ERROR = "error"
 
@@ -47,7 +48,7 @@ class FaceResult:
     aligned: AlignedFace | None
     person: Person | None
     distance: float | None  # identity distance to `person`, or to the closest person for an unknown face
-    status: str  # restored, restored-without-references, skipped
+    status: str  # restored, restored-without-references, restored-blind, skipped
     restored: np.ndarray | None = None
     message: str = ""
     seed: int | None = None  # this face's noise seed; None: the restorer's
@@ -105,7 +106,8 @@ class PhotoRestorer:
     "auto" is the largest face when the user named one person, else all), what becomes of unknown faces, the
     batch size and `strict` (default: `RestoreSettings()`). `store`: where encoded references are kept (default:
     memory). `background`: how enlarged photos get their background (default: as the settings' photo options
-    say, on the pipeline's device). `step_callback` goes to every pipeline call; `batch_callback(number, total,
+    say, on the pipeline's device). `blind`: the blind restorer's pipeline for faces that match nobody, which
+    settings with `unknown` "blind" need. `step_callback` goes to every pipeline call; `batch_callback(number, total,
     faces)` is told before each call which faces it restores (1-based number of `total` calls), for progress on a
     page.
     """
@@ -119,13 +121,16 @@ class PhotoRestorer:
         *,
         store: ReferenceStore | None = None,
         background: Background | None = None,
+        blind: RestorationPipeline | None = None,
         aligned_size: int = ALIGNED_SIZE,
         progress: bool = False,
         step_callback=None,
         batch_callback: Callable[[int, int, list[FaceResult]], None] | None = None,
     ) -> None:
-        self.pipe, self.detector = pipe, detector
+        self.pipe, self.detector, self.blind = pipe, detector, blind
         self.settings = settings if settings is not None else RestoreSettings()
+        if self.settings.unknown == "blind" and blind is None and pipe is not None:
+            raise RefFaceError("Unknown faces are to be restored blind, but no blind restorer was loaded.")
         self.people = people if people is not None else no_people()
         faces = self.settings.faces
         self.select = faces if faces != "auto" else ("largest" if self.people.named_one else "all")
@@ -206,9 +211,10 @@ class PhotoRestorer:
 
     def _with_status(self, face: FaceResult) -> FaceResult:
         if face.person is not None:
-            face.status = RESTORED if face.person.references else WITHOUT_REFERENCES
+            with_references = face.person.references and self.settings.method_entry.uses_references
+            face.status = RESTORED if with_references else WITHOUT_REFERENCES
         else:
-            face.status = SKIPPED if self.settings.unknown == "skip" else WITHOUT_REFERENCES
+            face.status = {"skip": SKIPPED, "blind": BLIND}.get(self.settings.unknown, WITHOUT_REFERENCES)
         return face
 
     def assign(self, faces: list[FaceResult], people_of: dict[int, str | None]) -> list[FaceResult]:
@@ -231,14 +237,14 @@ class PhotoRestorer:
 
     # ------------------------------------------------------------------------------ restoring
     def batches(self, faces: Sequence[FaceResult]) -> list[tuple[Person | None, list[FaceResult]]]:
-        """The pipeline calls that restore `faces`: each person's faces (or those without references) together,
-        at most `batch_size` a call; skipped faces are in none."""
-        groups: dict[int, tuple[Person | None, list[FaceResult]]] = {}
+        """The pipeline calls that restore `faces`: each person's faces (or those without references, or those
+        restored blind) together, at most `batch_size` a call; skipped faces are in none."""
+        groups: dict[tuple[str, int], tuple[Person | None, list[FaceResult]]] = {}
         for face in faces:
             if face.status == SKIPPED:
                 continue
             person = face.person if face.status == RESTORED else None
-            groups.setdefault(id(person), (person, []))[1].append(face)
+            groups.setdefault((face.status, id(person)), (person, []))[1].append(face)
         return [
             (person, group[start : start + self.batch_size])
             for person, group in groups.values()
@@ -256,8 +262,10 @@ class PhotoRestorer:
             crops = [Image.fromarray(face.crop) for face in batch]
             own_seeds = any(face.seed is not None for face in batch)
             seeds = [self.seed if face.seed is None else face.seed for face in batch] if own_seeds else None
-            output = self.pipe(
-                crops, references, options=self.settings.sampling, seed=seeds, progress=self.progress,
+            blind = batch[0].status == BLIND
+            pipe, options = (self.blind, self.settings.blind_sampling) if blind else (self.pipe, self.settings.sampling)
+            output = pipe(
+                crops, references, options=options, seed=seeds, progress=self.progress,
                 step_callback=self.step_callback,
             )  # fmt: skip
             for face, image in zip(batch, output.images, strict=True):

@@ -19,7 +19,9 @@ from refface.photo.options import PhotoOutput
 from refface.pipelines.base import SamplingOptions
 from refface.video.options import VideoOptions
 
-UNKNOWN_FACES = ("no-refs", "skip")  # a face that matches nobody: restored without references, or left as it is
+# A face that matches nobody: restored by the method without references, left as it is, or restored by a blind
+# restorer (`RestoreSettings.blind`).
+UNKNOWN_FACES = ("no-refs", "skip", "blind")
 FACE_CHOICES = ("auto", "all", "largest")
 IDENTITY_MODELS = ("dlib", "arcface")
 DETECTORS = DETECTOR_NAMES
@@ -27,7 +29,7 @@ DEFAULT_BATCH_SIZE = 4
 DEFAULT_REFERENCES = 5  # references per person taken from an album or a person's folder
 # The choices `RestoreSettings.build` hands to the method as its `SamplingOptions` (`Method.sampling`).
 SAMPLING_CHOICES = (
-    "steps", "guidance", "lq_guidance", "color_fix", "context", "spacing", "solver", "strength", "seed"
+    "steps", "guidance", "lq_guidance", "color_fix", "context", "spacing", "solver", "strength", "seed", "fidelity"
 )
 
 
@@ -65,14 +67,18 @@ class ReferenceSource:
         no_refs: bool = False,
         person: str | None = None,
         count: int = DEFAULT_REFERENCES,
+        needed: bool = True,
     ) -> ReferenceSource:
-        """The one source the user gave (`--ref`, `--refs-dir`, `--people` or `--no-refs`); none or several is one
-        sentence."""
+        """The one source the user gave (`--ref`, `--refs-dir`, `--people` or `--no-refs`); several is one
+        sentence, and so is none where the method `needed` references (a blind restorer does not: none is
+        `--no-refs`)."""
         given = [
             (kind, value)
             for kind, value in (("files", ref), ("album", refs_dir), ("people", people), ("none", no_refs))
             if value
         ]
+        if not given and not needed:
+            given = [("none", True)]
         if not given:
             raise RefFaceError(
                 "No reference photos were given: pass --ref FILE [FILE ...] (one person), --refs-dir ALBUM_FOLDER, "
@@ -122,9 +128,10 @@ class RestoreSettings:
     refuse a face that looks like someone else than the person named, instead of warning. `batch_size`: faces of
     one person per pipeline call, across photos. `references`: where the people come from (None: the caller
     makes them, as the web page and ComfyUI do from uploaded photos). `sources`: the checked weight files of a run
-    that loads its model (None: the caller has it loaded). `photo`: how the restored photo is given back (scale,
-    background, tone, paste mask, file format). The rest is the command line's: the face tools, the device, the
-    output and how clips are written.
+    that loads its model (None: the caller has it loaded). `blind`, `blind_sampling`, `blind_sources`: with
+    `unknown` "blind", the blind restorer of the faces that match nobody, its options and weights (None: its
+    release). `photo`: how the restored photo is given back (scale, background, tone, paste mask, file format).
+    The rest is the command line's: the face tools, the device, the output and how clips are written.
     """
 
     sampling: SamplingOptions | None = None
@@ -133,6 +140,9 @@ class RestoreSettings:
     references: ReferenceSource | None = None
     faces: str | int = "auto"
     unknown: str = "no-refs"
+    blind: str | None = None
+    blind_sampling: SamplingOptions | None = None
+    blind_sources: methods.ModelSources | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     strict: bool = False
     identity: str = "dlib"
@@ -149,7 +159,11 @@ class RestoreSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "faces", face_choice(self.faces))
         if self.unknown not in UNKNOWN_FACES:
-            raise RefFaceError(f"Unknown faces are either 'no-refs' or 'skip', got {self.unknown!r}.")
+            raise RefFaceError(f"Unknown faces are 'no-refs', 'skip' or 'blind', got {self.unknown!r}.")
+        if (self.unknown == "blind") != (self.blind is not None):
+            raise RefFaceError("A blind restorer is chosen for unknown faces exactly when they are restored blind.")
+        if self.blind is not None:
+            methods.get_blind(self.blind)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise RefFaceError(f"--batch-size must be at least 1, got {self.batch_size}.")
         for value, choices, what in (
@@ -178,26 +192,43 @@ class RestoreSettings:
         vqgan: str | Path | None = None,
         config: str | Path | None = None,
         loads_model: bool = False,
+        blind_method: str | None = None,
+        blind_weights: str | Path | None = None,
         **choices,
     ) -> RestoreSettings:
         """The settings from a front end's choices: the method by name; its sampling options by their
-        `SamplingOptions` names (steps, guidance, lq_guidance, color_fix, context, spacing, solver, strength, seed;
-        None: the method's default; `fast`: ReF-LDM's fast mode, DPM-Solver++ in 20 steps); its weight files
-        (checked when given, or when the run `loads_model` from them: none given is the release); and the
-        remaining fields of `RestoreSettings` as they are."""
+        `SamplingOptions` names (steps, guidance, lq_guidance, color_fix, context, spacing, solver, strength, seed,
+        fidelity; None: the method's default; `fast`: ReF-LDM's fast mode, DPM-Solver++ in 20 steps); its weight
+        files (checked when given, or when the run `loads_model` from them: none given is the release); with
+        `unknown="blind"`, the blind restorer of unknown faces (`blind_method`, default `methods.DEFAULT_BLIND`)
+        and its weights file (None: its release), which also takes the fidelity weight when the method has none;
+        and the remaining fields of `RestoreSettings` as they are."""
         entry = methods.get(method)
         sampling = {name: choices.pop(name) for name in SAMPLING_CHOICES if name in choices}
         if fast:
             if sampling.get("solver") == "ddim":
                 raise RefFaceError("--fast samples with DPM-Solver++; it contradicts --solver ddim.")
             sampling["solver"] = "dpm++"
+        blind = _blind_choices(choices.get("unknown"), blind_method, blind_weights)
+        if blind is not None and entry.defaults.fidelity is None and sampling.get("fidelity") is not None:
+            blind["blind_sampling"] = blind["blind_sampling"].with_changes(fidelity=sampling.pop("fidelity"))
         options = entry.sampling(**sampling)
         files = (model, checkpoint, vqgan, config)
         sources = entry.sources(*files) if loads_model or any(f is not None for f in files) else None
         for name in ("arcface_weights", "output"):
             if choices.get(name) is not None:
                 choices[name] = Path(choices[name])
-        return cls(sampling=options, method=entry.name, sources=sources, **choices)
+        return cls(sampling=options, method=entry.name, sources=sources, **(blind or {}), **choices)
+
+    def notes(self) -> list[str]:
+        """What the user should know of these settings before the run (said once, at its start)."""
+        entry = self.method_entry
+        if entry.uses_references or self.references is None or not self.references.given:
+            return []
+        return [
+            f"{entry.label} restores each face from itself alone: the reference photos are not used in the "
+            "restoration, only to decide which faces are restored."
+        ]
 
     @property
     def method_entry(self) -> methods.Method:
@@ -206,6 +237,12 @@ class RestoreSettings:
     def load_pipeline(self):
         """The method's pipeline from the checked weight files (None: the release), not yet moved to a device."""
         return self.method_entry.load(self.sources)
+
+    def load_blind_pipeline(self):
+        """The blind restorer of unknown faces (None unless `unknown` is "blind"), not yet moved to a device."""
+        if self.blind is None:
+            return None
+        return methods.get(self.blind).load(self.blind_sources)
 
     def recorded(self, with_video: bool = False) -> dict:
         """What decides the results of a run, as its manifest records it (a resumed run must match)."""
@@ -216,6 +253,7 @@ class RestoreSettings:
             "dtype": self.dtype,
             "face": self.faces,
             "unknown": self.unknown,
+            **(self._blind_recorded() if self.blind is not None else {}),
             **(self.references.recorded() if self.references is not None else {}),
             "identity": self.identity,
             "detector": self.detector,
@@ -225,6 +263,29 @@ class RestoreSettings:
         if with_video:
             recorded["video"] = self.video.recorded()
         return recorded
+
+    def _blind_recorded(self) -> dict:
+        """The blind restorer of unknown faces, recorded only where there is one (older manifests still match)."""
+        return {
+            "blind": self.blind,
+            "blind_model": self.blind_sources.recorded() if self.blind_sources is not None else None,
+            "blind_sampling": self.blind_sampling.recorded() if self.blind_sampling is not None else None,
+        }
+
+
+def _blind_choices(unknown: str | None, name: str | None, weights: str | Path | None) -> dict | None:
+    """The blind restorer of unknown faces as `RestoreSettings` fields (None when they are not restored blind); a
+    blind restorer or its weights named without `--unknown blind` is one sentence."""
+    if unknown != "blind":
+        if name is not None or weights is not None:
+            raise RefFaceError("--blind-method and --blind-weights only apply with --unknown blind.")
+        return None
+    entry = methods.get_blind(name or methods.DEFAULT_BLIND)
+    return {
+        "blind": entry.name,
+        "blind_sampling": entry.sampling(),
+        "blind_sources": entry.sources(checkpoint=weights) if weights is not None else None,
+    }
 
 
 def _check_photo_output(output: Path) -> None:

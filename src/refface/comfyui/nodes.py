@@ -27,7 +27,7 @@ from refface.face.paste import face_mask
 from refface.restoration.people import People, people_from_images
 from refface.restoration.photo_restorer import PhotoRestorer
 from refface.restoration.reference_store import ReferenceStore
-from refface.restoration.settings import UNKNOWN_FACES, RestoreSettings
+from refface.restoration.settings import UNKNOWN_WITHOUT_SECOND_MODEL, RestoreSettings
 from refface.weights import cache_dir
 
 CATEGORY = "refface"
@@ -204,8 +204,8 @@ class RestoreFaces:
                 **_sampling_inputs(),
                 "faces": (["all", "largest", "by number"],),
                 "face_number": ("INT", {"default": 0, "min": 0, "max": 99, "tooltip": "with faces = by number"}),
-                "unknown": (list(UNKNOWN_FACES), {"tooltip": "a face matching no person: restore it without "
-                                                             "references, or leave it untouched"}),
+                "unknown": (list(UNKNOWN_WITHOUT_SECOND_MODEL), {
+                    "tooltip": "a face matching no person: restore it without references, or leave it untouched"}),
             },
             "optional": {**_optional_people(), **_photo_inputs()},
         }  # fmt: skip

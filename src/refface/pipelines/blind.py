@@ -11,6 +11,7 @@ leaves it; here that noise comes from each image's seed, so a result can be made
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,7 @@ def _spandrel_network(kind: BlindKind, path: Path) -> torch.nn.Module:
 
     if kind.needs is not None:
         try:
-            extra = __import__(kind.needs)
+            extra = importlib.import_module(kind.needs)
         except ImportError:
             raise RefFaceError(
                 f"{kind.options.method} needs the package {kind.needs.replace('_', '-')} (non-commercial licence); "

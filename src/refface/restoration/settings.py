@@ -22,6 +22,7 @@ from refface.video.options import VideoOptions
 # A face that matches nobody: restored by the method without references, left as it is, or restored by a blind
 # restorer (`RestoreSettings.blind`).
 UNKNOWN_FACES = ("no-refs", "skip", "blind")
+UNKNOWN_WITHOUT_SECOND_MODEL = UNKNOWN_FACES[:2]  # what a front end with one loaded model (ComfyUI) offers
 FACE_CHOICES = ("auto", "all", "largest")
 IDENTITY_MODELS = ("dlib", "arcface")
 DETECTORS = DETECTOR_NAMES

@@ -245,7 +245,7 @@ def restoreformer_from_state_dict(state: dict[str, torch.Tensor], source: str) -
         encoder_attention=frozenset(i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state),
         decoder_attention=frozenset(i for i in levels if f"decoder.up.{i}.attn.0.q.weight" in state),
     )  # fmt: skip
-    if not model.decoder.up[-1].attn or len(model.decoder.up) < 2 or not model.decoder.up[-2].attn:
+    if len(model.decoder.up) < 2 or not model.decoder.up[-1].attn or not model.decoder.up[-2].attn:
         raise RefFaceError(
             f"The file {source} holds a RestoreFormer without attention at two scales (the original RestoreFormer, "
             "not RestoreFormer++); spandrel loads that one."

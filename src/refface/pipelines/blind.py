@@ -37,12 +37,13 @@ FACE_SIZE = 512  # all three restore 512x512 FFHQ-aligned crops
 
 @dataclass(frozen=True)
 class BlindKind:
-    """One blind restorer: its name (the method's), options, released weights, and the extra package that holds
-    its architecture, if any."""
+    """One blind restorer: its name (the method's), options, released weights, spandrel's id of its architecture
+    (None: refface's own network) and the extra package that holds that architecture, if any."""
 
     name: str
     options: SamplingOptions
     weights: WeightFile
+    architecture: str | None = None
     needs: str | None = None
 
 
@@ -52,12 +53,13 @@ KINDS = {
         "codeformer", CODEFORMER_OPTIONS,
         WeightFile("codeformer.pth", "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",
                    "1009e537e0c2a07d4cabce6355f53cb66767cd4b4297ec7a4a64ca4b8a5684b7", CODEFORMER_LICENCE),
-        needs="spandrel_extra_arches",
+        architecture="CodeFormer", needs="spandrel_extra_arches",
     ),
     "gfpgan": BlindKind(
         "gfpgan", GFPGAN_OPTIONS,
         WeightFile("GFPGANv1.4.pth", "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
                    "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad", "Apache License 2.0 (GFPGAN)"),
+        architecture="GFPGAN",
     ),
     # The authors publish no checksum for this file; the loader checks every tensor's presence and shape instead.
     "restoreformer++": BlindKind(
@@ -67,7 +69,6 @@ KINDS = {
                    None, "Apache License 2.0 (RestoreFormer++)"),
     ),
 }  # fmt: skip
-SPANDREL_ARCHITECTURES = {"codeformer": "CodeFormer", "gfpgan": "GFPGAN"}
 
 
 class BlindRestorationPipeline:
@@ -171,8 +172,7 @@ def _spandrel_network(kind: BlindKind, path: Path) -> torch.nn.Module:
         raise RefFaceError(
             f"The file {path} is not a {kind.options.method} checkpoint spandrel can load ({short_reason(error)})."
         ) from None
-    found = descriptor.architecture.id
-    if found != SPANDREL_ARCHITECTURES[kind.name]:
+    if descriptor.architecture.id != kind.architecture:
         raise RefFaceError(f"The file {path} holds a {descriptor.architecture.name} model, not {kind.options.method}.")
     return descriptor.model
 
@@ -203,5 +203,5 @@ def load_blind(name: str, weights: str | Path | None = None, progress: bool = Tr
         path = Path(weights)
         if not path.is_file():
             raise RefFaceError(f"The {kind.options.method} weights file {path} does not exist.")
-    network = _restoreformer_network(kind, path) if name == "restoreformer++" else _spandrel_network(kind, path)
+    network = _spandrel_network(kind, path) if kind.architecture else _restoreformer_network(kind, path)
     return BlindRestorationPipeline(kind, network.float(), str(path))

@@ -121,3 +121,31 @@ def test_face_choice_is_one_rule_for_the_command_line_and_the_library():
     assert face_selection("2") == 2 and face_selection("largest") == "largest"
     with pytest.raises(Exception, match="Face numbers start at 0, got -1"):
         face_selection("-1")
+
+
+def test_unknown_faces_restored_blind_get_their_restorer_once():
+    from refface.pipelines.base import CODEFORMER_OPTIONS, GFPGAN_OPTIONS
+
+    chosen = RestoreSettings.build(unknown="blind")
+    assert (chosen.blind, chosen.blind_sampling, chosen.blind_sources) == ("gfpgan", GFPGAN_OPTIONS, None)
+    assert chosen.recorded()["blind"] == "gfpgan" and chosen.recorded()["blind_sampling"]["method"] == "GFPGAN v1.4"
+    assert "blind" not in RestoreSettings.build().recorded()  # manifests of runs without it are unchanged
+    coded = RestoreSettings.build(unknown="blind", blind_method="codeformer", fidelity=0.8)
+    assert coded.blind_sampling == CODEFORMER_OPTIONS.with_changes(fidelity=0.8)
+    assert coded.sampling == RestoreSettings.build().sampling  # the fidelity went where it is an option
+    assert RestoreSettings.build(method="codeformer", fidelity=0.3).sampling.fidelity == 0.3
+    with pytest.raises(RefFaceError, match="Name the blind restorer .* exactly when unknown faces are restored blind"):
+        RestoreSettings(unknown="blind")
+
+
+def test_a_blind_method_needs_no_references_and_says_it_does_not_use_them():
+    assert ReferenceSource.choose(needed=False) == ReferenceSource("none")
+    with pytest.raises(RefFaceError, match="No reference photos were given"):
+        ReferenceSource.choose()
+    given = RestoreSettings.build(method="gfpgan", references=ReferenceSource.choose(ref=["a.jpg"], needed=False))
+    assert given.notes() == [
+        "GFPGAN v1.4 restores each face from itself alone: the reference photos are not used in the restoration, "
+        "only to decide which faces are restored."
+    ]
+    assert RestoreSettings.build(method="gfpgan", references=ReferenceSource.choose(needed=False)).notes() == []
+    assert RestoreSettings.build(references=ReferenceSource.choose(ref=["a.jpg"])).notes() == []

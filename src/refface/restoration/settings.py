@@ -162,7 +162,10 @@ class RestoreSettings:
         if self.unknown not in UNKNOWN_FACES:
             raise RefFaceError(f"Unknown faces are 'no-refs', 'skip' or 'blind', got {self.unknown!r}.")
         if (self.unknown == "blind") != (self.blind is not None):
-            raise RefFaceError("A blind restorer is chosen for unknown faces exactly when they are restored blind.")
+            raise RefFaceError(
+                "Name the blind restorer (blind=...) exactly when unknown faces are restored blind (unknown='blind'); "
+                "RestoreSettings.build chooses the default one."
+            )
         if self.blind is not None:
             methods.get_blind(self.blind)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:

@@ -87,7 +87,8 @@ def write_set_tables(
     (each method per count)."""
     summaries = read_summaries(set_folder)
     metrics = _metric_columns(summaries)
-    rows = [_row(method, count, summary, metrics) for method, count, summary in _rows(summaries, run, main_refs)]
+    chosen = list(_rows(summaries, run, main_refs))
+    rows = [_row(method, count, summary, metrics) for method, count, summary in chosen]
     labelled = ["method", "refs", "images", *map(_label, metrics)]
     partial = [r[0] for r in rows if r[2] != str(total_cases)]
     note = f"{title}, {total_cases} test images; n/a = unavailable (see the method's eval/summary.md)."
@@ -99,8 +100,7 @@ def write_set_tables(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["method", "refs", "images", *(f"{m}{suffix}" for m in metrics for suffix in ("", STD_SUFFIX))])
-    writer.writerows(_csv_row(method, count, summary, metrics) for method, count, summary in _rows(summaries, run,
-                                                                                                   main_refs))
+    writer.writerows(_csv_row(method, count, summary, metrics) for method, count, summary in chosen)
     table_csv = set_folder / "table.csv"
     write_text_atomically(table_csv, buffer.getvalue())
 
